@@ -1,0 +1,625 @@
+//! pipeline.toml: raw TOML is read in one pass that collects every problem (unknown
+//! keys, wrong types, values out of range) with its key path, then compiled into the
+//! typed settings below. Every key has a default, listed in docs/CONFIG.md.
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Config {
+    pub run: RunSettings,
+    pub ingest: IngestSettings,
+    pub graph: GraphSettings,
+    pub negatives: NegativesSettings,
+    pub train: TrainSettings,
+    pub evaluate: EvaluateSettings,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunSettings {
+    /// Where every stage writes; relative paths are taken from the config file's folder.
+    pub workdir: PathBuf,
+    pub seed: u64,
+    /// Threads for rayon, polars and libtorch alike; 0 = all cores.
+    pub threads: usize,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputFormat {
+    Delimited,
+    Jsonl,
+    Sequences,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeFormat {
+    /// Integer (or decimal) seconds, or an ISO-8601 date/time; decided per value.
+    Auto,
+    Unix,
+    Iso,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadRowPolicy {
+    Error,
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitMode {
+    LeaveOneOut,
+    TimeCutoff,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShortUsers {
+    /// Users with fewer than 3 interactions keep them all in train and are not evaluated.
+    Train,
+    /// Users with fewer than 3 interactions are dropped.
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IngestSettings {
+    /// Files or glob patterns, relative to the config file's folder.
+    pub inputs: Vec<String>,
+    pub format: InputFormat,
+    pub separator: String,
+    pub header: bool,
+    /// Column names when the file has no header.
+    pub columns: Vec<String>,
+    pub user_col: String,
+    pub item_col: String,
+    /// Empty: no timestamp column; the row order is the time order.
+    pub time_col: String,
+    /// Empty: no rating column.
+    pub rating_col: String,
+    pub time_format: TimeFormat,
+    pub on_bad_row: BadRowPolicy,
+    pub dedup_pairs: bool,
+    pub min_rating: Option<f64>,
+    pub user_core: u32,
+    pub item_core: u32,
+    pub split: SplitMode,
+    pub dev_from: Option<i64>,
+    pub test_from: Option<i64>,
+    pub short_users: ShortUsers,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverlapKind {
+    Jaccard,
+    Weighted,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GraphSettings {
+    pub hops: u32,
+    pub overlap: OverlapKind,
+    pub min_overlap: f64,
+    /// 0 = unlimited.
+    pub max_neighbors: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    Gnno,
+    Uniform,
+    Popularity,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NegativesSettings {
+    pub sampler: SamplerKind,
+    pub n_hard: u32,
+    pub temperature: f64,
+    pub warmup: u32,
+    pub pace: f64,
+    pub max_hardness: f64,
+    pub exclude_history: bool,
+    pub popularity_alpha: f64,
+    pub shard_rows: u32,
+    pub row_group_rows: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backbone {
+    Encoder,
+    Sasrec,
+    Gru4rec,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrainSettings {
+    pub backbone: Backbone,
+    /// Epochs drawn by the negatives stage and trained at most.
+    pub epochs: u32,
+    pub history_len: u32,
+    pub dim: u32,
+    pub layers: u32,
+    pub heads: u32,
+    pub dropout: f64,
+    /// Weight of the contrastive term (encoder only); 0 = plain BPR.
+    pub gamma: f64,
+    pub cl_temperature: f64,
+    pub n_random: u32,
+    pub batch_size: u32,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub patience: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvaluateSettings {
+    pub ks: Vec<u32>,
+    /// Remove the user's own history from the full ranking.
+    pub exclude_history: bool,
+    /// Negatives per user in the sampled protocol; 0 turns it off.
+    pub sampled_negatives: u32,
+    pub batch_size: u32,
+}
+
+/// Collects problems while reading one table.
+struct Section<'a> {
+    path: String,
+    table: Option<&'a Table>,
+    used: BTreeSet<String>,
+    problems: &'a mut Vec<String>,
+}
+
+impl<'a> Section<'a> {
+    fn new(root: &'a Table, name: &str, problems: &'a mut Vec<String>) -> Self {
+        let table = match root.get(name) {
+            None => None,
+            Some(Value::Table(t)) => Some(t),
+            Some(_) => {
+                problems.push(format!("{name}: expected a table ([{name}])"));
+                None
+            }
+        };
+        Self { path: name.to_owned(), table, used: BTreeSet::new(), problems }
+    }
+
+    fn raw(&mut self, key: &str) -> Option<&'a Value> {
+        self.used.insert(key.to_owned());
+        self.table.and_then(|t| t.get(key))
+    }
+
+    fn bad(&mut self, key: &str, msg: impl std::fmt::Display) {
+        self.problems.push(format!("{}.{key}: {msg}", self.path));
+    }
+
+    fn int(&mut self, key: &str, default: i64, min: i64, max: i64) -> i64 {
+        match self.raw(key) {
+            None => default,
+            Some(Value::Integer(v)) if (min..=max).contains(v) => *v,
+            Some(Value::Integer(v)) => {
+                self.bad(key, format!("{v} is out of range {min}..={max}"));
+                default
+            }
+            Some(v) => {
+                self.bad(key, format!("expected an integer, found {}", v.type_str()));
+                default
+            }
+        }
+    }
+
+    fn uint(&mut self, key: &str, default: u32, min: u32, max: u32) -> u32 {
+        u32::try_from(self.int(key, i64::from(default), i64::from(min), i64::from(max)))
+            .unwrap_or(default)
+    }
+
+    fn opt_int(&mut self, key: &str) -> Option<i64> {
+        match self.raw(key) {
+            None => None,
+            Some(Value::Integer(v)) => Some(*v),
+            Some(v) => {
+                self.bad(key, format!("expected an integer, found {}", v.type_str()));
+                None
+            }
+        }
+    }
+
+    fn float(&mut self, key: &str, default: f64, min: f64, max: f64) -> f64 {
+        let v = match self.raw(key) {
+            None => return default,
+            Some(Value::Float(v)) => *v,
+            #[expect(clippy::cast_precision_loss, reason = "config integers are small")]
+            Some(Value::Integer(v)) => *v as f64,
+            Some(v) => {
+                self.bad(key, format!("expected a number, found {}", v.type_str()));
+                return default;
+            }
+        };
+        if v.is_finite() && v >= min && v <= max {
+            v
+        } else {
+            self.bad(key, format!("{v} is out of range {min}..={max}"));
+            default
+        }
+    }
+
+    fn opt_float(&mut self, key: &str) -> Option<f64> {
+        match self.raw(key) {
+            None => None,
+            Some(Value::Float(v)) => Some(*v),
+            #[expect(clippy::cast_precision_loss, reason = "config integers are small")]
+            Some(Value::Integer(v)) => Some(*v as f64),
+            Some(v) => {
+                self.bad(key, format!("expected a number, found {}", v.type_str()));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        match self.raw(key) {
+            None => default,
+            Some(Value::Boolean(b)) => *b,
+            Some(v) => {
+                self.bad(key, format!("expected true or false, found {}", v.type_str()));
+                default
+            }
+        }
+    }
+
+    fn string(&mut self, key: &str, default: &str) -> String {
+        match self.raw(key) {
+            None => default.to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => {
+                self.bad(key, format!("expected a string, found {}", v.type_str()));
+                default.to_owned()
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, key: &str, default: T, options: &[(&str, T)]) -> T {
+        let Some(raw) = self.raw(key) else { return default };
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        if let Value::String(s) = raw {
+            if let Some((_, v)) = options.iter().find(|(n, _)| n == s) {
+                return *v;
+            }
+        }
+        self.bad(key, format!("expected one of {}, found {raw}", names.join(" | ")));
+        default
+    }
+
+    fn list<T>(&mut self, key: &str, default: Vec<T>, f: impl Fn(&Value) -> Option<T>) -> Vec<T> {
+        match self.raw(key) {
+            None => default,
+            Some(Value::Array(a)) => {
+                let mut out = Vec::with_capacity(a.len());
+                for (i, v) in a.iter().enumerate() {
+                    match f(v) {
+                        Some(x) => out.push(x),
+                        None => self.bad(&format!("{key}[{i}]"), format!("unexpected value {v}")),
+                    }
+                }
+                out
+            }
+            Some(v) => {
+                self.bad(key, format!("expected an array, found {}", v.type_str()));
+                default
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Some(t) = self.table {
+            for k in t.keys() {
+                if !self.used.contains(k) {
+                    self.problems.push(format!("{}.{k}: unknown key", self.path));
+                }
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a config file; relative paths are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &base).map_err(|e| match e {
+            Error::Config { problems, .. } => Error::Config { file: Some(path.to_path_buf()), problems },
+            other => other,
+        })
+    }
+
+    /// Parse TOML text. Collects every problem before failing.
+    pub fn parse(text: &str, base: &Path) -> Result<Self> {
+        let root: Table = text.parse::<Table>().map_err(|e| Error::Config {
+            file: None,
+            problems: vec![format!("TOML syntax: {e}")],
+        })?;
+        let mut problems = Vec::new();
+        let known = ["run", "ingest", "graph", "negatives", "train", "evaluate"];
+        for k in root.keys() {
+            if !known.contains(&k.as_str()) {
+                problems.push(format!("{k}: unknown section (expected one of {})", known.join(", ")));
+            }
+        }
+        let run = read_run(&root, base, &mut problems);
+        let ingest = read_ingest(&root, &mut problems);
+        let graph = read_graph(&root, &mut problems);
+        let negatives = read_negatives(&root, &mut problems);
+        let train = read_train(&root, &mut problems);
+        let evaluate = read_evaluate(&root, &mut problems);
+        let cfg = Self { run, ingest, graph, negatives, train, evaluate };
+        cfg.cross_checks(&mut problems);
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(Error::Config { file: None, problems })
+        }
+    }
+
+    fn cross_checks(&self, problems: &mut Vec<String>) {
+        let i = &self.ingest;
+        if i.inputs.is_empty() {
+            problems.push("ingest.inputs: at least one file or glob is required".into());
+        }
+        if i.format == InputFormat::Delimited {
+            if i.separator.is_empty() {
+                problems.push("ingest.separator: must not be empty".into());
+            }
+            if !i.header && i.columns.is_empty() {
+                problems.push("ingest.columns: required when ingest.header = false".into());
+            }
+        }
+        if i.split == SplitMode::TimeCutoff {
+            match (i.dev_from, i.test_from) {
+                (Some(d), Some(t)) if d <= t => {}
+                (Some(_), Some(_)) => problems.push("ingest.dev-from: must not be after ingest.test-from".into()),
+                _ => problems.push("ingest.test-from: split = \"time-cutoff\" needs dev-from and test-from (unix seconds)".into()),
+            }
+        }
+        if self.train.backbone != Backbone::Gru4rec && self.train.dim % self.train.heads != 0 {
+            problems.push(format!(
+                "train.heads: {} does not divide train.dim = {}",
+                self.train.heads, self.train.dim
+            ));
+        }
+        let d = self.run.device.as_str();
+        let ok = matches!(d, "auto" | "cpu" | "cuda")
+            || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+        if !ok {
+            problems.push(format!("run.device: expected auto | cpu | cuda | cuda:N, found {d:?}"));
+        }
+    }
+
+    /// The default config with no inputs (tests, docs).
+    pub fn defaults(base: &Path) -> Self {
+        let mut c = Self::parse("[ingest]\ninputs = [\"x\"]\n", base)
+            .expect("the defaults parse by construction");
+        c.ingest.inputs.clear();
+        c
+    }
+
+    /// Threads to use (resolves 0 to the number of cores).
+    pub fn threads(&self) -> usize {
+        if self.run.threads == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            self.run.threads
+        }
+    }
+}
+
+fn read_run(root: &Table, base: &Path, problems: &mut Vec<String>) -> RunSettings {
+    let mut s = Section::new(root, "run", problems);
+    let workdir = PathBuf::from(s.string("workdir", "work"));
+    let seed = s.int("seed", 42, 0, i64::MAX);
+    let threads = s.int("threads", 0, 0, 1024);
+    let device = s.string("device", "auto");
+    s.finish();
+    RunSettings {
+        workdir: if workdir.is_absolute() { workdir } else { base.join(workdir) },
+        seed: u64::try_from(seed).unwrap_or(42),
+        threads: usize::try_from(threads).unwrap_or(0),
+        device,
+    }
+}
+
+fn read_ingest(root: &Table, problems: &mut Vec<String>) -> IngestSettings {
+    let mut s = Section::new(root, "ingest", problems);
+    let str_list = |v: &Value| v.as_str().map(str::to_owned);
+    let inputs = s.list("inputs", vec![], str_list);
+    let format = s.choice(
+        "format",
+        InputFormat::Delimited,
+        &[("delimited", InputFormat::Delimited), ("jsonl", InputFormat::Jsonl), ("sequences", InputFormat::Sequences)],
+    );
+    let separator = s.string("separator", ",");
+    let header = s.boolean("header", true);
+    let columns = s.list("columns", vec![], str_list);
+    let user_col = s.string("user-col", "user_id");
+    let item_col = s.string("item-col", "item_id");
+    let time_col = s.string("time-col", "timestamp");
+    let rating_col = s.string("rating-col", "");
+    let time_format = s.choice(
+        "time-format",
+        TimeFormat::Auto,
+        &[("auto", TimeFormat::Auto), ("unix", TimeFormat::Unix), ("iso", TimeFormat::Iso)],
+    );
+    let on_bad_row = s.choice("on-bad-row", BadRowPolicy::Error, &[("error", BadRowPolicy::Error), ("skip", BadRowPolicy::Skip)]);
+    let dedup_pairs = s.boolean("dedup-pairs", false);
+    let min_rating = s.opt_float("min-rating");
+    let user_core = s.uint("user-core", 5, 0, 1_000_000);
+    let item_core = s.uint("item-core", 5, 0, 1_000_000);
+    let split = s.choice(
+        "split",
+        SplitMode::LeaveOneOut,
+        &[("leave-one-out", SplitMode::LeaveOneOut), ("time-cutoff", SplitMode::TimeCutoff)],
+    );
+    let dev_from = s.opt_int("dev-from");
+    let test_from = s.opt_int("test-from");
+    let short_users = s.choice("short-users", ShortUsers::Train, &[("train", ShortUsers::Train), ("drop", ShortUsers::Drop)]);
+    s.finish();
+    IngestSettings {
+        inputs,
+        format,
+        separator: unescape(&separator),
+        header,
+        columns,
+        user_col,
+        item_col,
+        time_col,
+        rating_col,
+        time_format,
+        on_bad_row,
+        dedup_pairs,
+        min_rating,
+        user_core,
+        item_core,
+        split,
+        dev_from,
+        test_from,
+        short_users,
+    }
+}
+
+/// `\t` in a TOML literal string means a tab.
+fn unescape(s: &str) -> String {
+    s.replace("\\t", "\t")
+}
+
+fn read_graph(root: &Table, problems: &mut Vec<String>) -> GraphSettings {
+    let mut s = Section::new(root, "graph", problems);
+    let hops = s.uint("hops", 3, 1, 16);
+    let overlap = s.choice("overlap", OverlapKind::Jaccard, &[("jaccard", OverlapKind::Jaccard), ("weighted", OverlapKind::Weighted)]);
+    let min_overlap = s.float("min-overlap", 0.0, 0.0, 1.0);
+    let max_neighbors = s.uint("max-neighbors", 0, 0, u32::MAX);
+    s.finish();
+    GraphSettings { hops, overlap, min_overlap, max_neighbors }
+}
+
+fn read_negatives(root: &Table, problems: &mut Vec<String>) -> NegativesSettings {
+    let mut s = Section::new(root, "negatives", problems);
+    let sampler = s.choice(
+        "sampler",
+        SamplerKind::Gnno,
+        &[("gnno", SamplerKind::Gnno), ("uniform", SamplerKind::Uniform), ("popularity", SamplerKind::Popularity)],
+    );
+    let n_hard = s.uint("n-hard", 9, 0, 10_000);
+    let temperature = s.float("temperature", 1.0, 1e-6, 1e6);
+    let warmup = s.uint("warmup", 19, 0, 1_000_000);
+    let pace = s.float("pace", 0.04, 0.0, 1.0);
+    let max_hardness = s.float("max-hardness", 0.5, 0.0, 1.0);
+    let exclude_history = s.boolean("exclude-history", true);
+    let popularity_alpha = s.float("popularity-alpha", 0.75, 0.0, 10.0);
+    let shard_rows = s.uint("shard-rows", 65_536, 1, u32::MAX);
+    let row_group_rows = s.uint("row-group-rows", 16_384, 1, u32::MAX);
+    s.finish();
+    NegativesSettings {
+        sampler,
+        n_hard,
+        temperature,
+        warmup,
+        pace,
+        max_hardness,
+        exclude_history,
+        popularity_alpha,
+        shard_rows,
+        row_group_rows,
+    }
+}
+
+fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
+    let mut s = Section::new(root, "train", problems);
+    let backbone = s.choice(
+        "backbone",
+        Backbone::Encoder,
+        &[("encoder", Backbone::Encoder), ("sasrec", Backbone::Sasrec), ("gru4rec", Backbone::Gru4rec)],
+    );
+    let t = TrainSettings {
+        backbone,
+        epochs: s.uint("epochs", 200, 1, 100_000),
+        history_len: s.uint("history-len", 20, 1, 10_000),
+        dim: s.uint("dim", 64, 1, 65_536),
+        layers: s.uint("layers", 2, 1, 64),
+        heads: s.uint("heads", 2, 1, 64),
+        dropout: s.float("dropout", 0.0, 0.0, 0.99),
+        gamma: s.float("gamma", 1.0, 0.0, 1e6),
+        cl_temperature: s.float("cl-temperature", 0.2, 1e-6, 1e6),
+        n_random: s.uint("n-random", 16, 0, 100_000),
+        batch_size: s.uint("batch-size", 4096, 1, 10_000_000),
+        lr: s.float("lr", 1e-4, 0.0, 10.0),
+        weight_decay: s.float("weight-decay", 1e-6, 0.0, 10.0),
+        patience: s.uint("patience", 10, 1, 100_000),
+    };
+    s.finish();
+    t
+}
+
+fn read_evaluate(root: &Table, problems: &mut Vec<String>) -> EvaluateSettings {
+    let mut s = Section::new(root, "evaluate", problems);
+    let ks = s.list("ks", vec![5, 10, 20, 50], |v| {
+        v.as_integer().and_then(|i| u32::try_from(i).ok()).filter(|&i| i > 0)
+    });
+    let e = EvaluateSettings {
+        ks,
+        exclude_history: s.boolean("exclude-history", false),
+        sampled_negatives: s.uint("sampled-negatives", 1000, 0, 1_000_000),
+        batch_size: s.uint("batch-size", 1024, 1, 1_000_000),
+    };
+    s.finish();
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_authors_beauty_settings() {
+        let c = Config::defaults(Path::new("/x"));
+        assert_eq!(c.negatives.n_hard, 9);
+        assert_eq!(c.negatives.warmup, 19);
+        assert!((c.negatives.pace - 0.04).abs() < 1e-12);
+        assert_eq!(c.train.n_random, 16);
+        assert_eq!(c.run.workdir, PathBuf::from("/x/work"));
+        assert_eq!(c.ingest.user_core, 5);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key_path() {
+        let text = "[run]\nseed = \"x\"\nbogus = 1\n[graph]\nhops = 0\noverlap = \"cosine\"\n[negatives]\npace = 2.0\n[ingest]\ninputs = [1]\n[extra]\n";
+        let Err(Error::Config { problems, .. }) = Config::parse(text, Path::new(".")) else {
+            panic!("expected config error")
+        };
+        let joined = problems.join("\n");
+        for needle in [
+            "run.seed: expected an integer",
+            "run.bogus: unknown key",
+            "graph.hops: 0 is out of range",
+            "graph.overlap: expected one of jaccard | weighted",
+            "negatives.pace: 2 is out of range",
+            "ingest.inputs[0]: unexpected value 1",
+            "extra: unknown section",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert_eq!(problems.len(), 8, "{joined}");
+    }
+
+    #[test]
+    fn tab_separator_is_unescaped() {
+        let c = Config::parse("[ingest]\ninputs=[\"a\"]\nseparator='\\t'\n", Path::new(".")).expect("parses");
+        assert_eq!(c.ingest.separator, "\t");
+    }
+}

@@ -1,0 +1,110 @@
+//! File helpers: atomic publish (write, fsync, rename, fsync dir) and checksums.
+
+use crate::error::{IoContext, Result};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// SHA-256 of a byte slice, as hex.
+pub fn sha256_bytes(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// SHA-256 of a file's content, as hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).at(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// fsync a directory so a rename inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// The temporary name a file is written under before it is published.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Write `data` to `path` atomically: temp file, fsync, rename, fsync directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    {
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(data).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+    }
+    publish(&tmp, path)
+}
+
+/// Rename a finished, fsynced temp file onto its final name and fsync the directory.
+pub fn publish(tmp: &Path, path: &Path) -> Result<()> {
+    fs::rename(tmp, path).at(path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// fsync a file that was written through another API (polars, parquet, sled).
+pub fn sync_file(path: &Path) -> Result<()> {
+    File::open(path).and_then(|f| f.sync_all()).at(path)
+}
+
+/// Create a directory and its parents.
+pub fn create_dir_all(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).at(path)
+}
+
+/// Every regular file under `dir`, relative paths sorted, recursively.
+pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in fs::read_dir(dir).at(dir)? {
+            let entry = entry.at(dir)?;
+            let p = entry.path();
+            let ft = entry.file_type().at(&p)?;
+            if ft.is_dir() {
+                walk(base, &p, out)?;
+            } else if ft.is_file() {
+                out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Size of every file under `dir`, summed.
+pub fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for f in list_files(dir)? {
+        let p = dir.join(f);
+        total += fs::metadata(&p).at(&p)?.len();
+    }
+    Ok(total)
+}

@@ -1,0 +1,228 @@
+//! The negatives stage: for every training instance and epoch, hard negatives drawn
+//! under the curriculum (GNNO.md §4), written as Parquet shards that training
+//! streams and people audit (docs/FORMATS.md, "negatives").
+//!
+//! Every (seed, epoch, instance) has its own random stream, so shards are identical
+//! whatever the thread count, and a shard can be redrawn alone on resume.
+
+pub mod audit;
+pub mod sampler;
+pub mod shard;
+
+use gnno_core::config::{NegativesSettings, SamplerKind};
+use gnno_core::dataset::Dataset;
+use gnno_core::error::{Error, Result};
+use gnno_core::progress::Progress;
+use gnno_core::{mix_seed, ItemIdx};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use sampler::{OverlapIndex, Popularity};
+use serde::Serialize;
+use std::path::Path;
+
+/// Hardness of epoch `e`: None during warm-up, else min((e − warmup)·pace, max).
+pub fn hardness(cfg: &NegativesSettings, epoch: u32) -> Option<f64> {
+    (epoch >= cfg.warmup).then(|| (f64::from(epoch - cfg.warmup) * cfg.pace).min(cfg.max_hardness))
+}
+
+/// Training instances: (user, position k ≥ 1) of every train sequence, in user then
+/// position order; the index in this list is the instance id.
+#[derive(Debug, Default)]
+pub struct Instances {
+    pub user: Vec<u32>,
+    pub target: Vec<ItemIdx>,
+}
+
+impl Instances {
+    pub fn from_dataset(ds: &Dataset) -> Self {
+        let mut s = Self::default();
+        for u in 0..ds.n_users() {
+            #[expect(clippy::cast_possible_truncation, reason = "user ids are u32")]
+            let seq = ds.train_seq(u as u32);
+            for &t in seq.iter().skip(1) {
+                s.user.push(u as u32);
+                s.target.push(t);
+            }
+        }
+        s
+    }
+    pub fn len(&self) -> usize {
+        self.user.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.user.is_empty()
+    }
+}
+
+/// The sampler chosen in the config, ready to draw.
+pub enum Sampler {
+    Gnno { index: OverlapIndex, tau: f64 },
+    Uniform { n_items: u32 },
+    Popularity(Popularity),
+}
+
+impl Sampler {
+    /// Prepare the sampler. `graph` is needed for `gnno` only.
+    pub fn new(cfg: &NegativesSettings, ds: &Dataset, graph: Option<&dyn gnno_store::GraphRead>) -> Result<Self> {
+        Ok(match cfg.sampler {
+            SamplerKind::Gnno => {
+                let g = graph.ok_or_else(|| Error::internal("the gnno sampler needs the graph store"))?;
+                if g.info().n_items != ds.n_items {
+                    return Err(Error::artifact(
+                        "graph store",
+                        format!("built for {} items, the ingest output has {}", g.info().n_items, ds.n_items),
+                    )
+                    .with_hint("rerun `gnno run --from graph`"));
+                }
+                Self::Gnno { index: OverlapIndex::load(g, cfg.temperature)?, tau: cfg.temperature }
+            }
+            SamplerKind::Uniform => Self::Uniform { n_items: ds.n_items },
+            SamplerKind::Popularity => {
+                let mut counts = vec![0u64; ds.n_items as usize + 1];
+                for &i in &ds.train_items {
+                    counts[i as usize] += 1;
+                }
+                Self::Popularity(Popularity::new(&counts, cfg.popularity_alpha))
+            }
+        })
+    }
+
+    /// Draw `n` negatives for target `t` at hardness `h` into `out` (item, J).
+    pub fn draw<R: rand::Rng>(&self, t: ItemIdx, h: f64, n: u32, exclude: &[ItemIdx], rng: &mut R, out: &mut Vec<(ItemIdx, f32)>) {
+        for _ in 0..n {
+            let got = match self {
+                Self::Gnno { index, tau } => sampler::draw_excluding(index, t, h, *tau, exclude, rng),
+                Self::Uniform { n_items } => sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0)),
+                Self::Popularity(p) => p.draw(t, exclude, rng).map(|j| (j, 0.0)),
+            };
+            if let Some(x) = got {
+                out.push(x);
+            }
+        }
+    }
+
+    /// J(t, j) when the sampler knows it (gnno), else 0.
+    pub fn overlap(&self, t: ItemIdx, j: ItemIdx) -> f32 {
+        match self {
+            Self::Gnno { index, .. } => index.overlap(t, j),
+            _ => 0.0,
+        }
+    }
+}
+
+/// The random stream of one instance in one epoch.
+pub fn instance_rng(seed: u64, epoch: u32, instance: u64) -> Xoshiro256PlusPlus {
+    Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[seed, u64::from(epoch), instance]))
+}
+
+/// One epoch in the report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EpochReport {
+    pub epoch: u32,
+    /// None: a warm-up epoch, no hard negatives drawn.
+    pub hardness: Option<f64>,
+    pub shards: u32,
+    pub rows: u64,
+    pub negatives: u64,
+    pub bytes: u64,
+    pub shards_reused: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NegativesReport {
+    pub sampler: SamplerKind,
+    pub instances: u64,
+    pub epochs: Vec<EpochReport>,
+    pub negatives_total: u64,
+    pub shards_written: u32,
+    pub shards_reused: u32,
+}
+
+/// What identifies the inputs of this run (recorded in every shard's footer).
+#[derive(Debug, Clone)]
+pub struct RunIdentity {
+    pub seed: u64,
+    pub settings_hash: String,
+    pub graph_fingerprint: String,
+    pub ingest_fingerprint: String,
+}
+
+/// Draw every epoch's shards into `out`, reusing shards a killed run already finished.
+pub fn run(
+    ds: &Dataset,
+    sampler: &Sampler,
+    cfg: &NegativesSettings,
+    epochs: u32,
+    id: &RunIdentity,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<NegativesReport> {
+    let inst = Instances::from_dataset(ds);
+    let n = inst.len() as u64;
+    let per = u64::from(cfg.shard_rows);
+    let n_shards = n.div_ceil(per).max(1);
+    let hard_epochs: Vec<u32> = (0..epochs).filter(|&e| hardness(cfg, e).is_some()).collect();
+    progress.start("negatives: drawing", n * hard_epochs.len() as u64);
+    let mut report = NegativesReport {
+        sampler: cfg.sampler,
+        instances: n,
+        epochs: Vec::new(),
+        negatives_total: 0,
+        shards_written: 0,
+        shards_reused: 0,
+    };
+    for e in 0..epochs {
+        let Some(h) = hardness(cfg, e) else {
+            report.epochs.push(EpochReport { epoch: e, hardness: None, shards: 0, rows: 0, negatives: 0, bytes: 0, shards_reused: 0 });
+            continue;
+        };
+        let dir = out.join(shard::epoch_dir(e));
+        gnno_core::fsutil::create_dir_all(&dir)?;
+        let results: Vec<Result<(u64, u64, u64, bool)>> = (0..n_shards)
+            .into_par_iter()
+            .map(|s| {
+                let first = s * per;
+                let last = ((s + 1) * per).min(n);
+                let meta = shard::ShardMeta::new(cfg, id, e, h, s, first, last - first);
+                let path = dir.join(shard::shard_file(s));
+                if let Some(negs) = shard::complete_negatives(&path, &meta) {
+                    progress.advance(last - first);
+                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    return Ok((last - first, bytes, negs, true));
+                }
+                let mut rows = shard::ShardRows::with_capacity((last - first) as usize, cfg.n_hard as usize);
+                let mut buf = Vec::with_capacity(cfg.n_hard as usize);
+                for i in first..last {
+                    let (u, t) = (inst.user[i as usize], inst.target[i as usize]);
+                    let exclude = if cfg.exclude_history { ds.train_seq(u) } else { &[][..] };
+                    let mut rng = instance_rng(id.seed, e, i);
+                    buf.clear();
+                    sampler.draw(t, h, cfg.n_hard, exclude, &mut rng, &mut buf);
+                    rows.push(i, u, t, &buf);
+                }
+                let negs = rows.negatives() as u64;
+                let bytes = shard::write(&path, rows, &meta, cfg.row_group_rows as usize)?;
+                progress.advance(last - first);
+                Ok((last - first, bytes, negs, false))
+            })
+            .collect();
+        let mut er = EpochReport { epoch: e, hardness: Some(h), shards: 0, rows: 0, negatives: 0, bytes: 0, shards_reused: 0 };
+        for r in results {
+            let (rows, bytes, negs, reused) = r?;
+            er.shards += 1;
+            er.rows += rows;
+            er.bytes += bytes;
+            er.negatives += negs;
+            if reused {
+                er.shards_reused += 1;
+            }
+        }
+        report.negatives_total += er.negatives;
+        report.shards_reused += er.shards_reused;
+        report.shards_written += er.shards - er.shards_reused;
+        report.epochs.push(er);
+    }
+    progress.finish();
+    Ok(report)
+}

@@ -1,0 +1,143 @@
+//! Writing shards: one Parquet file per (epoch, block of instances), with the
+//! drawing parameters in the footer. The format itself lives in `gnno_core::shards`.
+
+use arrow::array::{ArrayRef, Float32Array, ListArray, RecordBatch, UInt32Array, UInt64Array};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field};
+pub use gnno_core::shards::*;
+use gnno_core::config::NegativesSettings;
+use gnno_core::error::{Error, IoContext, Result};
+use gnno_core::{fsutil, ItemIdx};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Footer metadata of a shard: what drew it, and an id that a resumed run compares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardMeta(pub BTreeMap<String, String>);
+
+impl ShardMeta {
+    pub fn new(cfg: &NegativesSettings, id: &crate::RunIdentity, epoch: u32, h: f64, shard: u64, first: u64, rows: u64) -> Self {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(format!("{KEY_PREFIX}{k}"), v);
+        };
+        put("format_version", gnno_core::FORMAT_VERSION.to_string());
+        put("sampler", serde_json::to_value(cfg.sampler).map(|v| v.as_str().unwrap_or("").to_owned()).unwrap_or_default());
+        put("temperature", cfg.temperature.to_string());
+        put("hardness", h.to_string());
+        put("n_hard", cfg.n_hard.to_string());
+        put("exclude_history", cfg.exclude_history.to_string());
+        put("seed", id.seed.to_string());
+        put("epoch", epoch.to_string());
+        put("shard", shard.to_string());
+        put("first_instance", first.to_string());
+        put("rows", rows.to_string());
+        put("graph_fingerprint", id.graph_fingerprint.clone());
+        put("ingest_fingerprint", id.ingest_fingerprint.clone());
+        put("settings_hash", id.settings_hash.clone());
+        Self(m)
+    }
+}
+
+/// Rows of one shard being built.
+#[derive(Debug, Default)]
+pub struct ShardRows {
+    instance: Vec<u64>,
+    user: Vec<u32>,
+    target: Vec<u32>,
+    offsets: Vec<i32>,
+    negs: Vec<u32>,
+    overlap: Vec<f32>,
+}
+
+impl ShardRows {
+    pub fn with_capacity(rows: usize, per: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self {
+            instance: Vec::with_capacity(rows),
+            user: Vec::with_capacity(rows),
+            target: Vec::with_capacity(rows),
+            offsets,
+            negs: Vec::with_capacity(rows * per),
+            overlap: Vec::with_capacity(rows * per),
+        }
+    }
+    pub fn push(&mut self, instance: u64, user: u32, target: ItemIdx, drawn: &[(ItemIdx, f32)]) {
+        self.instance.push(instance);
+        self.user.push(user);
+        self.target.push(target);
+        for &(j, v) in drawn {
+            self.negs.push(j);
+            self.overlap.push(v);
+        }
+        self.offsets.push(i32::try_from(self.negs.len()).unwrap_or(i32::MAX));
+    }
+    pub fn negatives(&self) -> usize {
+        self.negs.len()
+    }
+
+    fn into_batch(self) -> Result<RecordBatch> {
+        let sch = schema();
+        let list = |f: &Field, values: ArrayRef, offsets: &[i32]| -> Result<ArrayRef> {
+            let DataType::List(inner) = f.data_type() else { return Err(Error::internal("list field")) };
+            ListArray::try_new(inner.clone(), OffsetBuffer::new(offsets.to_vec().into()), values, None)
+                .map(|a| Arc::new(a) as ArrayRef)
+                .map_err(|e| Error::internal(e.to_string()))
+        };
+        let negs = list(sch.field(3), Arc::new(UInt32Array::from(self.negs)), &self.offsets)?;
+        let ov = list(sch.field(4), Arc::new(Float32Array::from(self.overlap)), &self.offsets)?;
+        RecordBatch::try_new(
+            sch,
+            vec![
+                Arc::new(UInt64Array::from(self.instance)),
+                Arc::new(UInt32Array::from(self.user)),
+                Arc::new(UInt32Array::from(self.target)),
+                negs,
+                ov,
+            ],
+        )
+        .map_err(|e| Error::internal(e.to_string()))
+    }
+}
+
+/// Write a shard atomically (temp file, fsync, rename); returns its size.
+pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usize) -> Result<u64> {
+    let negatives = rows.negatives();
+    let batch = rows.into_batch()?;
+    let mut kv: Vec<parquet::file::metadata::KeyValue> =
+        meta.0.iter().map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone())).collect();
+    kv.push(parquet::file::metadata::KeyValue::new(format!("{KEY_PREFIX}negatives"), negatives.to_string()));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .set_key_value_metadata(Some(kv))
+        .set_created_by(format!("gnno {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let tmp = fsutil::tmp_path(path);
+    let f = std::fs::File::create(&tmp).at(&tmp)?;
+    let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).map_err(|e| Error::internal(e.to_string()))?;
+    w.write(&batch).map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
+    let f = w.into_inner().map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
+    f.sync_all().at(&tmp)?;
+    drop(f);
+    fsutil::publish(&tmp, path)?;
+    std::fs::metadata(path).map(|m| m.len()).at(path)
+}
+
+/// When `path` is a finished shard drawn with exactly `meta`, its negative count.
+pub fn complete_negatives(path: &Path, meta: &ShardMeta) -> Option<u64> {
+    let (kv, rows) = read_meta(path).ok()?;
+    let same = meta.0.iter().all(|(k, v)| kv.get(k) == Some(v));
+    let want_rows: u64 = meta.0.get(&format!("{KEY_PREFIX}rows"))?.parse().ok()?;
+    if same && rows == want_rows {
+        kv.get(&format!("{KEY_PREFIX}negatives"))?.parse().ok()
+    } else {
+        None
+    }
+}
+

@@ -1,0 +1,324 @@
+//! The graph store: the item transition graph and the overlap lists in sled, shared
+//! by the graph stage (writer) and the negatives stage (reader).
+//!
+//! This crate owns the on-disk layout: the key encoding ([`keys`]), the value layout
+//! with its checksum ([`codec`]) and the metadata that makes a foreign or outdated
+//! store fail loudly. docs/FORMATS.md, "graph store", describes the same thing.
+
+use gnno_core::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Version of the store layout; a store of another version is refused.
+pub const STORE_VERSION: u32 = 1;
+
+pub mod keys {
+    //! The one place keys are encoded: item ids as big-endian u32, so that byte
+    //! order is numeric order and a range scan visits items in id order.
+    pub const TREE_WITG: &str = "witg";
+    pub const TREE_OVERLAP: &str = "overlap";
+    pub const TREE_META: &str = "meta";
+    pub const META_VERSION: &[u8] = b"format_version";
+    pub const META_INFO: &[u8] = b"info";
+
+    pub fn item(i: u32) -> [u8; 4] {
+        i.to_be_bytes()
+    }
+
+    pub fn decode_item(k: &[u8]) -> Option<u32> {
+        Some(u32::from_be_bytes(k.try_into().ok()?))
+    }
+}
+
+pub mod codec {
+    //! Value layout: `n: u32 LE`, `ids: n × u32 LE`, `values: n × (f32|f64) LE`,
+    //! `crc32: u32 LE` over everything before it.
+
+    /// A scalar stored in a list value.
+    pub trait Scalar: Copy {
+        const SIZE: usize;
+        fn put(self, out: &mut Vec<u8>);
+        fn get(b: &[u8]) -> Self;
+    }
+    impl Scalar for f32 {
+        const SIZE: usize = 4;
+        fn put(self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+        fn get(b: &[u8]) -> Self {
+            Self::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+    }
+    impl Scalar for f64 {
+        const SIZE: usize = 8;
+        fn put(self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+        fn get(b: &[u8]) -> Self {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[..8]);
+            Self::from_le_bytes(a)
+        }
+    }
+
+    pub fn encode<T: Scalar>(ids: &[u32], vals: &[T]) -> Vec<u8> {
+        debug_assert_eq!(ids.len(), vals.len());
+        let mut out = Vec::with_capacity(8 + ids.len() * (4 + T::SIZE));
+        out.extend_from_slice(&u32::try_from(ids.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for &i in ids {
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        for &v in vals {
+            v.put(&mut out);
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decode and verify a value; `Err` names what is wrong.
+    pub fn decode<T: Scalar>(b: &[u8]) -> Result<(Vec<u32>, Vec<T>), String> {
+        if b.len() < 8 {
+            return Err(format!("value of {} bytes is too short", b.len()));
+        }
+        let (body, crc) = b.split_at(b.len() - 4);
+        let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32fast::hash(body) != want {
+            return Err("checksum mismatch".into());
+        }
+        let n = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        if body.len() != 4 + n * (4 + T::SIZE) {
+            return Err(format!("length {} does not match {n} entries", body.len()));
+        }
+        let ids = body[4..4 + 4 * n].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let vals = body[4 + 4 * n..].chunks_exact(T::SIZE).map(T::get).collect();
+        Ok((ids, vals))
+    }
+}
+
+/// What the store records about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoreInfo {
+    pub format_version: u32,
+    pub n_items: u32,
+    /// Fingerprint of the ingest output the graph was built from.
+    pub input_fingerprint: String,
+    /// Options that shaped the lists (hops, overlap kind, min_overlap, max_neighbors).
+    pub options: serde_json::Value,
+    /// Counts (edges, pairs) as in the graph report.
+    pub counts: serde_json::Value,
+    /// SHA-256 over every (tree, key, value) in key order: identical for identical content.
+    pub content_fingerprint: String,
+}
+
+/// One item's list: neighbour ids and their values.
+pub type List<T> = (Vec<u32>, Vec<T>);
+
+/// Read access that the negatives stage and `gnno inspect` need; tests can plug in
+/// an in-memory implementation.
+pub trait GraphRead {
+    fn info(&self) -> &StoreInfo;
+    /// WITG neighbours of `item` with their final weights w'(item, j), by id.
+    fn witg(&self, item: u32) -> Result<List<f64>>;
+    /// Overlap list of `item`, sorted by J descending (ties by id).
+    fn overlap(&self, item: u32) -> Result<List<f32>>;
+    /// Every overlap list, item by item in id order.
+    fn for_each_overlap(&self, f: &mut dyn FnMut(u32, List<f32>) -> Result<()>) -> Result<()>;
+}
+
+fn sled_err(path: &Path, e: &sled::Error) -> Error {
+    Error::artifact(path, format!("graph store: {e}"))
+}
+
+/// Writes a fresh store; `finish` flushes it and returns its info.
+pub struct StoreWriter {
+    path: PathBuf,
+    db: sled::Db,
+    witg: sled::Tree,
+    overlap: sled::Tree,
+    hasher: Sha256,
+}
+
+impl StoreWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+        }
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(256 << 20)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| sled_err(path, &e))?;
+        let witg = db.open_tree(keys::TREE_WITG).map_err(|e| sled_err(path, &e))?;
+        let overlap = db.open_tree(keys::TREE_OVERLAP).map_err(|e| sled_err(path, &e))?;
+        Ok(Self { path: path.to_path_buf(), db, witg, overlap, hasher: Sha256::new() })
+    }
+
+    fn put(&mut self, tree_name: &str, item: u32, value: &[u8]) -> Result<()> {
+        let key = keys::item(item);
+        self.hasher.update(tree_name.as_bytes());
+        self.hasher.update(key);
+        self.hasher.update(value);
+        let tree = if tree_name == keys::TREE_WITG { &self.witg } else { &self.overlap };
+        tree.insert(key, value).map_err(|e| sled_err(&self.path, &e))?;
+        Ok(())
+    }
+
+    /// Items must be written in increasing id order (the fingerprint depends on it).
+    pub fn put_witg(&mut self, item: u32, ids: &[u32], w: &[f64]) -> Result<()> {
+        self.put(keys::TREE_WITG, item, &codec::encode(ids, w))
+    }
+
+    pub fn put_overlap(&mut self, item: u32, ids: &[u32], j: &[f32]) -> Result<()> {
+        self.put(keys::TREE_OVERLAP, item, &codec::encode(ids, j))
+    }
+
+    /// Write the metadata, flush everything to disk and close the store.
+    pub fn finish(self, mut info: StoreInfo) -> Result<StoreInfo> {
+        info.format_version = STORE_VERSION;
+        info.content_fingerprint = gnno_core::fsutil::hex(&self.hasher.finalize());
+        let meta = self.db.open_tree(keys::TREE_META).map_err(|e| sled_err(&self.path, &e))?;
+        let json = serde_json::to_vec(&info).map_err(|e| Error::internal(e.to_string()))?;
+        meta.insert(keys::META_VERSION, &STORE_VERSION.to_be_bytes()).map_err(|e| sled_err(&self.path, &e))?;
+        meta.insert(keys::META_INFO, json).map_err(|e| sled_err(&self.path, &e))?;
+        self.db.flush().map_err(|e| sled_err(&self.path, &e))?;
+        drop(meta);
+        drop(self.witg);
+        drop(self.overlap);
+        drop(self.db);
+        Ok(info)
+    }
+}
+
+/// A store opened for reading.
+pub struct Store {
+    path: PathBuf,
+    info: StoreInfo,
+    witg: sled::Tree,
+    overlap: sled::Tree,
+    _db: sled::Db,
+}
+
+impl Store {
+    /// Open a store and check its version and, when given, the input fingerprint it
+    /// must have been built from.
+    pub fn open(path: &Path, expect_input: Option<&str>) -> Result<Self> {
+        if !path.join("conf").exists() && !path.join("db").exists() {
+            return Err(Error::artifact(path, "no graph store here").with_hint("run `gnno stage graph` first"));
+        }
+        let db = sled::Config::new().path(path).cache_capacity(64 << 20).open().map_err(|e| sled_err(path, &e))?;
+        let meta = db.open_tree(keys::TREE_META).map_err(|e| sled_err(path, &e))?;
+        let version = meta
+            .get(keys::META_VERSION)
+            .map_err(|e| sled_err(path, &e))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| Error::artifact(path, "not a gnno graph store (no format version)"))?;
+        if version != STORE_VERSION {
+            return Err(Error::artifact(path, format!("store format version {version}, this build reads {STORE_VERSION}"))
+                .with_hint("rebuild it with `gnno stage graph --force`"));
+        }
+        let info: StoreInfo = meta
+            .get(keys::META_INFO)
+            .map_err(|e| sled_err(path, &e))?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .ok_or_else(|| Error::artifact(path, "graph store metadata is missing or damaged"))?;
+        if let Some(want) = expect_input {
+            if info.input_fingerprint != want {
+                return Err(Error::artifact(path, "the graph store was built from other ingest output")
+                    .with_hint("rerun `gnno run --from graph`"));
+            }
+        }
+        let witg = db.open_tree(keys::TREE_WITG).map_err(|e| sled_err(path, &e))?;
+        let overlap = db.open_tree(keys::TREE_OVERLAP).map_err(|e| sled_err(path, &e))?;
+        Ok(Self { path: path.to_path_buf(), info, witg, overlap, _db: db })
+    }
+
+    fn get<T: codec::Scalar>(&self, tree: &sled::Tree, name: &str, item: u32) -> Result<List<T>> {
+        match tree.get(keys::item(item)).map_err(|e| sled_err(&self.path, &e))? {
+            None => Ok((Vec::new(), Vec::new())),
+            Some(v) => codec::decode(&v)
+                .map_err(|m| Error::artifact(&self.path, format!("{name} value of item {item}: {m}"))),
+        }
+    }
+}
+
+impl GraphRead for Store {
+    fn info(&self) -> &StoreInfo {
+        &self.info
+    }
+    fn witg(&self, item: u32) -> Result<List<f64>> {
+        self.get(&self.witg, keys::TREE_WITG, item)
+    }
+    fn overlap(&self, item: u32) -> Result<List<f32>> {
+        self.get(&self.overlap, keys::TREE_OVERLAP, item)
+    }
+    fn for_each_overlap(&self, f: &mut dyn FnMut(u32, List<f32>) -> Result<()>) -> Result<()> {
+        for kv in &self.overlap {
+            let (k, v) = kv.map_err(|e| sled_err(&self.path, &e))?;
+            let item = keys::decode_item(&k).ok_or_else(|| Error::artifact(&self.path, "malformed overlap key"))?;
+            let list = codec::decode(&v)
+                .map_err(|m| Error::artifact(&self.path, format!("overlap value of item {item}: {m}")))?;
+            f(item, list)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_round_trips_and_detects_damage() {
+        let v = codec::encode(&[3, 1, 2], &[1.0f32, 0.5, 0.25]);
+        let (ids, j) = codec::decode::<f32>(&v).expect("decodes");
+        assert_eq!(ids, vec![3, 1, 2]);
+        assert_eq!(j, vec![1.0, 0.5, 0.25]);
+        let mut bad = v.clone();
+        bad[5] ^= 1;
+        assert_eq!(codec::decode::<f32>(&bad).unwrap_err(), "checksum mismatch");
+    }
+
+    #[test]
+    fn keys_sort_numerically() {
+        assert!(keys::item(2) < keys::item(256));
+        assert_eq!(keys::decode_item(&keys::item(70_000)), Some(70_000));
+    }
+
+    #[test]
+    fn store_round_trip_and_refuses_foreign_input() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("store");
+        let mut w = StoreWriter::create(&p).expect("create");
+        w.put_witg(1, &[2], &[0.5]).expect("put");
+        w.put_overlap(1, &[1, 2], &[1.0, 0.4]).expect("put");
+        w.put_overlap(2, &[2, 1], &[1.0, 0.4]).expect("put");
+        let info = StoreInfo {
+            format_version: 0,
+            n_items: 2,
+            input_fingerprint: "abc".into(),
+            options: serde_json::json!({}),
+            counts: serde_json::json!({}),
+            content_fingerprint: String::new(),
+        };
+        let info = w.finish(info).expect("finish");
+        assert_eq!(info.content_fingerprint.len(), 64);
+        let s = Store::open(&p, Some("abc")).expect("open");
+        assert_eq!(s.overlap(2).expect("get"), (vec![2, 1], vec![1.0, 0.4]));
+        assert_eq!(s.witg(1).expect("get"), (vec![2], vec![0.5]));
+        assert_eq!(s.overlap(9).expect("get").0.len(), 0);
+        let mut seen = vec![];
+        s.for_each_overlap(&mut |i, _| {
+            seen.push(i);
+            Ok(())
+        })
+        .expect("iterate");
+        assert_eq!(seen, vec![1, 2]);
+        drop(s);
+        let err = Store::open(&p, Some("other")).err().expect("refused");
+        assert!(err.to_string().contains("other ingest output"), "{err}");
+    }
+}

@@ -1,0 +1,137 @@
+//! The command line, in one place (clap derive).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "gnno", version, about = "Neighbourhood-based hard negative mining for sequential recommenders: an offline pipeline.")]
+pub struct Cli {
+    /// The pipeline config.
+    #[arg(long, short, global = true, env = "GNNO_CONFIG", default_value = "pipeline.toml")]
+    pub config: PathBuf,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars and only warnings in the log.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the stage graph, skipping stages that are up to date.
+    Run(RunArgs),
+    /// Run one stage alone (its upstream outputs must exist).
+    Stage {
+        stage: StageName,
+        /// Rerun even when up to date.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show each stage as up to date, stale (and why) or missing.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a stage's report figures.
+    Report {
+        stage: StageName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the config without running anything.
+    Validate,
+    /// Look at stored artifacts.
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
+    },
+    /// Audit stored artifacts.
+    Audit {
+        #[command(subcommand)]
+        what: Audit,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Rerun from this stage on, even if up to date.
+    #[arg(long)]
+    pub from: Option<StageName>,
+    /// Stop after this stage.
+    #[arg(long)]
+    pub to: Option<StageName>,
+    /// Rerun every stage.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Inspect {
+    /// An item's top WITG neighbours and top overlaps, with raw ids.
+    Item {
+        /// Raw item id, or `#N` for the item index N.
+        id: String,
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Audit {
+    /// Statistics of the stored negative shards, per epoch, and a plot.
+    Negatives {
+        /// Only this epoch.
+        #[arg(long)]
+        epoch: Option<u32>,
+        #[arg(long)]
+        json: bool,
+        /// Where to write the SVG plot (default: <workdir>/negatives/audit.svg).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum StageName {
+    Ingest,
+    Graph,
+    Negatives,
+    Train,
+    Evaluate,
+}
+
+impl StageName {
+    pub const ALL: [Self; 5] = [Self::Ingest, Self::Graph, Self::Negatives, Self::Train, Self::Evaluate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::Graph => "graph",
+            Self::Negatives => "negatives",
+            Self::Train => "train",
+            Self::Evaluate => "evaluate",
+        }
+    }
+
+    /// The stages whose outputs this one reads.
+    pub fn upstream(self) -> &'static [Self] {
+        match self {
+            Self::Ingest => &[],
+            Self::Graph => &[Self::Ingest],
+            Self::Negatives => &[Self::Ingest, Self::Graph],
+            Self::Train => &[Self::Ingest, Self::Negatives],
+            Self::Evaluate => &[Self::Ingest, Self::Train],
+        }
+    }
+}
+
+impl std::fmt::Display for StageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

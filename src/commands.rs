@@ -1,0 +1,239 @@
+//! One function per subcommand. Data goes to stdout, logs to stderr.
+
+use crate::cli::{Audit, Cli, Command, Inspect, StageName};
+use crate::runner::{Pipeline, State};
+use crate::stages::{self, STORE_DIR};
+use crate::ui::Bars;
+use anyhow::Result;
+use gnno_core::error::IoContext;
+use gnno_store::GraphRead;
+use std::io::Write;
+
+pub fn dispatch(cli: &Cli) -> Result<()> {
+    if matches!(cli.command, Command::Validate) {
+        return validate(cli);
+    }
+    let p = Pipeline::load(&cli.config, cli.quiet)?;
+    set_threads(p.cfg.threads());
+    let bars = Bars::new(cli.quiet);
+    match &cli.command {
+        Command::Validate => unreachable!("handled above"),
+        Command::Run(a) => {
+            let done = p.run_all(a.from, a.to, a.force, &bars)?;
+            summary(&p, &done)
+        }
+        Command::Stage { stage, force } => {
+            p.run_one(*stage, *force, &bars)?;
+            Ok(())
+        }
+        Command::Status { json } => status(&p, *json),
+        Command::Report { stage, json } => report(&p, *stage, *json),
+        Command::Inspect { what: Inspect::Item { id, top, json } } => inspect_item(&p, id, *top, *json),
+        Command::Audit { what: Audit::Negatives { epoch, json, plot } } => audit(&p, *epoch, *json, plot.as_deref()),
+    }
+}
+
+/// One `threads` setting sizes rayon, polars and (in the train stage) libtorch.
+fn set_threads(n: usize) {
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    // polars reads this once, at its first use; nothing has used it yet.
+    std::env::set_var("POLARS_MAX_THREADS", n.to_string());
+}
+
+fn out() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
+}
+
+fn validate(cli: &Cli) -> Result<()> {
+    let cfg = gnno_core::config::Config::load(&cli.config)?;
+    let base = cli.config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let files = gnno_ingest::parse::resolve_inputs(&cfg.ingest.inputs, &base)?;
+    writeln!(
+        out(),
+        "{}: valid; {} input file(s), workdir {}, {} thread(s), device {}",
+        cli.config.display(),
+        files.len(),
+        cfg.run.workdir.display(),
+        cfg.threads(),
+        cfg.run.device
+    )?;
+    Ok(())
+}
+
+fn status(p: &Pipeline, json: bool) -> Result<()> {
+    let mut rows = Vec::new();
+    for s in StageName::ALL {
+        let state = p.state(s)?;
+        rows.push(serde_json::json!({ "stage": s.as_str(), "status": state }));
+        if !json {
+            let line = match &state {
+                State::UpToDate => "up to date".to_owned(),
+                State::Missing => "missing".to_owned(),
+                State::Stale { reasons } => format!("stale: {}", reasons.join("; ")),
+            };
+            writeln!(out(), "{:<10} {line}", s.as_str())?;
+        }
+    }
+    if json {
+        writeln!(out(), "{}", serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+fn report(p: &Pipeline, s: StageName, json: bool) -> Result<()> {
+    let (m, _) = p.require(s)?;
+    if json {
+        let v = serde_json::json!({ "stage": s.as_str(), "report": m.report, "timings_s": m.timings_s, "fingerprint": m.fingerprint });
+        writeln!(out(), "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(out(), "{s} (run {}, fingerprint {})", m.run_dir, &m.fingerprint[..12.min(m.fingerprint.len())])?;
+        print_flat(&m.report, "  ")?;
+        for (k, v) in &m.timings_s {
+            writeln!(out(), "  time.{k:<24} {v:.3} s")?;
+        }
+    }
+    Ok(())
+}
+
+fn print_flat(v: &serde_json::Value, indent: &str) -> Result<()> {
+    if let serde_json::Value::Object(m) = v {
+        for (k, x) in m {
+            match x {
+                serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                    writeln!(out(), "{indent}{k:<30} {}", serde_json::to_string(x)?)?;
+                }
+                _ => writeln!(out(), "{indent}{k:<30} {x}")?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Headline figures after `gnno run`.
+fn summary(p: &Pipeline, done: &[(StageName, bool)]) -> Result<()> {
+    let mut o = out();
+    writeln!(o, "workdir: {}", p.workdir().display())?;
+    for (s, ran) in done {
+        writeln!(o, "  {:<10} {}", s.as_str(), if *ran { "ran" } else { "up to date" })?;
+    }
+    if let Some(m) = p.manifest(StageName::Evaluate)? {
+        writeln!(o, "results: {}", m.run_path(&p.stage_dir(StageName::Evaluate)).display())?;
+        if let Some(full) = m.report.get("test_full") {
+            let pick = |k: &str| full.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+            writeln!(o, "test (full ranking): HR@10 {:.4}  NDCG@10 {:.4}  HR@20 {:.4}  NDCG@20 {:.4}", pick("HR@10"), pick("NDCG@10"), pick("HR@20"), pick("NDCG@20"))?;
+        }
+        writeln!(o, "all figures: gnno report evaluate --json")?;
+    }
+    Ok(())
+}
+
+fn inspect_item(p: &Pipeline, id: &str, top: usize, json: bool) -> Result<()> {
+    let (ds, fp) = stages::dataset(p)?;
+    let (_, gdir) = p.require(StageName::Graph)?;
+    let store = gnno_store::Store::open(&gdir.join(STORE_DIR), Some(&fp))?;
+    let idx = if let Some(n) = id.strip_prefix('#') {
+        n.parse::<u32>().ok().filter(|&i| i >= 1 && i <= ds.n_items)
+    } else {
+        ds.item_raw.iter().position(|r| r == id).and_then(|i| u32::try_from(i).ok()).filter(|&i| i >= 1)
+    }
+    .ok_or_else(|| gnno_core::Error::usage(format!("no item {id:?} in the ingest output")).with_hint("give a raw item id, or #N for the item index N"))?;
+    let raw = |i: u32| ds.item_raw.get(i as usize).cloned().unwrap_or_default();
+    let (wn, ww) = store.witg(idx)?;
+    let mut witg: Vec<(u32, f64)> = wn.into_iter().zip(ww).collect();
+    witg.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let (on, oj) = store.overlap(idx)?;
+    let degree = witg.len();
+    let list_len = on.len();
+    if json {
+        let v = serde_json::json!({
+            "item": idx, "raw_id": raw(idx), "degree": degree, "overlap_list_len": list_len,
+            "witg": witg.iter().take(top).map(|&(j, w)| serde_json::json!({"item": j, "raw_id": raw(j), "weight": w})).collect::<Vec<_>>(),
+            "overlap": on.iter().zip(&oj).filter(|(j, _)| **j != idx).take(top).map(|(&j, &v)| serde_json::json!({"item": j, "raw_id": raw(j), "jaccard": v})).collect::<Vec<_>>(),
+        });
+        writeln!(out(), "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let mut o = out();
+    writeln!(o, "item #{idx} (raw {}): {degree} WITG neighbours, {list_len} items with overlap > 0", raw(idx))?;
+    writeln!(o, "top WITG neighbours (w'):")?;
+    for &(j, w) in witg.iter().take(top) {
+        writeln!(o, "  {:<16} #{j:<8} {w:.6}", raw(j))?;
+    }
+    writeln!(o, "top overlaps (J):")?;
+    for (&j, &v) in on.iter().zip(&oj).filter(|(j, _)| **j != idx).take(top) {
+        writeln!(o, "  {:<16} #{j:<8} {v:.6}", raw(j))?;
+    }
+    Ok(())
+}
+
+fn audit(p: &Pipeline, epoch: Option<u32>, json: bool, plot: Option<&std::path::Path>) -> Result<()> {
+    let (ds, _) = stages::dataset(p)?;
+    let (m, _) = p.require(StageName::Negatives)?;
+    let dir = p.stage_dir(StageName::Negatives);
+    // Checksums first: a damaged shard is named before any statistic is computed.
+    m.verify_outputs(&dir, true)?;
+    let run = m.run_path(&dir);
+    let epochs = m.report.get("epochs").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+    let mut audits = Vec::new();
+    for e in &epochs {
+        let ep = u32::try_from(e.get("epoch").and_then(serde_json::Value::as_u64).unwrap_or(0)).unwrap_or(0);
+        if epoch.is_some_and(|want| want != ep) {
+            continue;
+        }
+        let h = e.get("hardness").and_then(serde_json::Value::as_f64);
+        if h.is_none() {
+            audits.push(gnno_negatives::audit::EpochAudit {
+                epoch: ep,
+                hardness: None,
+                rows: 0,
+                negatives: 0,
+                overlap_quantiles: [0.0; 7],
+                share_overlap_positive: 0.0,
+                share_dev_item: 0.0,
+                share_test_item: 0.0,
+                share_in_train_history: 0.0,
+                distinct_items: 0,
+                top_negatives: vec![],
+            });
+            continue;
+        }
+        audits.push(gnno_negatives::audit::audit_epoch(&run.join(gnno_core::shards::epoch_dir(ep)), ep, h, &ds)?);
+    }
+    if let Some(want) = epoch {
+        if audits.is_empty() {
+            return Err(gnno_core::Error::usage(format!("epoch {want} was not drawn (epochs 0..{})", epochs.len())).into());
+        }
+    }
+    let plot_path = plot.map_or_else(|| dir.join("audit.svg"), std::path::Path::to_path_buf);
+    std::fs::write(&plot_path, gnno_negatives::audit::plot_svg(&audits)).at(&plot_path)?;
+    if json {
+        let v = serde_json::json!({ "epochs": audits, "plot": plot_path.display().to_string(), "checksums_verified": m.outputs.len() });
+        writeln!(out(), "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let mut o = out();
+    writeln!(o, "{} shard files verified against the manifest", m.outputs.len())?;
+    writeln!(o, "epoch  h      negatives  J p50    J p90    J p99    J>0     dev     test    hist    distinct  top")?;
+    for a in &audits {
+        match a.hardness {
+            None => writeln!(o, "{:<6} warm-up: no hard negatives", a.epoch)?,
+            Some(h) => writeln!(
+                o,
+                "{:<6} {h:<6.3} {:<10} {:<8.4} {:<8.4} {:<8.4} {:<7.4} {:<7.5} {:<7.5} {:<7.5} {:<9} {}",
+                a.epoch,
+                a.negatives,
+                a.overlap_quantiles[2],
+                a.overlap_quantiles[4],
+                a.overlap_quantiles[5],
+                a.share_overlap_positive,
+                a.share_dev_item,
+                a.share_test_item,
+                a.share_in_train_history,
+                a.distinct_items,
+                a.top_negatives.iter().take(3).map(|(r, c)| format!("{r}({c})")).collect::<Vec<_>>().join(" ")
+            )?,
+        }
+    }
+    writeln!(o, "plot: {}", plot_path.display())?;
+    Ok(())
+}
