@@ -13,7 +13,7 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
     if matches!(cli.command, Command::Validate) {
         return validate(cli);
     }
-    let p = Pipeline::load(&cli.config, cli.quiet)?;
+    let p = Pipeline::load(&cli.config)?;
     set_threads(p.cfg.threads());
     let bars = Bars::new(cli.quiet);
     match &cli.command {

@@ -16,7 +16,6 @@ use gnno_core::fsutil;
 use gnno_core::manifest::{self, InputRef, Manifest};
 use gnno_core::progress::Progress;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,14 +63,13 @@ pub enum State {
 pub struct Pipeline {
     pub cfg: Config,
     pub config_dir: PathBuf,
-    pub quiet: bool,
 }
 
 impl Pipeline {
-    pub fn load(config: &Path, quiet: bool) -> Result<Self> {
+    pub fn load(config: &Path) -> Result<Self> {
         let cfg = Config::load(config)?;
         let config_dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Self { cfg, config_dir, quiet })
+        Ok(Self { cfg, config_dir })
     }
 
     pub fn workdir(&self) -> &Path {
@@ -303,6 +301,3 @@ fn diff_settings(old: &serde_json::Value, new: &serde_json::Value, path: &str) -
         (a, b) => vec![format!("setting {} changed: {a} -> {b}", path.replace('_', "-"))],
     }
 }
-
-/// Per-file row counts for the manifest.
-pub type Rows = BTreeMap<String, u64>;

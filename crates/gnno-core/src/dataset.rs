@@ -93,6 +93,27 @@ impl Dataset {
             .sum()
     }
 
+    /// Training instances, numbered in user then position order.
+    pub fn instances(&self) -> Instances {
+        let mut s = Instances::default();
+        for u in 0..self.n_users() {
+            let (a, b) = (self.train_offsets[u], self.train_offsets[u + 1]);
+            for k in a + 1..b {
+                s.user.push(u32::try_from(u).unwrap_or(u32::MAX));
+                s.pos.push(u32::try_from(k - a).unwrap_or(u32::MAX));
+                s.target.push(self.train_items[k]);
+            }
+        }
+        s
+    }
+
+    /// The history of an instance: the last `max_len` train items before its position.
+    pub fn history(&self, user: UserIdx, pos: u32, max_len: usize) -> &[ItemIdx] {
+        let seq = self.train_seq(user);
+        let end = pos as usize;
+        &seq[end.saturating_sub(max_len)..end]
+    }
+
     /// Load the ingest stage's output folder.
     pub fn load(dir: &Path) -> Result<Self> {
         let items = load_id_map(&dir.join(ITEMS_FILE), col::ITEM)?;
@@ -145,6 +166,25 @@ impl Dataset {
         }
         ds.train_items = rows.into_iter().map(|r| r.2).collect();
         Ok(ds)
+    }
+}
+
+/// Training instances (GNNO.md §1): every train position k ≥ 1 of every user, in
+/// user then position order; the index in these vectors is the instance id.
+#[derive(Debug, Default, Clone)]
+pub struct Instances {
+    pub user: Vec<UserIdx>,
+    /// Position of the target in the user's train sequence (≥ 1).
+    pub pos: Vec<u32>,
+    pub target: Vec<ItemIdx>,
+}
+
+impl Instances {
+    pub fn len(&self) -> usize {
+        self.user.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.user.is_empty()
     }
 }
 

@@ -26,35 +26,6 @@ pub fn hardness(cfg: &NegativesSettings, epoch: u32) -> Option<f64> {
     (epoch >= cfg.warmup).then(|| (f64::from(epoch - cfg.warmup) * cfg.pace).min(cfg.max_hardness))
 }
 
-/// Training instances: (user, position k ≥ 1) of every train sequence, in user then
-/// position order; the index in this list is the instance id.
-#[derive(Debug, Default)]
-pub struct Instances {
-    pub user: Vec<u32>,
-    pub target: Vec<ItemIdx>,
-}
-
-impl Instances {
-    pub fn from_dataset(ds: &Dataset) -> Self {
-        let mut s = Self::default();
-        for u in 0..ds.n_users() {
-            #[expect(clippy::cast_possible_truncation, reason = "user ids are u32")]
-            let seq = ds.train_seq(u as u32);
-            for &t in seq.iter().skip(1) {
-                s.user.push(u as u32);
-                s.target.push(t);
-            }
-        }
-        s
-    }
-    pub fn len(&self) -> usize {
-        self.user.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.user.is_empty()
-    }
-}
-
 /// The sampler chosen in the config, ready to draw.
 pub enum Sampler {
     Gnno { index: OverlapIndex, tau: f64 },
@@ -158,7 +129,7 @@ pub fn run(
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<NegativesReport> {
-    let inst = Instances::from_dataset(ds);
+    let inst = ds.instances();
     let n = inst.len() as u64;
     let per = u64::from(cfg.shard_rows);
     let n_shards = n.div_ceil(per).max(1);

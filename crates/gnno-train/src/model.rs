@@ -1,0 +1,184 @@
+//! The backbones (GNNO.md §5): the authors' bidirectional transformer encoder,
+//! SASRec (causal transformer) and GRU4Rec. Each maps a left-padded history
+//! `[B, L]` (item 0 = padding) to a representation `[B, D]`; scores are dot products
+//! with the item embeddings.
+
+use gnno_core::config::{Backbone, TrainSettings};
+use tch::nn::{self, Module, RNN};
+use tch::{Kind, Tensor};
+
+/// Multi-head self-attention with a key-padding mask and an optional causal mask.
+#[derive(Debug)]
+struct Attention {
+    q: nn::Linear,
+    k: nn::Linear,
+    v: nn::Linear,
+    o: nn::Linear,
+    heads: i64,
+}
+
+impl Attention {
+    fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
+        let c = nn::LinearConfig { ws_init: normal(), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        Self {
+            q: nn::linear(p / "q", d, d, c),
+            k: nn::linear(p / "k", d, d, c),
+            v: nn::linear(p / "v", d, d, c),
+            o: nn::linear(p / "o", d, d, c),
+            heads,
+        }
+    }
+
+    /// `bias`: additive mask `[B or 1, 1, L or 1, L]` (0 keep, -1e9 drop).
+    fn forward(&self, x: &Tensor, bias: &Tensor) -> Tensor {
+        let (b, l, d) = x.size3().unwrap_or((0, 0, 0));
+        let dh = d / self.heads;
+        let split = |t: Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
+        let (q, k, v) = (split(self.q.forward(x)), split(self.k.forward(x)), split(self.v.forward(x)));
+        #[expect(clippy::cast_precision_loss, reason = "head size")]
+        let scale = 1.0 / (dh as f64).sqrt();
+        let att = (q.matmul(&k.transpose(-2, -1)) * scale + bias).softmax(-1, Kind::Float);
+        let y = att.matmul(&v).transpose(1, 2).contiguous().view([b, l, d]);
+        self.o.forward(&y)
+    }
+}
+
+fn normal() -> nn::Init {
+    nn::Init::Randn { mean: 0.0, stdev: 0.01 }
+}
+
+/// A post-LayerNorm transformer block.
+#[derive(Debug)]
+struct Block {
+    att: Attention,
+    ln1: nn::LayerNorm,
+    ff1: nn::Linear,
+    ff2: nn::Linear,
+    ln2: nn::LayerNorm,
+}
+
+impl Block {
+    fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
+        let c = nn::LinearConfig { ws_init: normal(), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        Self {
+            att: Attention::new(&(p / "att"), d, heads),
+            ln1: nn::layer_norm(p / "ln1", vec![d], Default::default()),
+            ff1: nn::linear(p / "ff1", d, d, c),
+            ff2: nn::linear(p / "ff2", d, d, c),
+            ln2: nn::layer_norm(p / "ln2", vec![d], Default::default()),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
+        let a = self.att.forward(x, bias).dropout(dropout, train);
+        let x = self.ln1.forward(&(x + a));
+        let f = self.ff2.forward(&self.ff1.forward(&x).gelu("none")).dropout(dropout, train);
+        self.ln2.forward(&(x + f))
+    }
+}
+
+#[derive(Debug)]
+enum Body {
+    Transformer { pos: nn::Embedding, blocks: Vec<Block>, causal: bool },
+    Gru(nn::GRU),
+}
+
+/// A sequential recommender: item embeddings plus a backbone.
+#[derive(Debug)]
+pub struct Model {
+    pub items: nn::Embedding,
+    body: Body,
+    /// Items are 1..=n_items; n_items + 1 is the mask token of the augmentations.
+    pub n_items: i64,
+    pub max_len: i64,
+    dropout: f64,
+}
+
+impl Model {
+    pub fn new(p: &nn::Path, cfg: &TrainSettings, n_items: u32) -> Self {
+        let d = i64::from(cfg.dim);
+        let n = i64::from(n_items);
+        let emb_cfg = nn::EmbeddingConfig { ws_init: normal(), padding_idx: 0, ..Default::default() };
+        let items = nn::embedding(p / "items", n + 2, d, emb_cfg);
+        tch::no_grad(|| {
+            let _ = items.ws.get(0).zero_();
+        });
+        let max_len = i64::from(cfg.history_len);
+        let body = match cfg.backbone {
+            Backbone::Encoder | Backbone::Sasrec => {
+                let pos = nn::embedding(p / "pos", max_len, d, nn::EmbeddingConfig { ws_init: normal(), ..Default::default() });
+                let blocks = (0..cfg.layers).map(|i| Block::new(&(p / format!("block{i}")), d, i64::from(cfg.heads))).collect();
+                Body::Transformer { pos, blocks, causal: cfg.backbone == Backbone::Sasrec }
+            }
+            Backbone::Gru4rec => {
+                let c = nn::RNNConfig { batch_first: true, num_layers: i64::from(cfg.layers), ..Default::default() };
+                Body::Gru(nn::gru(p / "gru", d, d, c))
+            }
+        };
+        Self { items, body, n_items: n, max_len, dropout: cfg.dropout }
+    }
+
+    /// Representation of each history: the output at the last position (histories
+    /// are left-padded, so the last position is always a real item).
+    pub fn encode(&self, hist: &Tensor, train: bool) -> Tensor {
+        let x = self.items.forward(hist);
+        let l = hist.size()[1];
+        match &self.body {
+            Body::Transformer { pos, blocks, causal } => {
+                let positions = Tensor::arange(l, (Kind::Int64, hist.device()));
+                let mut x = (x + pos.forward(&positions).unsqueeze(0)).dropout(self.dropout, train);
+                // Key padding: -1e9 (not -inf) so fully padded query rows stay finite.
+                let pad = hist.eq(0).to_kind(Kind::Float).unsqueeze(1).unsqueeze(1) * -1e9;
+                let bias = if *causal {
+                    let tri = Tensor::ones([l, l], (Kind::Float, hist.device())).triu(1) * -1e9;
+                    pad + tri.unsqueeze(0).unsqueeze(0)
+                } else {
+                    pad
+                };
+                for b in blocks {
+                    x = b.forward(&x, &bias, self.dropout, train);
+                }
+                x.select(1, l - 1)
+            }
+            Body::Gru(g) => {
+                let (out, _) = g.seq(&x);
+                out.select(1, l - 1)
+            }
+        }
+    }
+
+    /// Scores of candidate items `[B, C]` for representations `[B, D]`.
+    pub fn score(&self, rep: &Tensor, cands: &Tensor) -> Tensor {
+        self.items.forward(cands).matmul(&rep.unsqueeze(-1)).squeeze_dim(-1)
+    }
+
+    /// Scores of every item `[B, n_items + 2]` (columns 0 and n+1 are not items).
+    pub fn score_all(&self, rep: &Tensor) -> Tensor {
+        rep.matmul(&self.items.ws.transpose(0, 1))
+    }
+}
+
+/// BPR over all negatives: −mean log σ(s⁺ − s⁻). Column 0 of `scores` is the target.
+pub fn bpr(scores: &Tensor) -> Tensor {
+    let c = scores.size()[1];
+    let pos = scores.narrow(1, 0, 1);
+    let neg = scores.narrow(1, 1, c - 1);
+    -(pos - neg).log_sigmoid().mean(Kind::Float)
+}
+
+/// Supervised contrastive loss over two views: rows with the same target are
+/// positives (ContraRec's context-context term).
+pub fn supcon(z1: &Tensor, z2: &Tensor, targets: &Tensor, temperature: f64) -> Tensor {
+    let f = Tensor::cat(&[z1, z2], 0);
+    let f = &f / f.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+    let n = f.size()[0];
+    let dev = f.device();
+    let sim = f.matmul(&f.transpose(0, 1)) / temperature;
+    let eye = Tensor::eye(n, (Kind::Bool, dev));
+    let sim = sim.masked_fill(&eye, -1e9);
+    let labels = Tensor::cat(&[targets, targets], 0);
+    let pos = labels.unsqueeze(1).eq_tensor(&labels.unsqueeze(0)).logical_and(&eye.logical_not()).to_kind(Kind::Float);
+    let log_prob = &sim - sim.logsumexp([1], true);
+    let per = -(pos.shallow_clone() * log_prob).sum_dim_intlist(1i64, false, Kind::Float) / pos.sum_dim_intlist(1i64, false, Kind::Float).clamp_min(1.0);
+    per.mean(Kind::Float)
+}
