@@ -231,7 +231,7 @@ pub fn report(g: &Witg, rows: &[OverlapRow]) -> GraphReport {
     let over = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| r.0.iter().zip(&r.1).filter(|(&j, &v)| j as usize != i && f64::from(v) > 0.1).count() as u64)
+        .map(|(i, r)| r.0.iter().zip(&r.1).filter(|(&j, &v)| j as usize != i && v > 0.1f32).count() as u64)
         .sum();
     GraphReport {
         n_items: g.n_items,

@@ -61,9 +61,15 @@ impl Sampler {
 
     /// Draw `n` negatives for target `t` at hardness `h` into `out` (item, J).
     pub fn draw<R: rand::Rng>(&self, t: ItemIdx, h: f64, n: u32, exclude: &[ItemIdx], rng: &mut R, out: &mut Vec<(ItemIdx, f32)>) {
+        let prep = match self {
+            Self::Gnno { index, .. } => Some(index.prepare(t, h)),
+            _ => None,
+        };
         for _ in 0..n {
             let got = match self {
-                Self::Gnno { index, tau } => sampler::draw_excluding(index, t, h, *tau, exclude, rng),
+                Self::Gnno { index, tau } => prep
+                    .as_ref()
+                    .and_then(|p| sampler::draw_excluding_prepared(index, p, t, h, *tau, exclude, rng)),
                 Self::Uniform { n_items } => sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0)),
                 Self::Popularity(p) => p.draw(t, exclude, rng).map(|j| (j, 0.0)),
             };
@@ -119,7 +125,39 @@ pub struct RunIdentity {
     pub ingest_fingerprint: String,
 }
 
+/// Draw one shard: instances `first..last` of epoch `e` at hardness `h`.
+///
+/// Instances are visited grouped by target so that a popular target's overlap list
+/// stays in cache; each has its own random stream, so the visiting order does not
+/// change what is drawn. Rows are written in instance order.
+fn draw_shard(ds: &Dataset, inst: &gnno_core::dataset::Instances, sampler: &Sampler, cfg: &NegativesSettings, seed: u64, e: u32, h: f64, first: u64, last: u64) -> shard::ShardRows {
+    let n = (last - first) as usize;
+    let k = cfg.n_hard as usize;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&r| inst.target[first as usize + r]);
+    let mut drawn: Vec<(ItemIdx, f32)> = vec![(0, 0.0); n * k];
+    let mut counts = vec![0usize; n];
+    let mut buf = Vec::with_capacity(k);
+    for r in order {
+        let i = first as usize + r;
+        let (u, t) = (inst.user[i], inst.target[i]);
+        let exclude = if cfg.exclude_history { ds.train_seq(u) } else { &[][..] };
+        let mut rng = instance_rng(seed, e, i as u64);
+        buf.clear();
+        sampler.draw(t, h, cfg.n_hard, exclude, &mut rng, &mut buf);
+        drawn[r * k..r * k + buf.len()].copy_from_slice(&buf);
+        counts[r] = buf.len();
+    }
+    let mut rows = shard::ShardRows::with_capacity(n, k);
+    for r in 0..n {
+        let i = first as usize + r;
+        rows.push(i as u64, inst.user[i], inst.target[i], &drawn[r * k..r * k + counts[r]]);
+    }
+    rows
+}
+
 /// Draw every epoch's shards into `out`, reusing shards a killed run already finished.
+/// All (epoch, shard) tasks share one parallel loop, so small epochs still use every core.
 pub fn run(
     ds: &Dataset,
     sampler: &Sampler,
@@ -133,66 +171,62 @@ pub fn run(
     let n = inst.len() as u64;
     let per = u64::from(cfg.shard_rows);
     let n_shards = n.div_ceil(per).max(1);
-    let hard_epochs: Vec<u32> = (0..epochs).filter(|&e| hardness(cfg, e).is_some()).collect();
-    progress.start("negatives: drawing", n * hard_epochs.len() as u64);
+    let hard: Vec<(u32, f64)> = (0..epochs).filter_map(|e| hardness(cfg, e).map(|h| (e, h))).collect();
+    progress.start("negatives: drawing", n * hard.len() as u64);
+    for &(e, _) in &hard {
+        gnno_core::fsutil::create_dir_all(&out.join(shard::epoch_dir(e)))?;
+    }
+    let tasks: Vec<(u32, f64, u64)> = hard.iter().flat_map(|&(e, h)| (0..n_shards).map(move |s| (e, h, s))).collect();
+    let abort_after: Option<usize> = std::env::var("GNNO_FAULT_AFTER_SHARDS").ok().and_then(|v| v.parse().ok());
+    let written = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<(u32, u64, u64, u64, bool)>> = tasks
+        .into_par_iter()
+        .map(|(e, h, s)| {
+            let first = s * per;
+            let last = ((s + 1) * per).min(n);
+            let meta = shard::ShardMeta::new(cfg, id, e, h, s, first, last - first);
+            let path = out.join(shard::epoch_dir(e)).join(shard::shard_file(s));
+            if let Some(negs) = shard::complete_negatives(&path, &meta) {
+                progress.advance(last - first);
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                return Ok((e, last - first, bytes, negs, true));
+            }
+            let rows = draw_shard(ds, &inst, sampler, cfg, id.seed, e, h, first, last);
+            let negs = rows.negatives() as u64;
+            let bytes = shard::write(&path, rows, &meta, cfg.row_group_rows as usize)?;
+            progress.advance(last - first);
+            let done = written.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if abort_after == Some(done) {
+                // Test hook: die like a killed process half-way through the shards.
+                std::process::abort();
+            }
+            Ok((e, last - first, bytes, negs, false))
+        })
+        .collect();
     let mut report = NegativesReport {
         sampler: cfg.sampler,
         instances: n,
-        epochs: Vec::new(),
+        epochs: (0..epochs)
+            .map(|e| EpochReport { epoch: e, hardness: hardness(cfg, e), shards: 0, rows: 0, negatives: 0, bytes: 0, shards_reused: 0 })
+            .collect(),
         negatives_total: 0,
         shards_written: 0,
         shards_reused: 0,
     };
-    for e in 0..epochs {
-        let Some(h) = hardness(cfg, e) else {
-            report.epochs.push(EpochReport { epoch: e, hardness: None, shards: 0, rows: 0, negatives: 0, bytes: 0, shards_reused: 0 });
-            continue;
-        };
-        let dir = out.join(shard::epoch_dir(e));
-        gnno_core::fsutil::create_dir_all(&dir)?;
-        let results: Vec<Result<(u64, u64, u64, bool)>> = (0..n_shards)
-            .into_par_iter()
-            .map(|s| {
-                let first = s * per;
-                let last = ((s + 1) * per).min(n);
-                let meta = shard::ShardMeta::new(cfg, id, e, h, s, first, last - first);
-                let path = dir.join(shard::shard_file(s));
-                if let Some(negs) = shard::complete_negatives(&path, &meta) {
-                    progress.advance(last - first);
-                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    return Ok((last - first, bytes, negs, true));
-                }
-                let mut rows = shard::ShardRows::with_capacity((last - first) as usize, cfg.n_hard as usize);
-                let mut buf = Vec::with_capacity(cfg.n_hard as usize);
-                for i in first..last {
-                    let (u, t) = (inst.user[i as usize], inst.target[i as usize]);
-                    let exclude = if cfg.exclude_history { ds.train_seq(u) } else { &[][..] };
-                    let mut rng = instance_rng(id.seed, e, i);
-                    buf.clear();
-                    sampler.draw(t, h, cfg.n_hard, exclude, &mut rng, &mut buf);
-                    rows.push(i, u, t, &buf);
-                }
-                let negs = rows.negatives() as u64;
-                let bytes = shard::write(&path, rows, &meta, cfg.row_group_rows as usize)?;
-                progress.advance(last - first);
-                Ok((last - first, bytes, negs, false))
-            })
-            .collect();
-        let mut er = EpochReport { epoch: e, hardness: Some(h), shards: 0, rows: 0, negatives: 0, bytes: 0, shards_reused: 0 };
-        for r in results {
-            let (rows, bytes, negs, reused) = r?;
-            er.shards += 1;
-            er.rows += rows;
-            er.bytes += bytes;
-            er.negatives += negs;
-            if reused {
-                er.shards_reused += 1;
-            }
+    for r in results {
+        let (e, rows, bytes, negs, reused) = r?;
+        let er = &mut report.epochs[e as usize];
+        er.shards += 1;
+        er.rows += rows;
+        er.bytes += bytes;
+        er.negatives += negs;
+        report.negatives_total += negs;
+        if reused {
+            er.shards_reused += 1;
+            report.shards_reused += 1;
+        } else {
+            report.shards_written += 1;
         }
-        report.negatives_total += er.negatives;
-        report.shards_reused += er.shards_reused;
-        report.shards_written += er.shards - er.shards_reused;
-        report.epochs.push(er);
     }
     progress.finish();
     Ok(report)

@@ -2,10 +2,12 @@
 //!
 //! For target t and hardness h the base distribution over items 1..=N is
 //! p(j) ∝ exp(J(t,j)/τ)·1[J(t,j) ≤ h]. Items outside t's overlap list have J = 0 and
-//! weight 1, so a draw first picks "neighbour" or "non-neighbour" by mass, then a
-//! neighbour by binary search in the suffix sums of the allowed run of the
-//! J-descending list, or the r-th item absent from the list by binary search in the
-//! id-sorted list. The target and excluded items are removed by rejection, which
+//! weight 1, so a draw first picks "neighbour" or "non-neighbour" by mass. Overlap
+//! values are ratios of small integers, so a J-descending list is a few hundred runs
+//! of equal J: a neighbour is drawn by binary search over the suffix masses of the
+//! allowed runs (those with J ≤ h, a contiguous tail), then uniformly inside the run.
+//! A non-neighbour is the r-th item absent from the list, found by binary search in
+//! the id-sorted list. The target and excluded items are removed by rejection, which
 //! yields exactly the conditional distribution.
 
 use gnno_core::error::Result;
@@ -17,16 +19,20 @@ use rand::RngExt;
 #[derive(Debug, Default)]
 pub struct OverlapIndex {
     pub n_items: u32,
-    /// `off[i]..off[i+1]` indexes `ids` / `j` / `by_id` for item i.
+    /// `off[i]..off[i+1]` indexes `ids` / `by_id` / `j_by_id` for item i.
     off: Vec<usize>,
-    /// Neighbours in J-descending order and their J.
+    /// Neighbours in J-descending order (ties by id).
     ids: Vec<ItemIdx>,
-    j: Vec<f32>,
-    /// Suffix sums of exp(J/τ) per list; list i uses `suf[off[i] + i ..= off[i+1] + i]`.
-    suf: Vec<f64>,
-    /// The same neighbours sorted by id (for the non-neighbour draw and lookups).
+    /// `run_off[i]..run_off[i+1]` indexes the runs of equal J of item i's list.
+    run_off: Vec<usize>,
+    run_j: Vec<f32>,
+    /// Start of each run inside its list.
+    run_start: Vec<u32>,
+    /// Suffix masses Σ len·exp(J/τ) over runs; item i uses
+    /// `run_suf[run_off[i] + i ..= run_off[i+1] + i]` (one sentinel 0 per item).
+    run_suf: Vec<f64>,
+    /// The same neighbours sorted by id (non-neighbour draws and lookups), with J.
     by_id: Vec<ItemIdx>,
-    /// J of `by_id[k]`.
     j_by_id: Vec<f32>,
 }
 
@@ -34,32 +40,48 @@ impl OverlapIndex {
     /// Build from lists given as (item, ids J-desc, J) in increasing item order.
     pub fn from_lists(n_items: u32, lists: impl IntoIterator<Item = (u32, Vec<u32>, Vec<f32>)>, tau: f64) -> Self {
         let n = n_items as usize + 1;
-        let mut s = Self { n_items, off: vec![0; n + 1], ..Self::default() };
+        let mut s = Self { n_items, off: vec![0; n + 1], run_off: vec![0; n + 1], ..Self::default() };
         let mut next = 0usize;
+        let close = |s: &mut Self, i: usize| {
+            s.off[i + 1] = s.ids.len();
+            s.run_off[i + 1] = s.run_j.len();
+            s.run_suf.push(0.0);
+        };
         for (item, ids, j) in lists {
             let item = item as usize;
             while next < item {
-                s.off[next + 1] = s.ids.len();
-                s.suf.push(0.0);
+                close(&mut s, next);
                 next += 1;
             }
-            let base = s.suf.len();
-            s.suf.resize(base + ids.len() + 1, 0.0);
-            for k in (0..ids.len()).rev() {
-                s.suf[base + k] = s.suf[base + k + 1] + (f64::from(j[k]) / tau).exp();
+            let first_run = s.run_j.len();
+            let mut k = 0;
+            while k < j.len() {
+                let mut e = k;
+                while e < j.len() && j[e] == j[k] {
+                    e += 1;
+                }
+                s.run_j.push(j[k]);
+                s.run_start.push(u32::try_from(k).unwrap_or(u32::MAX));
+                #[expect(clippy::cast_precision_loss, reason = "run lengths are small")]
+                s.run_suf.push((e - k) as f64 * (f64::from(j[k]) / tau).exp());
+                k = e;
+            }
+            // Turn run masses into suffix sums (the sentinel is pushed by `close`).
+            let base = first_run + item;
+            let runs = s.run_j.len() - first_run;
+            for r in (0..runs.saturating_sub(1)).rev() {
+                s.run_suf[base + r] += s.run_suf[base + r + 1];
             }
             let mut pairs: Vec<(u32, f32)> = ids.iter().copied().zip(j.iter().copied()).collect();
             pairs.sort_unstable_by_key(|p| p.0);
             s.by_id.extend(pairs.iter().map(|p| p.0));
             s.j_by_id.extend(pairs.iter().map(|p| p.1));
             s.ids.extend(ids);
-            s.j.extend(j);
-            s.off[item + 1] = s.ids.len();
+            close(&mut s, item);
             next = item + 1;
         }
         while next < n {
-            s.off[next + 1] = s.ids.len();
-            s.suf.push(0.0);
+            close(&mut s, next);
             next += 1;
         }
         s
@@ -79,11 +101,6 @@ impl OverlapIndex {
         (self.off[t as usize], self.off[t as usize + 1])
     }
 
-    fn suf(&self, t: ItemIdx) -> &[f64] {
-        let (a, b) = self.range(t);
-        &self.suf[a + t as usize..=b + t as usize]
-    }
-
     /// J(t, j) as stored (0 when j is not in t's list).
     pub fn overlap(&self, t: ItemIdx, j: ItemIdx) -> f32 {
         let (a, b) = self.range(t);
@@ -98,40 +115,48 @@ impl OverlapIndex {
         b - a
     }
 
-    /// Start of the allowed run (J ≤ h) in t's J-descending list. The comparison is
-    /// made in f32, the precision J is stored in (the authors' tensors are f32 too).
-    fn allowed_start(&self, t: ItemIdx, h: f64) -> usize {
+    /// The parts of a draw that depend only on (t, h): computed once per instance.
+    /// The allowed runs (J ≤ h) are found by comparing in f32, the precision J is
+    /// stored in (the authors' tensors are f32 too).
+    pub fn prepare(&self, t: ItemIdx, h: f64) -> Prepared {
         let (a, b) = self.range(t);
+        let (ra, rb) = (self.run_off[t as usize], self.run_off[t as usize + 1]);
         #[expect(clippy::cast_possible_truncation, reason = "J is f32")]
-        let h = h as f32;
-        self.j[a..b].partition_point(|&v| v > h)
+        let h32 = h as f32;
+        let start = self.run_j[ra..rb].partition_point(|&v| v > h32);
+        let sufa = ra + t as usize;
+        let w_nb = self.run_suf[sufa + start];
+        let m0 = self.n_items as usize - (b - a);
+        #[expect(clippy::cast_precision_loss, reason = "item counts are far below 2^52")]
+        let total = w_nb + m0 as f64;
+        Prepared { a, len: b - a, ra, runs: rb - ra, sufa, start, w_nb, m0, total }
     }
 
     /// One draw from the base distribution (target and exclusions not yet removed).
     /// Returns the item and its J; None when no item has mass.
     pub fn draw_base<R: rand::Rng>(&self, t: ItemIdx, h: f64, rng: &mut R) -> Option<(ItemIdx, f32)> {
-        let (a, b) = self.range(t);
-        let len = b - a;
-        let suf = self.suf(t);
-        let start = self.allowed_start(t, h);
-        let w_nb = suf[start];
-        let m0 = self.n_items as usize - len;
-        #[expect(clippy::cast_precision_loss, reason = "item counts are far below 2^52")]
-        let total = w_nb + m0 as f64;
-        if total <= 0.0 {
+        self.draw_prepared(&self.prepare(t, h), rng)
+    }
+
+    /// One draw given the prepared (t, h) parts.
+    pub fn draw_prepared<R: rand::Rng>(&self, p: &Prepared, rng: &mut R) -> Option<(ItemIdx, f32)> {
+        if p.total <= 0.0 {
             return None;
         }
-        let u = rng.random::<f64>() * total;
-        if u < w_nb {
-            let v = suf[start] - u;
-            // First k >= start with suf[k+1] < v.
-            let k = start + suf[start + 1..=len].partition_point(|&s| s >= v);
-            let k = k.min(len - 1);
-            Some((self.ids[a + k], self.j[a + k]))
+        let u = rng.random::<f64>() * p.total;
+        if u < p.w_nb {
+            // The run: first r >= start whose tail mass suf[r+1] is below w_nb - u.
+            let suf = &self.run_suf[p.sufa..=p.sufa + p.runs];
+            let v = p.w_nb - u;
+            let r = (p.start + suf[p.start + 1..].partition_point(|&x| x >= v)).min(p.runs - 1);
+            let from = self.run_start[p.ra + r] as usize;
+            let to = if r + 1 < p.runs { self.run_start[p.ra + r + 1] as usize } else { p.len };
+            let k = rng.random_range(from..to);
+            Some((self.ids[p.a + k], self.run_j[p.ra + r]))
         } else {
             #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "u - w_nb is in [0, m0)")]
-            let r = ((u - w_nb) as usize).min(m0 - 1);
-            let sorted = &self.by_id[a..b];
+            let r = ((u - p.w_nb) as usize).min(p.m0 - 1);
+            let sorted = &self.by_id[p.a..p.a + p.len];
             // Items absent from the list below sorted[k] number sorted[k] - 1 - k,
             // which grows with k: binary search for how many list items precede the answer.
             let (mut lo, mut hi) = (0usize, sorted.len());
@@ -143,8 +168,7 @@ impl OverlapIndex {
                     hi = mid;
                 }
             }
-            let m = lo;
-            Some((u32::try_from(r + 1 + m).unwrap_or(u32::MAX), 0.0))
+            Some((u32::try_from(r + 1 + lo).unwrap_or(u32::MAX), 0.0))
         }
     }
 
@@ -168,6 +192,20 @@ impl OverlapIndex {
     }
 }
 
+/// What a draw for one (target, hardness) needs, computed once.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    a: usize,
+    len: usize,
+    ra: usize,
+    runs: usize,
+    sufa: usize,
+    start: usize,
+    w_nb: f64,
+    m0: usize,
+    total: f64,
+}
+
 /// Draw one negative for target `t`: base draw, rejecting t and excluded items.
 /// After `max_tries` rejections it falls back to an exact enumeration, so a
 /// pathological case (all mass excluded) cannot loop forever.
@@ -179,8 +217,21 @@ pub fn draw_excluding<R: rand::Rng>(
     exclude: &[ItemIdx],
     rng: &mut R,
 ) -> Option<(ItemIdx, f32)> {
+    draw_excluding_prepared(idx, &idx.prepare(t, h), t, h, tau, exclude, rng)
+}
+
+/// [`draw_excluding`] with the (t, h) parts prepared once for several draws.
+pub fn draw_excluding_prepared<R: rand::Rng>(
+    idx: &OverlapIndex,
+    p: &Prepared,
+    t: ItemIdx,
+    h: f64,
+    tau: f64,
+    exclude: &[ItemIdx],
+    rng: &mut R,
+) -> Option<(ItemIdx, f32)> {
     for _ in 0..64 {
-        let (j, v) = idx.draw_base(t, h, rng)?;
+        let (j, v) = idx.draw_prepared(p, rng)?;
         if j != t && !exclude.contains(&j) {
             return Some((j, v));
         }
