@@ -147,10 +147,18 @@ impl Pipeline {
             .collect()
     }
 
-    /// Is the stage up to date with its current inputs and settings?
+    /// Is the stage up to date with its current inputs and settings? A stage whose
+    /// upstream is stale or missing is stale too: `gnno run` would redo it.
     pub fn state(&self, s: StageName) -> Result<State> {
         let Some(m) = self.manifest(s)? else { return Ok(State::Missing) };
         let mut reasons = Vec::new();
+        for &u in s.upstream() {
+            match self.state(u)? {
+                State::UpToDate => {}
+                State::Missing => reasons.push(format!("upstream stage {u} is missing")),
+                State::Stale { .. } => reasons.push(format!("upstream stage {u} is stale")),
+            }
+        }
         let settings = self.settings(s);
         if manifest::settings_hash(&settings) != m.settings_hash {
             reasons.extend(diff_settings(&m.settings, &settings, ""));
@@ -200,13 +208,18 @@ impl Pipeline {
         }
         let out = dir.join(&run_dir);
         fsutil::create_dir_all(&out)?;
+        // A killed run of the same key may have left temporary files behind.
+        let stale = fsutil::remove_temp_files(&out)?;
+        if stale > 0 {
+            tracing::info!(stage = s.as_str(), files = stale, "removed temporary files of an interrupted run");
+        }
         tracing::info!(stage = s.as_str(), dir = %out.display(), "running stage");
         let t0 = Instant::now();
-        let StageOutput { report, fingerprint, rows, mut timings } =
+        let StageOutput { report, fingerprint, rows, mut timings, opaque } =
             stages::run(self, s, &out, progress).with_context(|| format!("stage {s} failed"))?;
         let elapsed = t0.elapsed().as_secs_f64();
         timings.insert("total".into(), elapsed);
-        let outputs = manifest::describe_outputs(&dir, &run_dir, &rows)?;
+        let outputs = manifest::describe_outputs(&dir, &run_dir, &rows, &opaque)?;
         let fingerprint = fingerprint.unwrap_or_else(|| {
             let joined: Vec<String> = outputs.iter().map(|o| format!("{}:{}", o.path.split_once('/').map_or("", |p| p.1), o.sha256)).collect();
             fsutil::sha256_bytes(joined.join("\n").as_bytes())

@@ -18,6 +18,8 @@ pub struct StageOutput {
     pub fingerprint: Option<String>,
     pub rows: BTreeMap<String, u64>,
     pub timings: BTreeMap<String, f64>,
+    /// Sub-folders kept as one unit, with their content fingerprints.
+    pub opaque: BTreeMap<String, String>,
 }
 
 impl StageOutput {
@@ -27,6 +29,7 @@ impl StageOutput {
             fingerprint: None,
             rows: BTreeMap::new(),
             timings: BTreeMap::new(),
+            opaque: BTreeMap::new(),
         }
     }
 }
@@ -65,6 +68,8 @@ fn graph(p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutpu
     let load_s = t0.elapsed().as_secs_f64();
     let (rep, info) = gnno_graph::run(&seqs, ds.n_items, &p.cfg.graph, &ingest_fp, &out.join(STORE_DIR), progress)?;
     let mut o = StageOutput::new(&rep);
+    o.opaque.insert(STORE_DIR.into(), info.content_fingerprint.clone());
+    o.rows.insert(STORE_DIR.into(), rep.overlap_pairs);
     o.fingerprint = Some(info.content_fingerprint);
     o.timings.insert("load".into(), load_s);
     Ok(o)

@@ -1,1 +1,10 @@
+//! End-to-end tests: the real `gnno` binary on real files in temporary workdirs.
 
+mod common;
+
+mod cli;
+mod crash;
+mod depcheck;
+mod ingest_formats;
+mod pipeline;
+mod real_data;

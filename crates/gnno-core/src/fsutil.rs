@@ -108,3 +108,20 @@ pub fn dir_size(dir: &Path) -> Result<u64> {
     }
     Ok(total)
 }
+
+/// Remove temporary files (`*.tmp-<pid>`) a killed writer left under `dir`; returns
+/// how many were removed. Only safe while holding the workdir lock.
+pub fn remove_temp_files(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    if !dir.exists() {
+        return Ok(0);
+    }
+    for rel in list_files(dir)? {
+        if rel.file_name().is_some_and(|f| f.to_string_lossy().contains(".tmp-")) {
+            let p = dir.join(rel);
+            fs::remove_file(&p).at(&p)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

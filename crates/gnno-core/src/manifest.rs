@@ -32,6 +32,11 @@ pub struct OutputFile {
     pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// A folder kept as one unit (the sled store): its files change whenever it is
+    /// opened, so `sha256` is its logical content fingerprint and only its presence
+    /// is verified.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub opaque_dir: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +98,13 @@ impl Manifest {
     pub fn verify_outputs(&self, stage_dir: &Path, checksums: bool) -> Result<()> {
         for o in &self.outputs {
             let p = stage_dir.join(&o.path);
+            if o.opaque_dir {
+                if !p.is_dir() {
+                    return Err(Error::artifact(&p, "the folder listed in the manifest is missing")
+                        .with_hint("rerun the stage with --force"));
+                }
+                continue;
+            }
             let md = std::fs::metadata(&p).at(&p)?;
             if md.len() != o.bytes {
                 return Err(Error::artifact(&p, format!("size {} differs from the manifest's {}", md.len(), o.bytes))
@@ -108,10 +120,28 @@ impl Manifest {
 }
 
 /// Describe every file in `run_dir` (relative to `stage_dir`) for a manifest.
-pub fn describe_outputs(stage_dir: &Path, run_dir: &str, rows: &BTreeMap<String, u64>) -> Result<Vec<OutputFile>> {
+/// `opaque` names sub-folders kept as one unit, with their content fingerprints.
+pub fn describe_outputs(
+    stage_dir: &Path,
+    run_dir: &str,
+    rows: &BTreeMap<String, u64>,
+    opaque: &BTreeMap<String, String>,
+) -> Result<Vec<OutputFile>> {
     let dir = stage_dir.join(run_dir);
     let mut out = Vec::new();
+    for (sub, fingerprint) in opaque {
+        out.push(OutputFile {
+            path: format!("{run_dir}/{sub}"),
+            bytes: fsutil::dir_size(&dir.join(sub))?,
+            sha256: fingerprint.clone(),
+            rows: rows.get(sub).copied(),
+            opaque_dir: true,
+        });
+    }
     for rel in fsutil::list_files(&dir)? {
+        if opaque.keys().any(|sub| rel.starts_with(sub)) {
+            continue;
+        }
         let p = dir.join(&rel);
         let rel_s = format!("{run_dir}/{}", rel.to_string_lossy());
         out.push(OutputFile {
@@ -119,6 +149,7 @@ pub fn describe_outputs(stage_dir: &Path, run_dir: &str, rows: &BTreeMap<String,
             sha256: fsutil::sha256_file(&p)?,
             rows: rows.get(&rel.to_string_lossy().to_string()).copied(),
             path: rel_s,
+            opaque_dir: false,
         });
     }
     Ok(out)
