@@ -145,6 +145,33 @@ fn bench_negatives(tmp: &Path) {
     );
 }
 
+fn bench_train() {
+    let mut cfg = Config::defaults(Path::new("/")).train;
+    let batches = 4;
+    let n_items = 12_101;
+    let threads = rayon::current_num_threads();
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python".into());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_baseline.py");
+    println!("train (batch {}, {} random + 9 hard negatives, {n_items} items, {threads} threads):", cfg.batch_size, cfg.n_random);
+    for (backbone, gamma) in [(gnno_core::config::Backbone::Encoder, 1.0), (gnno_core::config::Backbone::Encoder, 0.0), (gnno_core::config::Backbone::Sasrec, 0.0), (gnno_core::config::Backbone::Gru4rec, 0.0)] {
+        cfg.backbone = backbone;
+        cfg.gamma = gamma;
+        let ours = gnno_train::throughput(&cfg, n_items, 9, batches, "cpu", threads).expect("throughput");
+        let name = serde_json::to_value(backbone).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let theirs = Command::new(&py)
+            .arg(&script)
+            .args([name.as_str(), &n_items.to_string(), &cfg.batch_size.to_string(), &(1 + cfg.n_random + 9).to_string(), &batches.to_string(), &gamma.to_string(), &threads.to_string()])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok());
+        match theirs {
+            Some(t) => println!("  {name:<8} gamma={gamma}: gnno {ours:.0} inst/s, PyTorch eager {t:.0} inst/s, ratio {:.2}x; Beauty epoch (131,413) {:.1} s vs {:.1} s", ours / t, 131_413.0 / ours, 131_413.0 / t),
+            None => println!("  {name:<8} gamma={gamma}: gnno {ours:.0} inst/s (PyTorch baseline unavailable: `{py}` with torch)"),
+        }
+    }
+}
+
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let all = which.is_empty() || which.iter().any(|w| w == "all");
@@ -156,5 +183,8 @@ fn main() {
     }
     if want("negatives") {
         bench_negatives(tmp.path());
+    }
+    if want("train") {
+        bench_train();
     }
 }

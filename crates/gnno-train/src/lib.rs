@@ -6,6 +6,7 @@
 //! negative shards through `gnno_core`; it never calls another stage crate.
 
 pub mod adam;
+pub mod alloc;
 pub mod metrics;
 pub mod model;
 
@@ -338,6 +339,7 @@ fn load_model_tensors(vs: &mut nn::VarStore, named: &[(String, Tensor)], path: &
 /// Train a model; writes `best.ot`, `history.json` and checkpoints into `out`.
 pub fn train(job: &TrainJob) -> Result<TrainReport> {
     let device = resolve_device(job.device)?;
+    alloc::keep_large_blocks();
     tch::set_num_threads(i32::try_from(job.threads).unwrap_or(1));
     #[expect(clippy::cast_possible_wrap, reason = "seed bits")]
     tch::manual_seed(mix_seed(&[job.seed, 0x494E_4954]) as i64);
@@ -737,4 +739,53 @@ mod tests {
         assert_eq!(c, sampled_candidates(&ds, 20, 7), "seeded");
         assert_eq!(sampled_candidates(&ds, 100, 7)[0].len(), 45, "capped at what is available");
     }
+}
+
+/// Training throughput on synthetic batches (benchmarks): instances per second of
+/// forward, backward and Adam step for `cfg`, with `n_hard` hard negatives per row.
+/// Histories are full-length random items; the augmentations run as in training.
+pub fn throughput(cfg: &TrainSettings, n_items: u32, n_hard: u32, batches: usize, device: &str, threads: usize) -> Result<f64> {
+    let device = resolve_device(device)?;
+    alloc::keep_large_blocks();
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(device);
+    let model = Model::new(&vs.root(), cfg, n_items);
+    let params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut opt = Adam::new(params, cfg.lr, cfg.weight_decay);
+    let (b, l) = (cfg.batch_size as usize, cfg.history_len as usize);
+    let c = 1 + cfg.n_random as usize + n_hard as usize;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let mut step = |rng: &mut Xoshiro256PlusPlus| {
+        let hist: Vec<i64> = (0..b * l).map(|_| i64::from(rng.random_range(1..=n_items))).collect();
+        let cands: Vec<i64> = (0..b * c).map(|_| i64::from(rng.random_range(1..=n_items))).collect();
+        let (bl, li) = (i64::try_from(b).unwrap_or(0), i64::try_from(l).unwrap_or(0));
+        let ht = Tensor::from_slice(&hist).view([bl, li]).to_device(device);
+        let ct = Tensor::from_slice(&cands).view([bl, i64::try_from(c).unwrap_or(0)]).to_device(device);
+        let rep = model.encode(&ht, true);
+        let mut loss = model::bpr(&model.score(&rep, &ct));
+        if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
+            let mut views = Vec::new();
+            for _ in 0..2 {
+                let mut h = hist.clone();
+                for row in h.chunks_mut(l) {
+                    augment(row, model.n_items + 1, rng);
+                }
+                views.push(model.encode(&Tensor::from_slice(&h).view([bl, li]).to_device(device), true));
+            }
+            let targets = ct.select(1, 0).contiguous();
+            loss = loss + model::supcon(&views[0], &views[1], &targets, cfg.cl_temperature) * cfg.gamma;
+        }
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+        loss.double_value(&[])
+    };
+    step(&mut rng);
+    let t0 = Instant::now();
+    for _ in 0..batches {
+        step(&mut rng);
+    }
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    Ok((batches * b) as f64 / t0.elapsed().as_secs_f64())
 }

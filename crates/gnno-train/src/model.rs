@@ -168,17 +168,28 @@ pub fn bpr(scores: &Tensor) -> Tensor {
 
 /// Supervised contrastive loss over two views: rows with the same target are
 /// positives (ContraRec's context-context term).
+///
+/// Only the log-sum-exp needs the full `[2B, 2B]` similarity matrix; the positive
+/// part uses per-target sums of the features, Σ_{j∈P(i)} f_i·f_j = f_i·(S_{y_i} − f_i),
+/// so no `[2B, 2B]` mask or product is ever built.
 pub fn supcon(z1: &Tensor, z2: &Tensor, targets: &Tensor, temperature: f64) -> Tensor {
     let f = Tensor::cat(&[z1, z2], 0);
-    let f = &f / f.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+    let f = &f / f.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12);
     let n = f.size()[0];
     let dev = f.device();
-    let sim = f.matmul(&f.transpose(0, 1)) / temperature;
+    let mut sim = f.matmul(&f.transpose(0, 1)) / temperature;
     let eye = Tensor::eye(n, (Kind::Bool, dev));
-    let sim = sim.masked_fill(&eye, -1e9);
+    let _ = sim.masked_fill_(&eye, -1e9);
+    let lse = sim.logsumexp([1i64].as_slice(), false);
     let labels = Tensor::cat(&[targets, targets], 0);
-    let pos = labels.unsqueeze(1).eq_tensor(&labels.unsqueeze(0)).logical_and(&eye.logical_not()).to_kind(Kind::Float);
-    let log_prob = &sim - sim.logsumexp([1], true);
-    let per = -(pos.shallow_clone() * log_prob).sum_dim_intlist(1i64, false, Kind::Float) / pos.sum_dim_intlist(1i64, false, Kind::Float).clamp_min(1.0);
+    // Dense ids of the targets in this batch, per-target feature sums and counts.
+    let (uniq, inverse, counts) = labels.unique_dim(0, false, true, true);
+    let _ = uniq;
+    let d = f.size()[1];
+    let sums = Tensor::zeros([counts.size()[0], d], (f.kind(), dev)).index_add(0, &inverse, &f);
+    let pos_dot = ((sums.index_select(0, &inverse) - &f) * &f).sum_dim_intlist(1i64, false, Kind::Float) / temperature;
+    let n_pos = (counts.index_select(0, &inverse) - 1).to_kind(Kind::Float);
+    // mean over positives of (sim_ij − lse_i) = pos_dot_i / n_pos_i − lse_i.
+    let per = -(pos_dot / &n_pos - lse);
     per.mean(Kind::Float)
 }
