@@ -50,15 +50,34 @@ fn bench_graph(tmp: &Path) {
     drop(rows);
     let store = tmp.join("store");
     let t = Instant::now();
-    let (rep, _) = gnno_graph::run(&seqs, ds.n_items, &cfg, "bench", &store, &NoProgress).expect("graph stage");
+    let (rep, _) = gnno_graph::run(&seqs, ds.n_items, &cfg, "bench", &store, &NoProgress)
+        .expect("graph stage");
     let t_stage = t.elapsed().as_secs_f64();
     println!("graph (Beauty): WITG {t_witg:.3} s, overlap {t_overlap:.3} s, whole stage incl. store write {t_stage:.3} s");
-    println!("  pairs {} , store {:.1} MiB, peak RSS so far {:.0} MiB", rep.overlap_pairs, rep.store_bytes as f64 / 1048576.0, peak_mib());
+    println!(
+        "  pairs {} , store {:.1} MiB, peak RSS so far {:.0} MiB",
+        rep.overlap_pairs,
+        rep.store_bytes as f64 / 1048576.0,
+        peak_mib()
+    );
     let mut cfg2 = cfg.clone();
     cfg2.max_neighbors = 200;
     let t = Instant::now();
-    let (rep2, _) = gnno_graph::run(&seqs, ds.n_items, &cfg2, "bench", &tmp.join("store200"), &NoProgress).expect("graph stage");
-    println!("  with max-neighbors 200: {:.3} s, pairs {}, store {:.1} MiB", t.elapsed().as_secs_f64(), rep2.overlap_pairs, rep2.store_bytes as f64 / 1048576.0);
+    let (rep2, _) = gnno_graph::run(
+        &seqs,
+        ds.n_items,
+        &cfg2,
+        "bench",
+        &tmp.join("store200"),
+        &NoProgress,
+    )
+    .expect("graph stage");
+    println!(
+        "  with max-neighbors 200: {:.3} s, pairs {}, store {:.1} MiB",
+        t.elapsed().as_secs_f64(),
+        rep2.overlap_pairs,
+        rep2.store_bytes as f64 / 1048576.0
+    );
     // Baseline: scipy sparse overlap, in the same run, when python3 has scipy.
     let script = r#"
 import sys, time
@@ -83,10 +102,18 @@ t2 = time.time()
 print(f"{t1-t0:.3f} {t2-t1:.3f} {I.nnz}")
 "#;
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    match Command::new(&py).arg("-c").arg(script).arg(shared().join("data/s3rec/Beauty.txt")).output() {
+    match Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .arg(shared().join("data/s3rec/Beauty.txt"))
+        .output()
+    {
         Ok(o) if o.status.success() => {
             let out = String::from_utf8_lossy(&o.stdout);
-            let v: Vec<f64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<f64> = out
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if v.len() >= 2 {
                 println!("  scipy baseline: graph {:.3} s, overlap {:.3} s (nnz {}) -> whole gnno stage is {:.1}x faster than scipy's overlap alone", v[0], v[1], v.get(2).copied().unwrap_or(0.0), v[1] / t_stage);
             }
@@ -101,7 +128,15 @@ fn bench_negatives(tmp: &Path) {
     let mut cfg = Config::defaults(Path::new("/"));
     let store_path = tmp.join("store");
     if !store_path.exists() {
-        gnno_graph::run(&seqs, ds.n_items, &cfg.graph, "bench", &store_path, &NoProgress).expect("graph");
+        gnno_graph::run(
+            &seqs,
+            ds.n_items,
+            &cfg.graph,
+            "bench",
+            &store_path,
+            &NoProgress,
+        )
+        .expect("graph");
     }
     let store = gnno_store::Store::open(&store_path, None).expect("store");
     let ncfg: NegativesSettings = cfg.negatives.clone();
@@ -119,7 +154,14 @@ fn bench_negatives(tmp: &Path) {
                 .map_init(Vec::new, |buf, i| {
                     let mut rng = gnno_negatives::instance_rng(42, 20, i as u64);
                     buf.clear();
-                    sampler.draw(inst.target[i], h, ncfg.n_hard, ds.train_seq(inst.user[i]), &mut rng, buf);
+                    sampler.draw(
+                        inst.target[i],
+                        h,
+                        ncfg.n_hard,
+                        ds.train_seq(inst.user[i]),
+                        &mut rng,
+                        buf,
+                    );
                     buf.len()
                 })
                 .sum()
@@ -129,11 +171,25 @@ fn bench_negatives(tmp: &Path) {
     }
     // Draw and write: the stage's epoch loop, 3 hard epochs.
     cfg.train.epochs = ncfg.warmup + 3;
-    let id = gnno_negatives::RunIdentity { seed: 42, settings_hash: "bench".into(), graph_fingerprint: "bench".into(), ingest_fingerprint: "bench".into() };
+    let id = gnno_negatives::RunIdentity {
+        seed: 42,
+        settings_hash: "bench".into(),
+        graph_fingerprint: "bench".into(),
+        ingest_fingerprint: "bench".into(),
+    };
     let out = tmp.join("neg");
     let _ = std::fs::remove_dir_all(&out);
     let t = Instant::now();
-    let rep = gnno_negatives::run(&ds, &sampler, &ncfg, cfg.train.epochs, &id, &out, &NoProgress).expect("negatives");
+    let rep = gnno_negatives::run(
+        &ds,
+        &sampler,
+        &ncfg,
+        cfg.train.epochs,
+        &id,
+        &out,
+        &NoProgress,
+    )
+    .expect("negatives");
     let s = t.elapsed().as_secs_f64();
     let bytes: u64 = rep.epochs.iter().map(|e| e.bytes).sum();
     println!(
@@ -152,19 +208,44 @@ fn bench_train() {
     let threads = rayon::current_num_threads();
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python".into());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_baseline.py");
-    println!("train (batch {}, {} random + 9 hard negatives, {n_items} items, {threads} threads):", cfg.batch_size, cfg.n_random);
-    for (backbone, gamma) in [(gnno_core::config::Backbone::Encoder, 1.0), (gnno_core::config::Backbone::Encoder, 0.0), (gnno_core::config::Backbone::Sasrec, 0.0), (gnno_core::config::Backbone::Gru4rec, 0.0)] {
+    println!(
+        "train (batch {}, {} random + 9 hard negatives, {n_items} items, {threads} threads):",
+        cfg.batch_size, cfg.n_random
+    );
+    for (backbone, gamma) in [
+        (gnno_core::config::Backbone::Encoder, 1.0),
+        (gnno_core::config::Backbone::Encoder, 0.0),
+        (gnno_core::config::Backbone::Sasrec, 0.0),
+        (gnno_core::config::Backbone::Gru4rec, 0.0),
+    ] {
         cfg.backbone = backbone;
         cfg.gamma = gamma;
-        let ours = gnno_train::throughput(&cfg, n_items, 9, batches, "cpu", threads).expect("throughput");
-        let name = serde_json::to_value(backbone).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let ours =
+            gnno_train::throughput(&cfg, n_items, 9, batches, "cpu", threads).expect("throughput");
+        let name = serde_json::to_value(backbone)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         let theirs = Command::new(&py)
             .arg(&script)
-            .args([name.as_str(), &n_items.to_string(), &cfg.batch_size.to_string(), &(1 + cfg.n_random + 9).to_string(), &batches.to_string(), &gamma.to_string(), &threads.to_string()])
+            .args([
+                name.as_str(),
+                &n_items.to_string(),
+                &cfg.batch_size.to_string(),
+                &(1 + cfg.n_random + 9).to_string(),
+                &batches.to_string(),
+                &gamma.to_string(),
+                &threads.to_string(),
+            ])
             .output()
             .ok()
             .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok());
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            });
         match theirs {
             Some(t) => println!("  {name:<8} gamma={gamma}: gnno {ours:.0} inst/s, PyTorch eager {t:.0} inst/s, ratio {:.2}x; Beauty epoch (131,413) {:.1} s vs {:.1} s", ours / t, 131_413.0 / ours, 131_413.0 / t),
             None => println!("  {name:<8} gamma={gamma}: gnno {ours:.0} inst/s (PyTorch baseline unavailable: `{py}` with torch)"),
@@ -173,7 +254,10 @@ fn bench_train() {
 }
 
 fn main() {
-    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let all = which.is_empty() || which.iter().any(|w| w == "all");
     let tmp = tempfile::tempdir().expect("tempdir");
     let want = |s: &str| all || which.iter().any(|w| w == s);

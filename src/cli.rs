@@ -4,10 +4,20 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "gnno", version, about = "Neighbourhood-based hard negative mining for sequential recommenders: an offline pipeline.")]
+#[command(
+    name = "gnno",
+    version,
+    about = "Neighbourhood-based hard negative mining for sequential recommenders: an offline pipeline."
+)]
 pub struct Cli {
     /// The pipeline config.
-    #[arg(long, short, global = true, env = "GNNO_CONFIG", default_value = "pipeline.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "GNNO_CONFIG",
+        default_value = "pipeline.toml"
+    )]
     pub config: PathBuf,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
@@ -106,7 +116,13 @@ pub enum StageName {
 }
 
 impl StageName {
-    pub const ALL: [Self; 5] = [Self::Ingest, Self::Graph, Self::Negatives, Self::Train, Self::Evaluate];
+    pub const ALL: [Self; 5] = [
+        Self::Ingest,
+        Self::Graph,
+        Self::Negatives,
+        Self::Train,
+        Self::Evaluate,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

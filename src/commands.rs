@@ -28,14 +28,20 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         }
         Command::Status { json } => status(&p, *json),
         Command::Report { stage, json } => report(&p, *stage, *json),
-        Command::Inspect { what: Inspect::Item { id, top, json } } => inspect_item(&p, id, *top, *json),
-        Command::Audit { what: Audit::Negatives { epoch, json, plot } } => audit(&p, *epoch, *json, plot.as_deref()),
+        Command::Inspect {
+            what: Inspect::Item { id, top, json },
+        } => inspect_item(&p, id, *top, *json),
+        Command::Audit {
+            what: Audit::Negatives { epoch, json, plot },
+        } => audit(&p, *epoch, *json, plot.as_deref()),
     }
 }
 
 /// One `threads` setting sizes rayon, polars and (in the train stage) libtorch.
 fn set_threads(n: usize) {
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     // polars reads this once, at its first use; nothing has used it yet.
     std::env::set_var("POLARS_MAX_THREADS", n.to_string());
 }
@@ -46,7 +52,11 @@ fn out() -> std::io::StdoutLock<'static> {
 
 fn validate(cli: &Cli) -> Result<()> {
     let cfg = gnno_core::config::Config::load(&cli.config)?;
-    let base = cli.config.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let base = cli
+        .config
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     let files = gnno_ingest::parse::resolve_inputs(&cfg.ingest.inputs, &base)?;
     writeln!(
         out(),
@@ -86,7 +96,12 @@ fn report(p: &Pipeline, s: StageName, json: bool) -> Result<()> {
         let v = serde_json::json!({ "stage": s.as_str(), "report": m.report, "timings_s": m.timings_s, "fingerprint": m.fingerprint });
         writeln!(out(), "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        writeln!(out(), "{s} (run {}, fingerprint {})", m.run_dir, &m.fingerprint[..12.min(m.fingerprint.len())])?;
+        writeln!(
+            out(),
+            "{s} (run {}, fingerprint {})",
+            m.run_dir,
+            &m.fingerprint[..12.min(m.fingerprint.len())]
+        )?;
         print_flat(&m.report, "  ")?;
         for (k, v) in &m.timings_s {
             writeln!(out(), "  time.{k:<24} {v:.3} s")?;
@@ -114,13 +129,33 @@ fn summary(p: &Pipeline, done: &[(StageName, bool)]) -> Result<()> {
     let mut o = out();
     writeln!(o, "workdir: {}", p.workdir().display())?;
     for (s, ran) in done {
-        writeln!(o, "  {:<10} {}", s.as_str(), if *ran { "ran" } else { "up to date" })?;
+        writeln!(
+            o,
+            "  {:<10} {}",
+            s.as_str(),
+            if *ran { "ran" } else { "up to date" }
+        )?;
     }
     if let Some(m) = p.manifest(StageName::Evaluate)? {
-        writeln!(o, "results: {}", m.run_path(&p.stage_dir(StageName::Evaluate)).display())?;
+        writeln!(
+            o,
+            "results: {}",
+            m.run_path(&p.stage_dir(StageName::Evaluate)).display()
+        )?;
         if let Some(full) = m.report.get("test_full") {
-            let pick = |k: &str| full.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
-            writeln!(o, "test (full ranking): HR@10 {:.4}  NDCG@10 {:.4}  HR@20 {:.4}  NDCG@20 {:.4}", pick("HR@10"), pick("NDCG@10"), pick("HR@20"), pick("NDCG@20"))?;
+            let pick = |k: &str| {
+                full.get(k)
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(f64::NAN)
+            };
+            writeln!(
+                o,
+                "test (full ranking): HR@10 {:.4}  NDCG@10 {:.4}  HR@20 {:.4}  NDCG@20 {:.4}",
+                pick("HR@10"),
+                pick("NDCG@10"),
+                pick("HR@20"),
+                pick("NDCG@20")
+            )?;
         }
         writeln!(o, "all figures: gnno report evaluate --json")?;
     }
@@ -134,9 +169,16 @@ fn inspect_item(p: &Pipeline, id: &str, top: usize, json: bool) -> Result<()> {
     let idx = if let Some(n) = id.strip_prefix('#') {
         n.parse::<u32>().ok().filter(|&i| i >= 1 && i <= ds.n_items)
     } else {
-        ds.item_raw.iter().position(|r| r == id).and_then(|i| u32::try_from(i).ok()).filter(|&i| i >= 1)
+        ds.item_raw
+            .iter()
+            .position(|r| r == id)
+            .and_then(|i| u32::try_from(i).ok())
+            .filter(|&i| i >= 1)
     }
-    .ok_or_else(|| gnno_core::Error::usage(format!("no item {id:?} in the ingest output")).with_hint("give a raw item id, or #N for the item index N"))?;
+    .ok_or_else(|| {
+        gnno_core::Error::usage(format!("no item {id:?} in the ingest output"))
+            .with_hint("give a raw item id, or #N for the item index N")
+    })?;
     let raw = |i: u32| ds.item_raw.get(i as usize).cloned().unwrap_or_default();
     let (wn, ww) = store.witg(idx)?;
     let mut witg: Vec<(u32, f64)> = wn.into_iter().zip(ww).collect();
@@ -154,7 +196,11 @@ fn inspect_item(p: &Pipeline, id: &str, top: usize, json: bool) -> Result<()> {
         return Ok(());
     }
     let mut o = out();
-    writeln!(o, "item #{idx} (raw {}): {degree} WITG neighbours, {list_len} items with overlap > 0", raw(idx))?;
+    writeln!(
+        o,
+        "item #{idx} (raw {}): {degree} WITG neighbours, {list_len} items with overlap > 0",
+        raw(idx)
+    )?;
     writeln!(o, "top WITG neighbours (w'):")?;
     for &(j, w) in witg.iter().take(top) {
         writeln!(o, "  {:<16} #{j:<8} {w:.6}", raw(j))?;
@@ -166,17 +212,32 @@ fn inspect_item(p: &Pipeline, id: &str, top: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn audit(p: &Pipeline, epoch: Option<u32>, json: bool, plot: Option<&std::path::Path>) -> Result<()> {
+fn audit(
+    p: &Pipeline,
+    epoch: Option<u32>,
+    json: bool,
+    plot: Option<&std::path::Path>,
+) -> Result<()> {
     let (ds, _) = stages::dataset(p)?;
     let (m, _) = p.require(StageName::Negatives)?;
     let dir = p.stage_dir(StageName::Negatives);
     // Checksums first: a damaged shard is named before any statistic is computed.
     m.verify_outputs(&dir, true)?;
     let run = m.run_path(&dir);
-    let epochs = m.report.get("epochs").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+    let epochs = m
+        .report
+        .get("epochs")
+        .and_then(|e| e.as_array())
+        .cloned()
+        .unwrap_or_default();
     let mut audits = Vec::new();
     for e in &epochs {
-        let ep = u32::try_from(e.get("epoch").and_then(serde_json::Value::as_u64).unwrap_or(0)).unwrap_or(0);
+        let ep = u32::try_from(
+            e.get("epoch")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+        )
+        .unwrap_or(0);
         if epoch.is_some_and(|want| want != ep) {
             continue;
         }
@@ -197,11 +258,20 @@ fn audit(p: &Pipeline, epoch: Option<u32>, json: bool, plot: Option<&std::path::
             });
             continue;
         }
-        audits.push(gnno_negatives::audit::audit_epoch(&run.join(gnno_core::shards::epoch_dir(ep)), ep, h, &ds)?);
+        audits.push(gnno_negatives::audit::audit_epoch(
+            &run.join(gnno_core::shards::epoch_dir(ep)),
+            ep,
+            h,
+            &ds,
+        )?);
     }
     if let Some(want) = epoch {
         if audits.is_empty() {
-            return Err(gnno_core::Error::usage(format!("epoch {want} was not drawn (epochs 0..{})", epochs.len())).into());
+            return Err(gnno_core::Error::usage(format!(
+                "epoch {want} was not drawn (epochs 0..{})",
+                epochs.len()
+            ))
+            .into());
         }
     }
     let plot_path = plot.map_or_else(|| dir.join("audit.svg"), std::path::Path::to_path_buf);
@@ -212,7 +282,11 @@ fn audit(p: &Pipeline, epoch: Option<u32>, json: bool, plot: Option<&std::path::
         return Ok(());
     }
     let mut o = out();
-    writeln!(o, "{} shard files verified against the manifest", m.outputs.len())?;
+    writeln!(
+        o,
+        "{} shard files verified against the manifest",
+        m.outputs.len()
+    )?;
     writeln!(o, "epoch  h      negatives  J p50    J p90    J p99    J>0     dev     test    hist    distinct  top")?;
     for a in &audits {
         match a.hardness {

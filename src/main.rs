@@ -41,7 +41,11 @@ fn classify(e: &anyhow::Error) -> (u8, Option<String>) {
     }
     for cause in e.chain() {
         if let Some(g) = cause.downcast_ref::<gnno_core::Error>() {
-            let code = if g.is_user_error() { exit::USER } else { exit::INTERNAL };
+            let code = if g.is_user_error() {
+                exit::USER
+            } else {
+                exit::INTERNAL
+            };
             return (code, g.hint().map(str::to_owned));
         }
     }

@@ -38,10 +38,23 @@ impl Lock {
     pub fn acquire(workdir: &Path) -> Result<Self> {
         fsutil::create_dir_all(workdir)?;
         let path = workdir.join(".lock");
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
         if f.try_lock().is_err() {
-            let pid = std::fs::read_to_string(&path).unwrap_or_default().trim().to_owned();
-            return Err(Busy { workdir: workdir.display().to_string(), pid }.into());
+            let pid = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            return Err(Busy {
+                workdir: workdir.display().to_string(),
+                pid,
+            }
+            .into());
         }
         // The OS drops the lock of a dead process, so a stale lock is simply taken over.
         f.set_len(0).at(&path)?;
@@ -88,8 +101,11 @@ impl Pipeline {
     pub fn require(&self, s: StageName) -> Result<(Manifest, PathBuf)> {
         let dir = self.stage_dir(s);
         let m = Manifest::read(&dir)?.ok_or_else(|| {
-            gnno_core::Error::usage(format!("stage {s} has no published output in {}", self.workdir().display()))
-                .with_hint(format!("run `gnno run --to {s}` first"))
+            gnno_core::Error::usage(format!(
+                "stage {s} has no published output in {}",
+                self.workdir().display()
+            ))
+            .with_hint(format!("run `gnno run --to {s}` first"))
         })?;
         let run = m.run_path(&dir);
         Ok((m, run))
@@ -101,9 +117,15 @@ impl Pipeline {
         match s {
             StageName::Ingest => serde_json::json!({ "ingest": c.ingest }),
             StageName::Graph => serde_json::json!({ "graph": c.graph }),
-            StageName::Negatives => serde_json::json!({ "negatives": c.negatives, "epochs": c.train.epochs, "seed": c.run.seed }),
-            StageName::Train => serde_json::json!({ "train": c.train, "seed": c.run.seed, "evaluate.batch-size": c.evaluate.batch_size }),
-            StageName::Evaluate => serde_json::json!({ "evaluate": c.evaluate, "seed": c.run.seed }),
+            StageName::Negatives => {
+                serde_json::json!({ "negatives": c.negatives, "epochs": c.train.epochs, "seed": c.run.seed })
+            }
+            StageName::Train => {
+                serde_json::json!({ "train": c.train, "seed": c.run.seed, "evaluate.batch-size": c.evaluate.batch_size })
+            }
+            StageName::Evaluate => {
+                serde_json::json!({ "evaluate": c.evaluate, "seed": c.run.seed })
+            }
         }
     }
 
@@ -111,7 +133,8 @@ impl Pipeline {
     /// (same size and mtime) skip rehashing.
     pub fn inputs(&self, s: StageName, previous: Option<&Manifest>) -> Result<Vec<InputRef>> {
         if s == StageName::Ingest {
-            let files = gnno_ingest::parse::resolve_inputs(&self.cfg.ingest.inputs, &self.config_dir)?;
+            let files =
+                gnno_ingest::parse::resolve_inputs(&self.cfg.ingest.inputs, &self.config_dir)?;
             let mut out = Vec::new();
             for f in files {
                 let md = std::fs::metadata(&f).at(&f)?;
@@ -129,7 +152,12 @@ impl Pipeline {
                     Some(fp) => fp,
                     None => fsutil::sha256_file(&f)?,
                 };
-                out.push(InputRef { name, fingerprint, size: Some(md.len()), mtime_ns });
+                out.push(InputRef {
+                    name,
+                    fingerprint,
+                    size: Some(md.len()),
+                    mtime_ns,
+                });
             }
             return Ok(out);
         }
@@ -139,7 +167,9 @@ impl Pipeline {
                 let m = self.manifest(u)?;
                 Ok(InputRef {
                     name: u.as_str().to_owned(),
-                    fingerprint: m.map(|m| m.fingerprint).unwrap_or_else(|| "<missing>".into()),
+                    fingerprint: m
+                        .map(|m| m.fingerprint)
+                        .unwrap_or_else(|| "<missing>".into()),
                     size: None,
                     mtime_ns: None,
                 })
@@ -150,7 +180,9 @@ impl Pipeline {
     /// Is the stage up to date with its current inputs and settings? A stage whose
     /// upstream is stale or missing is stale too: `gnno run` would redo it.
     pub fn state(&self, s: StageName) -> Result<State> {
-        let Some(m) = self.manifest(s)? else { return Ok(State::Missing) };
+        let Some(m) = self.manifest(s)? else {
+            return Ok(State::Missing);
+        };
         let mut reasons = Vec::new();
         for &u in s.upstream() {
             match self.state(u)? {
@@ -182,7 +214,11 @@ impl Pipeline {
         if let Err(e) = m.verify_outputs(&self.stage_dir(s), false) {
             reasons.push(format!("output damaged: {e}"));
         }
-        Ok(if reasons.is_empty() { State::UpToDate } else { State::Stale { reasons } })
+        Ok(if reasons.is_empty() {
+            State::UpToDate
+        } else {
+            State::Stale { reasons }
+        })
     }
 
     /// Run one stage and publish its manifest.
@@ -194,16 +230,29 @@ impl Pipeline {
         let settings_hash = manifest::settings_hash(&settings);
         let inputs = self.inputs(s, previous.as_ref())?;
         if let Some(missing) = inputs.iter().find(|i| i.fingerprint == "<missing>") {
-            return Err(gnno_core::Error::usage(format!("stage {s} needs the output of stage {}, which has not run", missing.name))
-                .with_hint(format!("run `gnno run --to {s}`"))
-                .into());
+            return Err(gnno_core::Error::usage(format!(
+                "stage {s} needs the output of stage {}, which has not run",
+                missing.name
+            ))
+            .with_hint(format!("run `gnno run --to {s}`"))
+            .into());
         }
-        let key_src = format!("{settings_hash}|{}", inputs.iter().map(|i| format!("{}={}", i.name, i.fingerprint)).collect::<Vec<_>>().join("|"));
+        let key_src = format!(
+            "{settings_hash}|{}",
+            inputs
+                .iter()
+                .map(|i| format!("{}={}", i.name, i.fingerprint))
+                .collect::<Vec<_>>()
+                .join("|")
+        );
         let key = &fsutil::sha256_bytes(key_src.as_bytes())[..16];
         let mut run_dir = format!("run-{key}");
         if previous.as_ref().is_some_and(|p| p.run_dir == run_dir) {
             // A forced rerun of an up-to-date stage: never write into the published folder.
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             run_dir = format!("run-{key}-{nanos}");
         }
         let out = dir.join(&run_dir);
@@ -211,17 +260,35 @@ impl Pipeline {
         // A killed run of the same key may have left temporary files behind.
         let stale = fsutil::remove_temp_files(&out)?;
         if stale > 0 {
-            tracing::info!(stage = s.as_str(), files = stale, "removed temporary files of an interrupted run");
+            tracing::info!(
+                stage = s.as_str(),
+                files = stale,
+                "removed temporary files of an interrupted run"
+            );
         }
         tracing::info!(stage = s.as_str(), dir = %out.display(), "running stage");
         let t0 = Instant::now();
-        let StageOutput { report, fingerprint, rows, mut timings, opaque } =
-            stages::run(self, s, &out, progress).with_context(|| format!("stage {s} failed"))?;
+        let StageOutput {
+            report,
+            fingerprint,
+            rows,
+            mut timings,
+            opaque,
+        } = stages::run(self, s, &out, progress).with_context(|| format!("stage {s} failed"))?;
         let elapsed = t0.elapsed().as_secs_f64();
         timings.insert("total".into(), elapsed);
         let outputs = manifest::describe_outputs(&dir, &run_dir, &rows, &opaque)?;
         let fingerprint = fingerprint.unwrap_or_else(|| {
-            let joined: Vec<String> = outputs.iter().map(|o| format!("{}:{}", o.path.split_once('/').map_or("", |p| p.1), o.sha256)).collect();
+            let joined: Vec<String> = outputs
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{}:{}",
+                        o.path.split_once('/').map_or("", |p| p.1),
+                        o.sha256
+                    )
+                })
+                .collect();
             fsutil::sha256_bytes(joined.join("\n").as_bytes())
         });
         let m = Manifest {
@@ -236,7 +303,10 @@ impl Pipeline {
             fingerprint,
             report,
             timings_s: timings,
-            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         };
         if std::env::var("GNNO_FAULT_BEFORE_PUBLISH").is_ok_and(|v| v == s.as_str()) {
             // Test hook: die like a killed process between writing data and publishing.
@@ -252,12 +322,22 @@ impl Pipeline {
                 }
             }
         }
-        tracing::info!(stage = s.as_str(), seconds = format!("{elapsed:.2}"), "stage published");
+        tracing::info!(
+            stage = s.as_str(),
+            seconds = format!("{elapsed:.2}"),
+            "stage published"
+        );
         Ok(m)
     }
 
     /// `gnno run`: every stage in order (up to `to`), skipping those up to date.
-    pub fn run_all(&self, from: Option<StageName>, to: Option<StageName>, force: bool, progress: &dyn Progress) -> Result<Vec<(StageName, bool)>> {
+    pub fn run_all(
+        &self,
+        from: Option<StageName>,
+        to: Option<StageName>,
+        force: bool,
+        progress: &dyn Progress,
+    ) -> Result<Vec<(StageName, bool)>> {
         let _lock = Lock::acquire(self.workdir())?;
         let mut done = Vec::new();
         for s in StageName::ALL {
@@ -285,11 +365,18 @@ impl Pipeline {
         let _lock = Lock::acquire(self.workdir())?;
         for &u in s.upstream() {
             if let State::Stale { reasons } = self.state(u)? {
-                tracing::warn!(stage = u.as_str(), why = reasons.join("; "), "upstream stage is stale; using its last published output");
+                tracing::warn!(
+                    stage = u.as_str(),
+                    why = reasons.join("; "),
+                    "upstream stage is stale; using its last published output"
+                );
             }
         }
         if !force && self.state(s)? == State::UpToDate {
-            tracing::info!(stage = s.as_str(), "up to date, skipped (use --force to rerun)");
+            tracing::info!(
+                stage = s.as_str(),
+                "up to date, skipped (use --force to rerun)"
+            );
             return Ok(false);
         }
         self.execute(s, progress)?;
@@ -305,12 +392,23 @@ fn diff_settings(old: &serde_json::Value, new: &serde_json::Value, path: &str) -
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             keys.into_iter()
                 .flat_map(|k| {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    diff_settings(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), &p)
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    diff_settings(
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                        &p,
+                    )
                 })
                 .collect()
         }
         (a, b) if a == b => vec![],
-        (a, b) => vec![format!("setting {} changed: {a} -> {b}", path.replace('_', "-"))],
+        (a, b) => vec![format!(
+            "setting {} changed: {a} -> {b}",
+            path.replace('_', "-")
+        )],
     }
 }

@@ -49,9 +49,12 @@ pub fn run(p: &Pipeline, s: StageName, out: &Path, progress: &dyn Progress) -> R
 fn ingest(p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput> {
     let rep = gnno_ingest::run(&p.cfg.ingest, &p.config_dir, out, progress)?;
     let mut o = StageOutput::new(&rep);
-    o.rows.insert(gnno_core::dataset::INTERACTIONS_FILE.into(), rep.rows_out);
-    o.rows.insert(gnno_core::dataset::ITEMS_FILE.into(), rep.items);
-    o.rows.insert(gnno_core::dataset::USERS_FILE.into(), rep.users);
+    o.rows
+        .insert(gnno_core::dataset::INTERACTIONS_FILE.into(), rep.rows_out);
+    o.rows
+        .insert(gnno_core::dataset::ITEMS_FILE.into(), rep.items);
+    o.rows
+        .insert(gnno_core::dataset::USERS_FILE.into(), rep.users);
     Ok(o)
 }
 
@@ -64,11 +67,21 @@ pub fn dataset(p: &Pipeline) -> Result<(Dataset, String)> {
 fn graph(p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput> {
     let t0 = Instant::now();
     let (ds, ingest_fp) = dataset(p)?;
-    let seqs: Vec<&[u32]> = (0..ds.n_users()).map(|u| ds.train_seq(u32::try_from(u).unwrap_or(0))).collect();
+    let seqs: Vec<&[u32]> = (0..ds.n_users())
+        .map(|u| ds.train_seq(u32::try_from(u).unwrap_or(0)))
+        .collect();
     let load_s = t0.elapsed().as_secs_f64();
-    let (rep, info) = gnno_graph::run(&seqs, ds.n_items, &p.cfg.graph, &ingest_fp, &out.join(STORE_DIR), progress)?;
+    let (rep, info) = gnno_graph::run(
+        &seqs,
+        ds.n_items,
+        &p.cfg.graph,
+        &ingest_fp,
+        &out.join(STORE_DIR),
+        progress,
+    )?;
     let mut o = StageOutput::new(&rep);
-    o.opaque.insert(STORE_DIR.into(), info.content_fingerprint.clone());
+    o.opaque
+        .insert(STORE_DIR.into(), info.content_fingerprint.clone());
     o.rows.insert(STORE_DIR.into(), rep.overlap_pairs);
     o.fingerprint = Some(info.content_fingerprint);
     o.timings.insert("load".into(), load_s);
@@ -107,7 +120,10 @@ fn negatives(p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageO
     }
     for e in &rep.epochs {
         if e.hardness.is_some() {
-            o.rows.insert(format!("{}/", gnno_core::shards::epoch_dir(e.epoch)), e.rows);
+            o.rows.insert(
+                format!("{}/", gnno_core::shards::epoch_dir(e.epoch)),
+                e.rows,
+            );
         }
     }
     Ok(o)

@@ -30,7 +30,10 @@ pub struct Bars {
 
 impl Bars {
     pub fn new(quiet: bool) -> Self {
-        Self { bar: Mutex::new(None), enabled: !quiet && std::io::stderr().is_terminal() }
+        Self {
+            bar: Mutex::new(None),
+            enabled: !quiet && std::io::stderr().is_terminal(),
+        }
     }
 }
 
@@ -41,9 +44,11 @@ impl Progress for Bars {
         }
         let b = ProgressBar::new(total);
         b.set_style(
-            ProgressStyle::with_template("{msg:24} [{bar:40}] {percent:>3}% {elapsed_precise} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:24} [{bar:40}] {percent:>3}% {elapsed_precise} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         b.set_message(step.to_owned());
         if let Ok(mut g) = self.bar.lock() {

@@ -5,7 +5,10 @@ use crate::common::{small_config, stderr, synthetic_log, Project};
 #[test]
 fn validate_accepts_the_repository_default() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gnno")).args(["--config", &format!("{root}/pipeline.toml"), "validate"]).output().expect("runs");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gnno"))
+        .args(["--config", &format!("{root}/pipeline.toml"), "validate"])
+        .output()
+        .expect("runs");
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("valid; 1 input file(s)"), "{out}");
@@ -19,7 +22,14 @@ fn invalid_config_lists_every_problem_and_exits_2() {
     let o = p.gnno(&["validate"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
-    for needle in ["run.threads: -1 is out of range", "run.colour: unknown key", "ingest.split: expected one of", "train.heads: 3 does not divide train.dim = 64", "evaluate.ks[0]: unexpected value 0", "hint:"] {
+    for needle in [
+        "run.threads: -1 is out of range",
+        "run.colour: unknown key",
+        "ingest.split: expected one of",
+        "train.heads: 3 does not divide train.dim = 64",
+        "evaluate.ks[0]: unexpected value 0",
+        "hint:",
+    ] {
         assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
     }
     // `run` refuses the same config before touching the workdir.
@@ -35,7 +45,10 @@ fn missing_input_names_the_file() {
     let o = p.gnno(&["run", "--to", "ingest"]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("nope.tsv") && e.contains("input file not found"), "{e}");
+    assert!(
+        e.contains("nope.tsv") && e.contains("input file not found"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -45,7 +58,12 @@ fn a_held_lock_is_refused_with_the_holders_pid_and_a_dead_holder_is_taken_over()
     p.config(&small_config(""));
     std::fs::create_dir_all(p.workdir()).expect("mkdir");
     let lock_path = p.workdir().join(".lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).expect("lock file");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .expect("lock file");
     f.try_lock().expect("take the lock");
     std::fs::write(&lock_path, "424242").expect("pid");
     let o = p.gnno(&["run", "--to", "ingest"]);
@@ -68,7 +86,11 @@ fn asking_for_cuda_without_it_is_a_clear_user_error() {
     p.config(&small_config("").replace("device = \"cpu\"", "device = \"cuda\""));
     let o = p.gnno(&["run"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("CUDA is not available"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("CUDA is not available"),
+        "{}",
+        stderr(&o)
+    );
     // The stages before train completed and are kept.
     assert!(p.json(&["status", "--json"])[2]["status"]["state"] == "up-to-date");
 }

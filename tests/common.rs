@@ -14,7 +14,9 @@ pub struct Project {
 
 impl Project {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir") }
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -45,7 +47,11 @@ impl Project {
 
     pub fn gnno_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_gnno"));
-        c.arg("--config").arg(self.path().join("pipeline.toml")).arg("--quiet").args(args).current_dir(self.path());
+        c.arg("--config")
+            .arg(self.path().join("pipeline.toml"))
+            .arg("--quiet")
+            .args(args)
+            .current_dir(self.path());
         c.env_remove("RUST_LOG");
         for (k, v) in env {
             c.env(k, v);
@@ -56,13 +62,19 @@ impl Project {
     /// Run and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.gnno(args);
-        assert!(o.status.success(), "gnno {args:?} failed ({:?}):\n{}", o.status, String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "gnno {args:?} failed ({:?}):\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("gnno {args:?}: not JSON ({e}):\n{out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("gnno {args:?}: not JSON ({e}):\n{out}"))
     }
 }
 
@@ -74,7 +86,9 @@ pub fn stderr(o: &Output) -> String {
 pub fn synthetic_log(users: u32, items: u32, seed: u64) -> String {
     let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
     let mut next = move |n: u32| {
-        s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        s = s
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         u32::try_from((s >> 33) % u64::from(n)).unwrap_or(0)
     };
     let clusters = 10;
@@ -138,21 +152,35 @@ batch-size = 256
 pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut out = std::collections::BTreeMap::new();
     for f in gnno_core::fsutil::list_files(dir).expect("list") {
-        out.insert(f.display().to_string(), std::fs::read(dir.join(&f)).expect("read"));
+        out.insert(
+            f.display().to_string(),
+            std::fs::read(dir.join(&f)).expect("read"),
+        );
     }
     out
 }
 
 /// The published run folder of a stage.
 pub fn run_dir(workdir: &Path, stage: &str) -> PathBuf {
-    let m = gnno_core::manifest::Manifest::read(&workdir.join(stage)).expect("manifest readable").expect("manifest exists");
+    let m = gnno_core::manifest::Manifest::read(&workdir.join(stage))
+        .expect("manifest readable")
+        .expect("manifest exists");
     m.run_path(&workdir.join(stage))
 }
 
 /// Assert two folder snapshots are identical, naming the first differing file and,
 /// for shards, the footer keys that differ.
-pub fn assert_same_files(a: &std::collections::BTreeMap<String, Vec<u8>>, b: &std::collections::BTreeMap<String, Vec<u8>>, a_dir: &Path, b_dir: &Path) {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "different file sets");
+pub fn assert_same_files(
+    a: &std::collections::BTreeMap<String, Vec<u8>>,
+    b: &std::collections::BTreeMap<String, Vec<u8>>,
+    a_dir: &Path,
+    b_dir: &Path,
+) {
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "different file sets"
+    );
     for (k, v) in a {
         if v != &b[k] {
             let mut why = String::new();

@@ -1,13 +1,19 @@
 //! Crash safety: a stage killed mid-way never publishes, never damages the last good
 //! output, and its rerun equals a clean run.
 
-use crate::common::{assert_same_files, run_dir, small_config, snapshot, stderr, synthetic_log, Project};
+use crate::common::{
+    assert_same_files, run_dir, small_config, snapshot, stderr, synthetic_log, Project,
+};
 use std::time::{Duration, Instant};
 
 fn project(extra: &str) -> Project {
     let p = Project::new();
     p.write("data.tsv", &synthetic_log(400, 120, 21));
-    p.config(&small_config(extra).replace("epochs = 3", "epochs = 6").replace("shard-rows = 500", "shard-rows = 200"));
+    p.config(
+        &small_config(extra)
+            .replace("epochs = 3", "epochs = 6")
+            .replace("shard-rows = 500", "shard-rows = 200"),
+    );
     p
 }
 
@@ -19,12 +25,22 @@ fn negatives_killed_half_way_resumes_only_what_is_missing_and_equals_a_clean_run
     p.ok(&["run", "--to", "graph"]);
     let o = p.gnno_env(&["stage", "negatives"], &[("GNNO_FAULT_AFTER_SHARDS", "4")]);
     assert!(!o.status.success(), "aborted: {}", stderr(&o));
-    assert_eq!(p.json(&["status", "--json"])[2]["status"]["state"], "missing", "nothing published");
+    assert_eq!(
+        p.json(&["status", "--json"])[2]["status"]["state"],
+        "missing",
+        "nothing published"
+    );
     p.ok(&["stage", "negatives"]);
     let rep = p.json(&["report", "negatives", "--json"])["report"].clone();
     assert!(rep["shards_reused"].as_u64().expect("reused") >= 4, "{rep}");
-    assert!(rep["shards_written"].as_u64().expect("written") > 0, "{rep}");
-    let (pa, pc) = (run_dir(&p.workdir(), "negatives"), run_dir(&clean.workdir(), "negatives"));
+    assert!(
+        rep["shards_written"].as_u64().expect("written") > 0,
+        "{rep}"
+    );
+    let (pa, pc) = (
+        run_dir(&p.workdir(), "negatives"),
+        run_dir(&clean.workdir(), "negatives"),
+    );
     assert_same_files(&snapshot(&pa), &snapshot(&pc), &pa, &pc);
 }
 
@@ -33,17 +49,32 @@ fn sigkill_mid_stage_then_rerun_equals_a_clean_run() {
     let p = project("");
     let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
     // Many small shards so the kill lands mid-way.
-    p.config(&cfg.replace("epochs = 6", "epochs = 30").replace("shard-rows = 200", "shard-rows = 100"));
+    p.config(
+        &cfg.replace("epochs = 6", "epochs = 30")
+            .replace("shard-rows = 200", "shard-rows = 100"),
+    );
     p.ok(&["run", "--to", "graph"]);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gnno"))
-        .args(["--config", p.path().join("pipeline.toml").to_str().expect("utf8"), "--quiet", "stage", "negatives"])
+        .args([
+            "--config",
+            p.path().join("pipeline.toml").to_str().expect("utf8"),
+            "--quiet",
+            "stage",
+            "negatives",
+        ])
         .spawn()
         .expect("spawn");
     let neg = p.workdir().join("negatives");
     let t0 = Instant::now();
     let mut killed_mid_way = false;
     while t0.elapsed() < Duration::from_secs(60) {
-        let shards = gnno_core::fsutil::list_files(&neg).map(|f| f.iter().filter(|x| x.to_string_lossy().ends_with(".parquet")).count()).unwrap_or(0);
+        let shards = gnno_core::fsutil::list_files(&neg)
+            .map(|f| {
+                f.iter()
+                    .filter(|x| x.to_string_lossy().ends_with(".parquet"))
+                    .count()
+            })
+            .unwrap_or(0);
         if shards >= 10 {
             killed_mid_way = child.try_wait().expect("wait").is_none();
             child.kill().expect("SIGKILL");
@@ -52,8 +83,14 @@ fn sigkill_mid_stage_then_rerun_equals_a_clean_run() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let _ = child.wait();
-    assert!(killed_mid_way, "the stage finished before the kill; the test needs more work per run");
-    assert!(!neg.join("manifest.json").exists(), "a killed stage publishes nothing");
+    assert!(
+        killed_mid_way,
+        "the stage finished before the kill; the test needs more work per run"
+    );
+    assert!(
+        !neg.join("manifest.json").exists(),
+        "a killed stage publishes nothing"
+    );
     p.ok(&["stage", "negatives"]);
     let pdir = run_dir(&p.workdir(), "negatives");
     let got = snapshot(&pdir);
@@ -62,7 +99,10 @@ fn sigkill_mid_stage_then_rerun_equals_a_clean_run() {
     assert_eq!(rep["epochs"].as_array().expect("e").len(), 30);
     // A clean run of the same config gives the same bytes.
     let q = project("");
-    q.config(&cfg.replace("epochs = 6", "epochs = 30").replace("shard-rows = 200", "shard-rows = 100"));
+    q.config(
+        &cfg.replace("epochs = 6", "epochs = 30")
+            .replace("shard-rows = 200", "shard-rows = 100"),
+    );
     q.ok(&["run", "--to", "negatives"]);
     let qdir = run_dir(&q.workdir(), "negatives");
     assert_same_files(&got, &snapshot(&qdir), &pdir, &qdir);
@@ -72,21 +112,38 @@ fn sigkill_mid_stage_then_rerun_equals_a_clean_run() {
 fn a_failed_rerun_leaves_the_previous_good_output_intact() {
     let p = project("");
     p.ok(&["run", "--to", "negatives"]);
-    let before_manifest = std::fs::read(p.workdir().join("negatives/manifest.json")).expect("manifest");
+    let before_manifest =
+        std::fs::read(p.workdir().join("negatives/manifest.json")).expect("manifest");
     let before = snapshot(&run_dir(&p.workdir(), "negatives"));
     let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
     p.config(&cfg.replace("n-hard = 3", "n-hard = 5"));
-    let o = p.gnno_env(&["run", "--to", "negatives"], &[("GNNO_FAULT_BEFORE_PUBLISH", "negatives")]);
+    let o = p.gnno_env(
+        &["run", "--to", "negatives"],
+        &[("GNNO_FAULT_BEFORE_PUBLISH", "negatives")],
+    );
     assert!(!o.status.success());
-    assert_eq!(std::fs::read(p.workdir().join("negatives/manifest.json")).expect("manifest"), before_manifest);
-    assert_eq!(snapshot(&run_dir(&p.workdir(), "negatives")), before, "the published shards are untouched");
+    assert_eq!(
+        std::fs::read(p.workdir().join("negatives/manifest.json")).expect("manifest"),
+        before_manifest
+    );
+    assert_eq!(
+        snapshot(&run_dir(&p.workdir(), "negatives")),
+        before,
+        "the published shards are untouched"
+    );
     let st = p.ok(&["status"]);
-    assert!(st.contains("negatives  stale: setting negatives.n-hard changed: 3 -> 5"), "{st}");
+    assert!(
+        st.contains("negatives  stale: setting negatives.n-hard changed: 3 -> 5"),
+        "{st}"
+    );
     // The old output still audits cleanly (checksums verified).
     p.config(&cfg);
     p.ok(&["audit", "negatives"]);
     // And an ingest failure on bad data leaves the previous ingest output published.
-    p.write("data.tsv", "user_id\titem_id\ttimestamp\nu1\ti1\tnot-a-time\n");
+    p.write(
+        "data.tsv",
+        "user_id\titem_id\ttimestamp\nu1\ti1\tnot-a-time\n",
+    );
     let o = p.gnno(&["run", "--to", "ingest"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("data.tsv:2"), "{}", stderr(&o));

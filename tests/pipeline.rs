@@ -26,33 +26,64 @@ fn run_skips_what_is_up_to_date_and_reruns_what_changed() {
     // Reports carry the figures.
     let ingest = p.json(&["report", "ingest", "--json"]);
     let r = &ingest["report"];
-    assert_eq!(r["rows_out"], r["train_rows"].as_u64().expect("n") + r["dev_rows"].as_u64().expect("n") + r["test_rows"].as_u64().expect("n"));
-    assert_eq!(r["training_instances"], r["train_rows"].as_u64().expect("n") - r["users"].as_u64().expect("n"));
+    assert_eq!(
+        r["rows_out"],
+        r["train_rows"].as_u64().expect("n")
+            + r["dev_rows"].as_u64().expect("n")
+            + r["test_rows"].as_u64().expect("n")
+    );
+    assert_eq!(
+        r["training_instances"],
+        r["train_rows"].as_u64().expect("n") - r["users"].as_u64().expect("n")
+    );
     let eval = p.json(&["report", "evaluate", "--json"])["report"].clone();
-    for k in ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "HR@50", "NDCG@50"] {
+    for k in [
+        "HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "HR@50", "NDCG@50",
+    ] {
         let v = eval["test_full"][k].as_f64().unwrap_or(-1.0);
         assert!((0.0..=1.0).contains(&v), "{k} = {v}");
     }
     assert!(eval["test_full"]["HR@50"].as_f64() >= eval["test_full"]["HR@10"].as_f64());
-    assert!(eval["test_sampled"]["HR@10"].as_f64().expect("sampled") >= eval["test_full"]["HR@10"].as_f64().expect("full"), "20 sampled candidates rank easier than all items");
+    assert!(
+        eval["test_sampled"]["HR@10"].as_f64().expect("sampled")
+            >= eval["test_full"]["HR@10"].as_f64().expect("full"),
+        "20 sampled candidates rank easier than all items"
+    );
     assert_eq!(eval["test_users"], r["users"]);
     let train = p.json(&["report", "train", "--json"])["report"].clone();
     assert_eq!(train["epochs"].as_array().expect("epochs").len(), 3);
-    assert_eq!(train["epochs"][0]["hard_negatives"], false, "epoch 0 is warm-up");
+    assert_eq!(
+        train["epochs"][0]["hard_negatives"], false,
+        "epoch 0 is warm-up"
+    );
     assert_eq!(train["epochs"][1]["hard_negatives"], true);
 
     // A graph setting changes: graph is stale (naming the setting), downstream stale too.
     let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
     p.config(&cfg.replace("[negatives]", "[graph]\nhops = 2\n[negatives]"));
     let st = p.ok(&["status"]);
-    assert!(st.contains("graph      stale: setting graph.hops changed: 3 -> 2"), "{st}");
-    assert!(st.contains("negatives  stale: upstream stage graph is stale"), "{st}");
+    assert!(
+        st.contains("graph      stale: setting graph.hops changed: 3 -> 2"),
+        "{st}"
+    );
+    assert!(
+        st.contains("negatives  stale: upstream stage graph is stale"),
+        "{st}"
+    );
     assert!(st.contains("ingest     up to date"), "{st}");
     let out = p.ok(&["run", "--to", "negatives"]);
-    assert!(out.contains("ingest     up to date") && out.contains("graph      ran") && out.contains("negatives  ran"), "{out}");
+    assert!(
+        out.contains("ingest     up to date")
+            && out.contains("graph      ran")
+            && out.contains("negatives  ran"),
+        "{out}"
+    );
     // --from reruns a stage and everything after it even when up to date.
     let out = p.ok(&["run", "--from", "negatives", "--to", "negatives"]);
-    assert!(out.contains("graph      up to date") && out.contains("negatives  ran"), "{out}");
+    assert!(
+        out.contains("graph      up to date") && out.contains("negatives  ran"),
+        "{out}"
+    );
     // A raw input change makes ingest stale.
     std::fs::write(p.path().join("data.tsv"), synthetic_log(300, 120, 12)).expect("write");
     let st = p.ok(&["status"]);
@@ -74,8 +105,14 @@ fn audit_reports_each_epoch_and_names_a_damaged_shard() {
     assert_eq!(e1["share_in_train_history"].as_f64(), Some(0.0));
     let e2 = &epochs[2];
     assert!((e2["hardness"].as_f64().expect("h") - 0.1).abs() < 1e-12);
-    assert!(e2["overlap_quantiles"][6].as_f64().expect("max") <= 0.1 + 1e-6, "{e2}");
-    assert!(e2["share_overlap_positive"].as_f64().expect("share") > 0.0, "{e2}");
+    assert!(
+        e2["overlap_quantiles"][6].as_f64().expect("max") <= 0.1 + 1e-6,
+        "{e2}"
+    );
+    assert!(
+        e2["share_overlap_positive"].as_f64().expect("share") > 0.0,
+        "{e2}"
+    );
     let ingest = p.json(&["report", "ingest", "--json"]);
     assert_eq!(e2["rows"], ingest["report"]["training_instances"]);
     assert_eq!(e2["negatives"].as_u64(), e2["rows"].as_u64().map(|r| r * 3));
@@ -94,11 +131,25 @@ fn audit_reports_each_epoch_and_names_a_damaged_shard() {
     std::fs::write(&shard, bytes).expect("write");
     let o = p.gnno(&["audit", "negatives"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("epoch-0002/part-00000.parquet") && stderr(&o).contains("checksum"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("epoch-0002/part-00000.parquet") && stderr(&o).contains("checksum"),
+        "{}",
+        stderr(&o)
+    );
     // A foreign file in place of a shard is named too (schema check).
-    std::fs::copy(p.path().join("work/ingest").join(run_dir(&p.workdir(), "ingest").file_name().expect("name")).join("items.parquet"), &shard).expect("copy");
+    std::fs::copy(
+        p.path()
+            .join("work/ingest")
+            .join(run_dir(&p.workdir(), "ingest").file_name().expect("name"))
+            .join("items.parquet"),
+        &shard,
+    )
+    .expect("copy");
     let e = gnno_core::shards::read(&shard).expect_err("not a shard");
-    assert!(e.to_string().contains("part-00000.parquet") && e.to_string().contains("missing column"), "{e}");
+    assert!(
+        e.to_string().contains("part-00000.parquet") && e.to_string().contains("missing column"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -111,10 +162,18 @@ fn inspect_item_shows_neighbours_with_raw_ids() {
     assert!(raw.starts_with('i'), "{raw}");
     let witg = v["witg"].as_array().expect("witg");
     assert!(!witg.is_empty() && witg.len() <= 5);
-    let w: Vec<f64> = witg.iter().map(|x| x["weight"].as_f64().expect("w")).collect();
-    assert!(w.windows(2).all(|p| p[0] >= p[1]), "sorted by weight: {w:?}");
+    let w: Vec<f64> = witg
+        .iter()
+        .map(|x| x["weight"].as_f64().expect("w"))
+        .collect();
+    assert!(
+        w.windows(2).all(|p| p[0] >= p[1]),
+        "sorted by weight: {w:?}"
+    );
     let ov = v["overlap"].as_array().expect("overlap");
-    assert!(ov.iter().all(|x| x["item"] != 1 && x["raw_id"].as_str().is_some_and(|r| r.starts_with('i'))));
+    assert!(ov
+        .iter()
+        .all(|x| x["item"] != 1 && x["raw_id"].as_str().is_some_and(|r| r.starts_with('i'))));
     // By raw id gives the same item.
     let by_raw = p.json(&["inspect", "item", &raw, "--json"]);
     assert_eq!(by_raw["item"], 1);
@@ -131,11 +190,17 @@ fn negatives_are_byte_identical_across_thread_counts_and_row_identical_across_sh
     a.ok(&["run", "--to", "negatives"]);
     b.ok(&["run", "--to", "negatives"]);
     for stage in ["ingest", "negatives"] {
-        let (sa, sb) = (snapshot(&run_dir(&a.workdir(), stage)), snapshot(&run_dir(&b.workdir(), stage)));
+        let (sa, sb) = (
+            snapshot(&run_dir(&a.workdir(), stage)),
+            snapshot(&run_dir(&b.workdir(), stage)),
+        );
         assert!(!sa.is_empty());
         assert_eq!(sa, sb, "{stage} differs between 2 threads and 1");
     }
-    assert_eq!(a.json(&["report", "graph", "--json"])["fingerprint"], b.json(&["report", "graph", "--json"])["fingerprint"]);
+    assert_eq!(
+        a.json(&["report", "graph", "--json"])["fingerprint"],
+        b.json(&["report", "graph", "--json"])["fingerprint"]
+    );
     // Another shard size: other files, the same rows.
     let c = project("");
     let cfg = std::fs::read_to_string(c.path().join("pipeline.toml")).expect("read");
@@ -147,7 +212,10 @@ fn negatives_are_byte_identical_across_thread_counts_and_row_identical_across_sh
         for f in gnno_core::shards::list(&dir).expect("list") {
             let s = gnno_core::shards::read(&f).expect("read");
             for r in 0..s.instance.len() {
-                all.push((s.instance[r], s.negatives[s.offsets[r]..s.offsets[r + 1]].to_vec()));
+                all.push((
+                    s.instance[r],
+                    s.negatives[s.offsets[r]..s.offsets[r + 1]].to_vec(),
+                ));
             }
         }
         all
@@ -165,14 +233,23 @@ fn training_killed_after_a_checkpoint_resumes_to_the_same_metrics() {
     let o = p.gnno_env(&["run"], &[("GNNO_FAULT_AFTER_EPOCH", "2")]);
     assert!(!o.status.success(), "the fault hook aborts the run");
     let st = p.json(&["status", "--json"]);
-    assert_eq!(st[3]["status"]["state"], "missing", "no train manifest from the killed run");
+    assert_eq!(
+        st[3]["status"]["state"], "missing",
+        "no train manifest from the killed run"
+    );
     p.ok(&["run"]);
     let train = p.json(&["report", "train", "--json"])["report"].clone();
     assert_eq!(train["resumed_at_epoch"], 2, "{train}");
     let want = clean.json(&["report", "train", "--json"])["report"].clone();
     for e in 0..3 {
-        assert_eq!(train["epochs"][e]["loss"], want["epochs"][e]["loss"], "epoch {e}");
-        assert_eq!(train["epochs"][e]["dev_ndcg5"], want["epochs"][e]["dev_ndcg5"], "epoch {e}");
+        assert_eq!(
+            train["epochs"][e]["loss"], want["epochs"][e]["loss"],
+            "epoch {e}"
+        );
+        assert_eq!(
+            train["epochs"][e]["dev_ndcg5"], want["epochs"][e]["dev_ndcg5"],
+            "epoch {e}"
+        );
     }
     let got = p.json(&["report", "evaluate", "--json"])["report"].clone();
     let exp = clean.json(&["report", "evaluate", "--json"])["report"].clone();
@@ -185,7 +262,13 @@ fn every_backbone_trains_and_evaluates() {
     for backbone in ["sasrec", "gru4rec"] {
         let p = project("");
         let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
-        p.config(&cfg.replace("[train]\n", &format!("[train]\nbackbone = \"{backbone}\"\n")).replace("epochs = 3", "epochs = 2"));
+        p.config(
+            &cfg.replace(
+                "[train]\n",
+                &format!("[train]\nbackbone = \"{backbone}\"\n"),
+            )
+            .replace("epochs = 3", "epochs = 2"),
+        );
         p.ok(&["run"]);
         let t = p.json(&["report", "train", "--json"])["report"].clone();
         assert_eq!(t["backbone"], backbone);
@@ -193,6 +276,9 @@ fn every_backbone_trains_and_evaluates() {
         let last = t["epochs"][1]["loss"].as_f64().expect("loss");
         assert!(last > 0.0 && last < 0.69, "{backbone}: loss {last}: {t}");
         let e = p.json(&["report", "evaluate", "--json"])["report"].clone();
-        assert!(e["test_full"]["HR@50"].as_f64().expect("hr") > 0.0, "{backbone}: {e}");
+        assert!(
+            e["test_full"]["HR@50"].as_f64().expect("hr") > 0.0,
+            "{backbone}: {e}"
+        );
     }
 }

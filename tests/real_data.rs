@@ -4,7 +4,11 @@ use crate::common::{shared, Project};
 
 fn data(rel: &str) -> String {
     let p = shared().join("data").join(rel);
-    assert!(p.exists(), "{} is missing: tests need ../shared/data", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: tests need ../shared/data",
+        p.display()
+    );
     p.display().to_string()
 }
 
@@ -24,12 +28,18 @@ fn beauty_ingest_and_graph_match_the_reference_figures() {
     let g = p.json(&["report", "graph", "--json"])["report"].clone();
     assert_eq!(g["items_with_edges"], 12_068);
     assert_eq!(g["directed_edges"], 530_266);
-    assert!((g["mean_degree"].as_f64().expect("mean") - 43.94).abs() < 0.005, "{g}");
+    assert!(
+        (g["mean_degree"].as_f64().expect("mean") - 43.94).abs() < 0.005,
+        "{g}"
+    );
     assert_eq!(g["max_degree"], 1_006);
     assert_eq!(g["overlap_pairs"], 29_306_240);
     assert_eq!(g["overlap_pairs_over_0_1"], 150_298);
     // The default 5-core changes nothing on 5-core data.
-    p.config(&format!("[run]\nworkdir = \"work\"\n[ingest]\ninputs = [\"{}\"]\nformat = \"sequences\"\n", data("s3rec/Beauty.txt")));
+    p.config(&format!(
+        "[run]\nworkdir = \"work\"\n[ingest]\ninputs = [\"{}\"]\nformat = \"sequences\"\n",
+        data("s3rec/Beauty.txt")
+    ));
     p.ok(&["run", "--to", "ingest"]);
     let i = p.json(&["report", "ingest", "--json"])["report"].clone();
     assert_eq!(i["rows_out"], 198_502);
@@ -66,9 +76,15 @@ fn amazon_2018_raw_json_dumps_ingest_with_duplicates_counted() {
     let i = p.json(&["report", "ingest", "--json"])["report"].clone();
     assert_eq!(i["files"].as_array().expect("files").len(), 5, "{i}");
     let read = i["rows_read"].as_u64().expect("read");
-    let dups = i["dropped_duplicates"].as_u64().expect("dups") + i["dropped_repeat_pairs"].as_u64().expect("pairs");
+    let dups = i["dropped_duplicates"].as_u64().expect("dups")
+        + i["dropped_repeat_pairs"].as_u64().expect("pairs");
     assert!(dups > 0, "the dumps hold duplicate (user, item) pairs: {i}");
-    assert_eq!(i["rows_out"].as_u64().expect("out"), read - dups - i["dropped_missing"].as_u64().expect("m") - i["bad_rows"].as_u64().expect("b"));
+    assert_eq!(
+        i["rows_out"].as_u64().expect("out"),
+        read - dups
+            - i["dropped_missing"].as_u64().expect("m")
+            - i["bad_rows"].as_u64().expect("b")
+    );
     // Counted by hand: distinct (user, item) pairs across the five dumps.
     let mut pairs = std::collections::HashSet::new();
     let mut lines = 0u64;
@@ -76,7 +92,11 @@ fn amazon_2018_raw_json_dumps_ingest_with_duplicates_counted() {
         let path = f.expect("entry").path();
         let text = if path.extension().is_some_and(|e| e == "gz") {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).expect("open")), &mut s).expect("gz");
+            std::io::Read::read_to_string(
+                &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).expect("open")),
+                &mut s,
+            )
+            .expect("gz");
             s
         } else {
             std::fs::read_to_string(&path).expect("read")
@@ -102,7 +122,14 @@ fn movielens_sets_ingest_with_their_own_headers() {
     ));
     p.ok(&["run", "--to", "ingest"]);
     let i = p.json(&["report", "ingest", "--json"])["report"].clone();
-    assert_eq!((i["rows_out"].as_u64(), i["users"].as_u64(), i["items"].as_u64()), (Some(100_000), Some(943), Some(1_682)));
+    assert_eq!(
+        (
+            i["rows_out"].as_u64(),
+            i["users"].as_u64(),
+            i["items"].as_u64()
+        ),
+        (Some(100_000), Some(943), Some(1_682))
+    );
     let q = Project::new();
     q.config(&format!(
         "[run]\nworkdir = \"work\"\n[ingest]\ninputs = [\"{}\"]\nuser-col = \"userId\"\nitem-col = \"movieId\"\ntime-col = \"timestamp\"\nrating-col = \"rating\"\nuser-core = 0\nitem-core = 0\n",
@@ -110,5 +137,12 @@ fn movielens_sets_ingest_with_their_own_headers() {
     ));
     q.ok(&["run", "--to", "ingest"]);
     let i = q.json(&["report", "ingest", "--json"])["report"].clone();
-    assert_eq!((i["rows_out"].as_u64(), i["users"].as_u64(), i["items"].as_u64()), (Some(100_004), Some(671), Some(9_066)));
+    assert_eq!(
+        (
+            i["rows_out"].as_u64(),
+            i["users"].as_u64(),
+            i["items"].as_u64()
+        ),
+        (Some(100_004), Some(671), Some(9_066))
+    );
 }

@@ -189,7 +189,12 @@ impl<'a> Section<'a> {
                 None
             }
         };
-        Self { path: name.to_owned(), table, used: BTreeSet::new(), problems }
+        Self {
+            path: name.to_owned(),
+            table,
+            used: BTreeSet::new(),
+            problems,
+        }
     }
 
     fn raw(&mut self, key: &str) -> Option<&'a Value> {
@@ -269,7 +274,10 @@ impl<'a> Section<'a> {
             None => default,
             Some(Value::Boolean(b)) => *b,
             Some(v) => {
-                self.bad(key, format!("expected true or false, found {}", v.type_str()));
+                self.bad(
+                    key,
+                    format!("expected true or false, found {}", v.type_str()),
+                );
                 default
             }
         }
@@ -287,14 +295,19 @@ impl<'a> Section<'a> {
     }
 
     fn choice<T: Copy>(&mut self, key: &str, default: T, options: &[(&str, T)]) -> T {
-        let Some(raw) = self.raw(key) else { return default };
+        let Some(raw) = self.raw(key) else {
+            return default;
+        };
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
         if let Value::String(s) = raw {
             if let Some((_, v)) = options.iter().find(|(n, _)| n == s) {
                 return *v;
             }
         }
-        self.bad(key, format!("expected one of {}, found {raw}", names.join(" | ")));
+        self.bad(
+            key,
+            format!("expected one of {}, found {raw}", names.join(" | ")),
+        );
         default
     }
 
@@ -322,7 +335,8 @@ impl<'a> Section<'a> {
         if let Some(t) = self.table {
             for k in t.keys() {
                 if !self.used.contains(k) {
-                    self.problems.push(format!("{}.{k}: unknown key", self.path));
+                    self.problems
+                        .push(format!("{}.{k}: unknown key", self.path));
                 }
             }
         }
@@ -335,7 +349,10 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse(&text, &base).map_err(|e| match e {
-            Error::Config { problems, .. } => Error::Config { file: Some(path.to_path_buf()), problems },
+            Error::Config { problems, .. } => Error::Config {
+                file: Some(path.to_path_buf()),
+                problems,
+            },
             other => other,
         })
     }
@@ -350,7 +367,10 @@ impl Config {
         let known = ["run", "ingest", "graph", "negatives", "train", "evaluate"];
         for k in root.keys() {
             if !known.contains(&k.as_str()) {
-                problems.push(format!("{k}: unknown section (expected one of {})", known.join(", ")));
+                problems.push(format!(
+                    "{k}: unknown section (expected one of {})",
+                    known.join(", ")
+                ));
             }
         }
         let run = read_run(&root, base, &mut problems);
@@ -359,12 +379,22 @@ impl Config {
         let negatives = read_negatives(&root, &mut problems);
         let train = read_train(&root, &mut problems);
         let evaluate = read_evaluate(&root, &mut problems);
-        let cfg = Self { run, ingest, graph, negatives, train, evaluate };
+        let cfg = Self {
+            run,
+            ingest,
+            graph,
+            negatives,
+            train,
+            evaluate,
+        };
         cfg.cross_checks(&mut problems);
         if problems.is_empty() {
             Ok(cfg)
         } else {
-            Err(Error::Config { file: None, problems })
+            Err(Error::Config {
+                file: None,
+                problems,
+            })
         }
     }
 
@@ -388,7 +418,9 @@ impl Config {
                 _ => problems.push("ingest.test-from: split = \"time-cutoff\" needs dev-from and test-from (unix seconds)".into()),
             }
         }
-        if self.train.backbone != Backbone::Gru4rec && self.train.dim % self.train.heads != 0 {
+        if self.train.backbone != Backbone::Gru4rec
+            && !self.train.dim.is_multiple_of(self.train.heads)
+        {
             problems.push(format!(
                 "train.heads: {} does not divide train.dim = {}",
                 self.train.heads, self.train.dim
@@ -396,9 +428,12 @@ impl Config {
         }
         let d = self.run.device.as_str();
         let ok = matches!(d, "auto" | "cpu" | "cuda")
-            || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+            || d.strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
         if !ok {
-            problems.push(format!("run.device: expected auto | cpu | cuda | cuda:N, found {d:?}"));
+            problems.push(format!(
+                "run.device: expected auto | cpu | cuda | cuda:N, found {d:?}"
+            ));
         }
     }
 
@@ -428,7 +463,11 @@ fn read_run(root: &Table, base: &Path, problems: &mut Vec<String>) -> RunSetting
     let device = s.string("device", "auto");
     s.finish();
     RunSettings {
-        workdir: if workdir.is_absolute() { workdir } else { base.join(workdir) },
+        workdir: if workdir.is_absolute() {
+            workdir
+        } else {
+            base.join(workdir)
+        },
         seed: u64::try_from(seed).unwrap_or(42),
         threads: usize::try_from(threads).unwrap_or(0),
         device,
@@ -442,7 +481,11 @@ fn read_ingest(root: &Table, problems: &mut Vec<String>) -> IngestSettings {
     let format = s.choice(
         "format",
         InputFormat::Delimited,
-        &[("delimited", InputFormat::Delimited), ("jsonl", InputFormat::Jsonl), ("sequences", InputFormat::Sequences)],
+        &[
+            ("delimited", InputFormat::Delimited),
+            ("jsonl", InputFormat::Jsonl),
+            ("sequences", InputFormat::Sequences),
+        ],
     );
     let separator = s.string("separator", ",");
     let header = s.boolean("header", true);
@@ -454,9 +497,17 @@ fn read_ingest(root: &Table, problems: &mut Vec<String>) -> IngestSettings {
     let time_format = s.choice(
         "time-format",
         TimeFormat::Auto,
-        &[("auto", TimeFormat::Auto), ("unix", TimeFormat::Unix), ("iso", TimeFormat::Iso)],
+        &[
+            ("auto", TimeFormat::Auto),
+            ("unix", TimeFormat::Unix),
+            ("iso", TimeFormat::Iso),
+        ],
     );
-    let on_bad_row = s.choice("on-bad-row", BadRowPolicy::Error, &[("error", BadRowPolicy::Error), ("skip", BadRowPolicy::Skip)]);
+    let on_bad_row = s.choice(
+        "on-bad-row",
+        BadRowPolicy::Error,
+        &[("error", BadRowPolicy::Error), ("skip", BadRowPolicy::Skip)],
+    );
     let dedup_pairs = s.boolean("dedup-pairs", false);
     let min_rating = s.opt_float("min-rating");
     let user_core = s.uint("user-core", 5, 0, 1_000_000);
@@ -464,11 +515,18 @@ fn read_ingest(root: &Table, problems: &mut Vec<String>) -> IngestSettings {
     let split = s.choice(
         "split",
         SplitMode::LeaveOneOut,
-        &[("leave-one-out", SplitMode::LeaveOneOut), ("time-cutoff", SplitMode::TimeCutoff)],
+        &[
+            ("leave-one-out", SplitMode::LeaveOneOut),
+            ("time-cutoff", SplitMode::TimeCutoff),
+        ],
     );
     let dev_from = s.opt_int("dev-from");
     let test_from = s.opt_int("test-from");
-    let short_users = s.choice("short-users", ShortUsers::Train, &[("train", ShortUsers::Train), ("drop", ShortUsers::Drop)]);
+    let short_users = s.choice(
+        "short-users",
+        ShortUsers::Train,
+        &[("train", ShortUsers::Train), ("drop", ShortUsers::Drop)],
+    );
     s.finish();
     IngestSettings {
         inputs,
@@ -501,11 +559,23 @@ fn unescape(s: &str) -> String {
 fn read_graph(root: &Table, problems: &mut Vec<String>) -> GraphSettings {
     let mut s = Section::new(root, "graph", problems);
     let hops = s.uint("hops", 3, 1, 16);
-    let overlap = s.choice("overlap", OverlapKind::Jaccard, &[("jaccard", OverlapKind::Jaccard), ("weighted", OverlapKind::Weighted)]);
+    let overlap = s.choice(
+        "overlap",
+        OverlapKind::Jaccard,
+        &[
+            ("jaccard", OverlapKind::Jaccard),
+            ("weighted", OverlapKind::Weighted),
+        ],
+    );
     let min_overlap = s.float("min-overlap", 0.0, 0.0, 1.0);
     let max_neighbors = s.uint("max-neighbors", 0, 0, u32::MAX);
     s.finish();
-    GraphSettings { hops, overlap, min_overlap, max_neighbors }
+    GraphSettings {
+        hops,
+        overlap,
+        min_overlap,
+        max_neighbors,
+    }
 }
 
 fn read_negatives(root: &Table, problems: &mut Vec<String>) -> NegativesSettings {
@@ -513,7 +583,11 @@ fn read_negatives(root: &Table, problems: &mut Vec<String>) -> NegativesSettings
     let sampler = s.choice(
         "sampler",
         SamplerKind::Gnno,
-        &[("gnno", SamplerKind::Gnno), ("uniform", SamplerKind::Uniform), ("popularity", SamplerKind::Popularity)],
+        &[
+            ("gnno", SamplerKind::Gnno),
+            ("uniform", SamplerKind::Uniform),
+            ("popularity", SamplerKind::Popularity),
+        ],
     );
     let n_hard = s.uint("n-hard", 9, 0, 10_000);
     let temperature = s.float("temperature", 1.0, 1e-6, 1e6);
@@ -544,7 +618,11 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
     let backbone = s.choice(
         "backbone",
         Backbone::Encoder,
-        &[("encoder", Backbone::Encoder), ("sasrec", Backbone::Sasrec), ("gru4rec", Backbone::Gru4rec)],
+        &[
+            ("encoder", Backbone::Encoder),
+            ("sasrec", Backbone::Sasrec),
+            ("gru4rec", Backbone::Gru4rec),
+        ],
     );
     let t = TrainSettings {
         backbone,
@@ -569,7 +647,9 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
 fn read_evaluate(root: &Table, problems: &mut Vec<String>) -> EvaluateSettings {
     let mut s = Section::new(root, "evaluate", problems);
     let ks = s.list("ks", vec![5, 10, 20, 50], |v| {
-        v.as_integer().and_then(|i| u32::try_from(i).ok()).filter(|&i| i > 0)
+        v.as_integer()
+            .and_then(|i| u32::try_from(i).ok())
+            .filter(|&i| i > 0)
     });
     let e = EvaluateSettings {
         ks,
@@ -619,7 +699,11 @@ mod tests {
 
     #[test]
     fn tab_separator_is_unescaped() {
-        let c = Config::parse("[ingest]\ninputs=[\"a\"]\nseparator='\\t'\n", Path::new(".")).expect("parses");
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\nseparator='\\t'\n",
+            Path::new("."),
+        )
+        .expect("parses");
         assert_eq!(c.ingest.separator, "\t");
     }
 }

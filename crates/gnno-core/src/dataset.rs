@@ -48,7 +48,14 @@ fn typed<'a, T: arrow::datatypes::ArrowPrimitiveType>(
 ) -> Result<&'a arrow::array::PrimitiveArray<T>> {
     let c = column(batch, name, path)?;
     c.as_primitive_opt::<T>().ok_or_else(|| {
-        Error::artifact(path, format!("column {name:?} has type {}, expected {}", c.data_type(), T::DATA_TYPE))
+        Error::artifact(
+            path,
+            format!(
+                "column {name:?} has type {}, expected {}",
+                c.data_type(),
+                T::DATA_TYPE
+            ),
+        )
     })
 }
 
@@ -120,7 +127,8 @@ impl Dataset {
         let users = load_id_map(&dir.join(USERS_FILE), col::USER)?;
         let mut item_raw = vec![String::from("<pad>")];
         item_raw.extend(items);
-        let n_items = u32::try_from(item_raw.len() - 1).map_err(|_| Error::internal("too many items"))?;
+        let n_items =
+            u32::try_from(item_raw.len() - 1).map_err(|_| Error::internal("too many items"))?;
         let n_users = users.len();
         let path = dir.join(INTERACTIONS_FILE);
         let mut ds = Self {
@@ -143,7 +151,10 @@ impl Dataset {
             for r in 0..batch.num_rows() {
                 let (uu, ii) = (u.value(r), it.value(r));
                 if uu as usize >= n_users || ii == 0 || ii > n_items {
-                    return Err(Error::artifact(&path, format!("row with user {uu}, item {ii} is outside the id maps")));
+                    return Err(Error::artifact(
+                        &path,
+                        format!("row with user {uu}, item {ii} is outside the id maps"),
+                    ));
                 }
                 match Split::from_code(sp.value(r)) {
                     Some(Split::Train) => {
@@ -152,17 +163,25 @@ impl Dataset {
                     }
                     Some(Split::Dev) => ds.dev[uu as usize] = ii,
                     Some(Split::Test) => ds.test[uu as usize] = ii,
-                    None => return Err(Error::artifact(&path, format!("unknown split code {}", sp.value(r)))),
+                    None => {
+                        return Err(Error::artifact(
+                            &path,
+                            format!("unknown split code {}", sp.value(r)),
+                        ))
+                    }
                 }
             }
         }
         // Rows are written sorted by (user, position); sort anyway so a reordered
         // file still yields time-ordered sequences.
-        if !rows.windows(2).all(|w| (w[0].0, w[0].1) <= (w[1].0, w[1].1)) {
+        if !rows
+            .windows(2)
+            .all(|w| (w[0].0, w[0].1) <= (w[1].0, w[1].1))
+        {
             rows.sort_unstable_by_key(|r| (r.0, r.1));
         }
-        for u in 0..n_users {
-            ds.train_offsets[u + 1] = ds.train_offsets[u] + counts[u];
+        for (u, c) in counts.iter().enumerate() {
+            ds.train_offsets[u + 1] = ds.train_offsets[u] + c;
         }
         ds.train_items = rows.into_iter().map(|r| r.2).collect();
         Ok(ds)
@@ -200,7 +219,10 @@ fn load_id_map(path: &Path, index_col: &str) -> Result<Vec<String>> {
     let first = if index_col == col::ITEM { 1 } else { 0 };
     for (k, (i, _)) in pairs.iter().enumerate() {
         if *i as usize != k + first {
-            return Err(Error::artifact(path, format!("ids are not dense: expected {}, found {i}", k + first)));
+            return Err(Error::artifact(
+                path,
+                format!("ids are not dense: expected {}, found {i}", k + first),
+            ));
         }
     }
     Ok(pairs.into_iter().map(|p| p.1).collect())

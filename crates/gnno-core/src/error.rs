@@ -10,19 +10,36 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// An I/O failure on a named path.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Bad configuration: every problem found, each with its key path.
     #[error("invalid configuration{}:\n{}", file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Config { file: Option<PathBuf>, problems: Vec<String> },
+    Config {
+        file: Option<PathBuf>,
+        problems: Vec<String>,
+    },
     /// Bad input data: a record, file or column the user supplied.
     #[error("{location}: {message}")]
-    Input { location: String, message: String, hint: Option<String> },
+    Input {
+        location: String,
+        message: String,
+        hint: Option<String>,
+    },
     /// An artifact on disk that is damaged, foreign or of another version.
     #[error("{}: {message}", path.display())]
-    Artifact { path: PathBuf, message: String, hint: Option<String> },
+    Artifact {
+        path: PathBuf,
+        message: String,
+        hint: Option<String>,
+    },
     /// A precondition such as a missing upstream stage.
     #[error("{message}")]
-    Usage { message: String, hint: Option<String> },
+    Usage {
+        message: String,
+        hint: Option<String>,
+    },
     /// A bug or an environment failure that is not the user's input.
     #[error("internal error: {0}")]
     Internal(String),
@@ -30,16 +47,30 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn input(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Input { location: location.into(), message: message.into(), hint: None }
+        Self::Input {
+            location: location.into(),
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn artifact(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self::Artifact { path: path.into(), message: message.into(), hint: None }
+        Self::Artifact {
+            path: path.into(),
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn usage(message: impl Into<String>) -> Self {
-        Self::Usage { message: message.into(), hint: None }
+        Self::Usage {
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into())
@@ -60,7 +91,9 @@ impl Error {
             Self::Input { hint, .. } | Self::Artifact { hint, .. } | Self::Usage { hint, .. } => {
                 hint.as_deref()
             }
-            Self::Config { .. } => Some("run `gnno validate` after editing; docs/CONFIG.md lists every key"),
+            Self::Config { .. } => {
+                Some("run `gnno validate` after editing; docs/CONFIG.md lists every key")
+            }
             Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Some("check the path in pipeline.toml")
             }
@@ -70,7 +103,10 @@ impl Error {
     /// True when the user can fix the cause (input, config, artifacts, usage).
     pub fn is_user_error(&self) -> bool {
         match self {
-            Self::Config { .. } | Self::Input { .. } | Self::Artifact { .. } | Self::Usage { .. } => true,
+            Self::Config { .. }
+            | Self::Input { .. }
+            | Self::Artifact { .. }
+            | Self::Usage { .. } => true,
             Self::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied

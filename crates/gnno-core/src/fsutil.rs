@@ -43,7 +43,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// The temporary name a file is written under before it is published.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -117,7 +120,10 @@ pub fn remove_temp_files(dir: &Path) -> Result<usize> {
         return Ok(0);
     }
     for rel in list_files(dir)? {
-        if rel.file_name().is_some_and(|f| f.to_string_lossy().contains(".tmp-")) {
+        if rel
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().contains(".tmp-"))
+        {
             let p = dir.join(rel);
             fs::remove_file(&p).at(&p)?;
             n += 1;

@@ -75,7 +75,11 @@ impl Manifest {
         if m.format_version != crate::FORMAT_VERSION {
             return Err(Error::artifact(
                 &p,
-                format!("format version {} (this build reads {})", m.format_version, crate::FORMAT_VERSION),
+                format!(
+                    "format version {} (this build reads {})",
+                    m.format_version,
+                    crate::FORMAT_VERSION
+                ),
             )
             .with_hint("rerun the stage with --force to rebuild it in the current format"));
         }
@@ -100,15 +104,23 @@ impl Manifest {
             let p = stage_dir.join(&o.path);
             if o.opaque_dir {
                 if !p.is_dir() {
-                    return Err(Error::artifact(&p, "the folder listed in the manifest is missing")
-                        .with_hint("rerun the stage with --force"));
+                    return Err(Error::artifact(
+                        &p,
+                        "the folder listed in the manifest is missing",
+                    )
+                    .with_hint("rerun the stage with --force"));
                 }
                 continue;
             }
             let md = std::fs::metadata(&p).at(&p)?;
             if md.len() != o.bytes {
-                return Err(Error::artifact(&p, format!("size {} differs from the manifest's {}", md.len(), o.bytes))
-                    .with_hint("the output was changed after publication; rerun the stage with --force"));
+                return Err(Error::artifact(
+                    &p,
+                    format!("size {} differs from the manifest's {}", md.len(), o.bytes),
+                )
+                .with_hint(
+                    "the output was changed after publication; rerun the stage with --force",
+                ));
             }
             if checksums && fsutil::sha256_file(&p)? != o.sha256 {
                 return Err(Error::artifact(&p, "checksum differs from the manifest")

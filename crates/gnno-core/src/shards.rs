@@ -32,20 +32,33 @@ pub fn schema() -> Arc<Schema> {
         Field::new(COL_INSTANCE, DataType::UInt64, false),
         Field::new(COL_USER, DataType::UInt32, false),
         Field::new(COL_TARGET, DataType::UInt32, false),
-        Field::new(COL_NEGATIVES, DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))), false),
-        Field::new(COL_OVERLAP, DataType::List(Arc::new(Field::new("item", DataType::Float32, false))), false),
+        Field::new(
+            COL_NEGATIVES,
+            DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))),
+            false,
+        ),
+        Field::new(
+            COL_OVERLAP,
+            DataType::List(Arc::new(Field::new("item", DataType::Float32, false))),
+            false,
+        ),
     ]))
 }
 
 /// Footer metadata of a shard file.
 pub fn read_meta(path: &Path) -> Result<(BTreeMap<String, String>, u64)> {
     let f = std::fs::File::open(path).at(path)?;
-    let r = SerializedFileReader::new(f).map_err(|e| Error::artifact(path, format!("not a readable Parquet shard: {e}")))?;
+    let r = SerializedFileReader::new(f)
+        .map_err(|e| Error::artifact(path, format!("not a readable Parquet shard: {e}")))?;
     let md = r.metadata().file_metadata();
     let rows = u64::try_from(md.num_rows()).unwrap_or(0);
     let kv = md
         .key_value_metadata()
-        .map(|kv| kv.iter().map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())).collect())
+        .map(|kv| {
+            kv.iter()
+                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     Ok((kv, rows))
 }
@@ -69,7 +82,10 @@ pub fn read(path: &Path) -> Result<Shard> {
         .and_then(|b| b.with_batch_size(1 << 16).build())
         .map_err(|e| Error::artifact(path, format!("not a readable Parquet shard: {e}")))?;
     let want = schema();
-    let mut s = Shard { offsets: vec![0], ..Shard::default() };
+    let mut s = Shard {
+        offsets: vec![0],
+        ..Shard::default()
+    };
     for batch in reader {
         let batch = batch.map_err(|e| Error::artifact(path, format!("damaged shard data: {e}")))?;
         let got = batch.schema();
@@ -77,19 +93,41 @@ pub fn read(path: &Path) -> Result<Shard> {
             match got.field_with_name(f.name()) {
                 Ok(g) if g.data_type() == f.data_type() => {}
                 Ok(g) => {
-                    return Err(Error::artifact(path, format!("column {:?} has type {}, expected {}", f.name(), g.data_type(), f.data_type()))
-                        .with_hint("this is not a shard written by this gnno version"))
+                    return Err(Error::artifact(
+                        path,
+                        format!(
+                            "column {:?} has type {}, expected {}",
+                            f.name(),
+                            g.data_type(),
+                            f.data_type()
+                        ),
+                    )
+                    .with_hint("this is not a shard written by this gnno version"))
                 }
                 Err(_) => {
-                    return Err(Error::artifact(path, format!("missing column {:?}", f.name()))
-                        .with_hint("this is not a shard written by gnno"))
+                    return Err(
+                        Error::artifact(path, format!("missing column {:?}", f.name()))
+                            .with_hint("this is not a shard written by gnno"),
+                    )
                 }
             }
         }
-        let c = |n: &str| batch.column_by_name(n).cloned().ok_or_else(|| Error::artifact(path, format!("missing column {n:?}")));
-        s.instance.extend(c(COL_INSTANCE)?.as_primitive::<UInt64Type>().values().iter());
-        s.user.extend(c(COL_USER)?.as_primitive::<UInt32Type>().values().iter());
-        s.target.extend(c(COL_TARGET)?.as_primitive::<UInt32Type>().values().iter());
+        let c = |n: &str| {
+            batch
+                .column_by_name(n)
+                .cloned()
+                .ok_or_else(|| Error::artifact(path, format!("missing column {n:?}")))
+        };
+        s.instance.extend(
+            c(COL_INSTANCE)?
+                .as_primitive::<UInt64Type>()
+                .values()
+                .iter(),
+        );
+        s.user
+            .extend(c(COL_USER)?.as_primitive::<UInt32Type>().values().iter());
+        s.target
+            .extend(c(COL_TARGET)?.as_primitive::<UInt32Type>().values().iter());
         let negs = c(COL_NEGATIVES)?;
         let negs = negs.as_list::<i32>();
         let ov = c(COL_OVERLAP)?;
@@ -98,10 +136,15 @@ pub fn read(path: &Path) -> Result<Shard> {
             let a = negs.value(r);
             let b = ov.value(r);
             if a.len() != b.len() {
-                return Err(Error::artifact(path, format!("row {r}: {} negatives but {} overlaps", a.len(), b.len())));
+                return Err(Error::artifact(
+                    path,
+                    format!("row {r}: {} negatives but {} overlaps", a.len(), b.len()),
+                ));
             }
-            s.negatives.extend(a.as_primitive::<UInt32Type>().values().iter());
-            s.overlap.extend(b.as_primitive::<Float32Type>().values().iter());
+            s.negatives
+                .extend(a.as_primitive::<UInt32Type>().values().iter());
+            s.overlap
+                .extend(b.as_primitive::<Float32Type>().values().iter());
             s.offsets.push(s.negatives.len());
         }
     }

@@ -104,7 +104,12 @@ pub fn build_witg(seqs: &[&[ItemIdx]], n_items: u32, hops: u32) -> Witg {
                         per_hop[(row[r] & 15) as usize] += 1;
                         r += 1;
                     }
-                    let sum: f64 = per_hop.iter().enumerate().skip(1).map(|(k, &c)| f64::from(c) / k as f64).sum();
+                    let sum: f64 = per_hop
+                        .iter()
+                        .enumerate()
+                        .skip(1)
+                        .map(|(k, &c)| f64::from(c) / k as f64)
+                        .sum();
                     ids.push(b);
                     w.push(sum);
                 }
@@ -112,7 +117,11 @@ pub fn build_witg(seqs: &[&[ItemIdx]], n_items: u32, hops: u32) -> Witg {
             })
             .collect()
     };
-    let mut g = Witg { n_items, off: vec![0; n + 1], ..Witg::default() };
+    let mut g = Witg {
+        n_items,
+        off: vec![0; n + 1],
+        ..Witg::default()
+    };
     for (i, (ids, w)) in rows.into_iter().enumerate() {
         g.off[i + 1] = g.off[i] + ids.len();
         g.nbr.extend(ids);
@@ -137,7 +146,12 @@ pub fn build_witg(seqs: &[&[ItemIdx]], n_items: u32, hops: u32) -> Witg {
 pub type OverlapRow = (Vec<ItemIdx>, Vec<f32>);
 
 /// Overlap rows of every item 0..=n_items (row 0, padding, is empty).
-pub fn overlap_rows(g: &Witg, kind: OverlapKind, min_overlap: f64, max_neighbors: u32) -> Vec<OverlapRow> {
+pub fn overlap_rows(
+    g: &Witg,
+    kind: OverlapKind,
+    min_overlap: f64,
+    max_neighbors: u32,
+) -> Vec<OverlapRow> {
     let n = g.n_items as usize + 1;
     // For the weighted overlap, w'(j,u) seen from u's list: rev[e] for edge e = (u, j).
     let rev: Vec<f64> = if kind == OverlapKind::Weighted {
@@ -154,7 +168,9 @@ pub fn overlap_rows(g: &Witg, kind: OverlapKind, min_overlap: f64, max_neighbors
     } else {
         Vec::new()
     };
-    let sq_norm: Vec<f64> = (0..n).map(|i| g.weight[g.off[i]..g.off[i + 1]].iter().map(|w| w * w).sum()).collect();
+    let sq_norm: Vec<f64> = (0..n)
+        .map(|i| g.weight[g.off[i]..g.off[i + 1]].iter().map(|w| w * w).sum())
+        .collect();
     (0..n)
         .into_par_iter()
         .map_init(
@@ -167,14 +183,26 @@ pub fn overlap_rows(g: &Witg, kind: OverlapKind, min_overlap: f64, max_neighbors
                 }
                 // Sparse accumulation over the two-hop neighbourhood.
                 for (ei, &u) in ni.iter().enumerate() {
-                    let wiu = if kind == OverlapKind::Weighted { g.weight[g.off[i] + ei] } else { 1.0 };
+                    let wiu = if kind == OverlapKind::Weighted {
+                        g.weight[g.off[i] + ei]
+                    } else {
+                        1.0
+                    };
                     let (a, b) = (g.off[u as usize], g.off[u as usize + 1]);
-                    for e in a..b {
-                        let j = g.nbr[e];
-                        if acc[j as usize] == 0.0 {
-                            touched.push(j);
+                    if kind == OverlapKind::Weighted {
+                        for (&j, &r) in g.nbr[a..b].iter().zip(&rev[a..b]) {
+                            if acc[j as usize] == 0.0 {
+                                touched.push(j);
+                            }
+                            acc[j as usize] += wiu * r;
                         }
-                        acc[j as usize] += if kind == OverlapKind::Weighted { wiu * rev[e] } else { 1.0 };
+                    } else {
+                        for &j in &g.nbr[a..b] {
+                            if acc[j as usize] == 0.0 {
+                                touched.push(j);
+                            }
+                            acc[j as usize] += 1.0;
+                        }
                     }
                 }
                 let di = ni.len() as f64;
@@ -189,7 +217,10 @@ pub fn overlap_rows(g: &Witg, kind: OverlapKind, min_overlap: f64, max_neighbors
                     } else {
                         inter / (di + g.degree(j) as f64 - inter)
                     };
-                    #[expect(clippy::cast_possible_truncation, reason = "J is stored as f32, as the authors do")]
+                    #[expect(
+                        clippy::cast_possible_truncation,
+                        reason = "J is stored as f32, as the authors do"
+                    )]
                     let jf = jv as f32;
                     if jv > 0.0 && (j == i32_ || jv >= min_overlap) {
                         row.push((j, jf));
@@ -231,13 +262,22 @@ pub fn report(g: &Witg, rows: &[OverlapRow]) -> GraphReport {
     let over = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| r.0.iter().zip(&r.1).filter(|(&j, &v)| j as usize != i && v > 0.1f32).count() as u64)
+        .map(|(i, r)| {
+            r.0.iter()
+                .zip(&r.1)
+                .filter(|(&j, &v)| j as usize != i && v > 0.1f32)
+                .count() as u64
+        })
         .sum();
     GraphReport {
         n_items: g.n_items,
         items_with_edges: with_edges,
         directed_edges: g.edges() as u64,
-        mean_degree: if with_edges == 0 { 0.0 } else { g.edges() as f64 / with_edges as f64 },
+        mean_degree: if with_edges == 0 {
+            0.0
+        } else {
+            g.edges() as f64 / with_edges as f64
+        },
         max_degree,
         overlap_pairs: pairs,
         overlap_pairs_over_0_1: over,

@@ -6,8 +6,12 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 fn vectors() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/spec/vectors.json");
-    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e} (tests need ../shared/spec)"));
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/spec/vectors.json"
+    );
+    let text = std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{p}: {e} (tests need ../shared/spec)"));
     serde_json::from_str(&text).expect("vectors.json parses")
 }
 
@@ -16,7 +20,13 @@ fn seqs(case: &Value) -> Vec<Vec<u32>> {
         .as_array()
         .expect("sequences")
         .iter()
-        .map(|s| s.as_array().expect("seq").iter().map(|x| u32::try_from(x.as_u64().expect("id")).expect("u32")).collect())
+        .map(|s| {
+            s.as_array()
+                .expect("seq")
+                .iter()
+                .map(|x| u32::try_from(x.as_u64().expect("id")).expect("u32"))
+                .collect()
+        })
         .collect()
 }
 
@@ -54,31 +64,62 @@ fn witg_weights_degrees_and_jaccard_match_the_vectors() {
             }
         }
         let want_raw = triples(&case["witg_raw"]);
-        assert_eq!(raw.keys().collect::<Vec<_>>(), want_raw.keys().collect::<Vec<_>>(), "{name}: edges");
+        assert_eq!(
+            raw.keys().collect::<Vec<_>>(),
+            want_raw.keys().collect::<Vec<_>>(),
+            "{name}: edges"
+        );
         for (k, w) in &want_raw {
-            assert!((raw[k] - w).abs() < 1e-12, "{name}: w{k:?} = {} want {w}", raw[k]);
+            assert!(
+                (raw[k] - w).abs() < 1e-12,
+                "{name}: w{k:?} = {} want {w}",
+                raw[k]
+            );
         }
         for (k, w) in &triples(&case["witg"]) {
-            assert!((fin[k] - w).abs() < 1e-11, "{name}: w'{k:?} = {} want {w}", fin[k]);
+            assert!(
+                (fin[k] - w).abs() < 1e-11,
+                "{name}: w'{k:?} = {} want {w}",
+                fin[k]
+            );
         }
         for (item, d) in case["degree"].as_object().expect("degree") {
             let i: u32 = item.parse().expect("id");
-            assert_eq!(g.degree(i) as u64, d.as_u64().expect("d"), "{name}: degree of {i}");
+            assert_eq!(
+                g.degree(i) as u64,
+                d.as_u64().expect("d"),
+                "{name}: degree of {i}"
+            );
         }
 
         let rows = overlap_rows(&g, OverlapKind::Jaccard, 0.0, 0);
         let mut got = BTreeMap::new();
         for (i, (ids, js)) in rows.iter().enumerate() {
             // Sorted by J descending, ties by id.
-            assert!(ids.iter().zip(js).collect::<Vec<_>>().windows(2).all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)), "{name}: row {i} order");
+            assert!(
+                ids.iter()
+                    .zip(js)
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)),
+                "{name}: row {i} order"
+            );
             for (&j, &x) in ids.iter().zip(js) {
                 got.insert((u32::try_from(i).expect("u32"), j), f64::from(x));
             }
         }
         let want_j = triples(&case["jaccard"]);
-        assert_eq!(got.keys().collect::<Vec<_>>(), want_j.keys().collect::<Vec<_>>(), "{name}: overlap pairs");
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want_j.keys().collect::<Vec<_>>(),
+            "{name}: overlap pairs"
+        );
         for (k, x) in &want_j {
-            assert!((got[k] - x).abs() < 1e-6, "{name}: J{k:?} = {} want {x}", got[k]);
+            assert!(
+                (got[k] - x).abs() < 1e-6,
+                "{name}: J{k:?} = {} want {x}",
+                got[k]
+            );
         }
     }
 }
@@ -104,8 +145,17 @@ fn weighted_overlap_is_tanimoto_on_final_weights() {
             let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             let na: f64 = a.iter().map(|x| x * x).sum();
             let nb: f64 = b.iter().map(|x| x * x).sum();
-            let want = if i == j { 1.0 } else if dot > 0.0 { dot / (na + nb - dot) } else { 0.0 };
-            let got = ids.iter().position(|&x| x == j).map_or(0.0, |k| f64::from(js[k]));
+            let want = if i == j {
+                1.0
+            } else if dot > 0.0 {
+                dot / (na + nb - dot)
+            } else {
+                0.0
+            };
+            let got = ids
+                .iter()
+                .position(|&x| x == j)
+                .map_or(0.0, |k| f64::from(js[k]));
             assert!((got - want).abs() < 1e-6, "T({i},{j}) = {got}, want {want}");
         }
     }

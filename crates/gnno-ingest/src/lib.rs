@@ -45,7 +45,12 @@ fn pl(e: PolarsError) -> Error {
 }
 
 /// Run the stage: read `cfg.inputs` (relative to `base`), write the tables into `out`.
-pub fn run(cfg: &IngestSettings, base: &Path, out: &Path, progress: &dyn Progress) -> Result<IngestReport> {
+pub fn run(
+    cfg: &IngestSettings,
+    base: &Path,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<IngestReport> {
     let files = parse::resolve_inputs(&cfg.inputs, base)?;
     let raw = parse::read_all(cfg, &files, progress)?;
     let mut report = IngestReport {
@@ -71,7 +76,10 @@ pub fn run(cfg: &IngestSettings, base: &Path, out: &Path, progress: &dyn Progres
     let before = df.height();
     df = df
         .lazy()
-        .unique_stable_generic(Some(vec![col("u"), col("i"), col("t"), col("r")]), UniqueKeepStrategy::First)
+        .unique_stable_generic(
+            Some(vec![col("u"), col("i"), col("t"), col("r")]),
+            UniqueKeepStrategy::First,
+        )
         .collect()
         .map_err(pl)?;
     report.dropped_duplicates = (before - df.height()) as u64;
@@ -81,14 +89,21 @@ pub fn run(cfg: &IngestSettings, base: &Path, out: &Path, progress: &dyn Progres
         #[expect(clippy::cast_possible_truncation, reason = "ratings are small")]
         let min = min as f32;
         // Rows without a rating column have NaN ratings and are kept.
-        df = df.lazy().filter(col("r").lt(lit(min)).not().or(col("r").is_nan())).collect().map_err(pl)?;
+        df = df
+            .lazy()
+            .filter(col("r").lt(lit(min)).not().or(col("r").is_nan()))
+            .collect()
+            .map_err(pl)?;
         report.dropped_rating = (before - df.height()) as u64;
     }
 
     // Per user by time; ties keep raw-log order.
     df = df
         .lazy()
-        .sort(["u", "t", "row"], SortMultipleOptions::default().with_maintain_order(true))
+        .sort(
+            ["u", "t", "row"],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )
         .collect()
         .map_err(pl)?;
 
@@ -106,7 +121,14 @@ pub fn run(cfg: &IngestSettings, base: &Path, out: &Path, progress: &dyn Progres
     let items = to_vec_u32(&df, "i")?;
     let n_users = raw.users.names.len();
     let n_items = raw.items.names.len();
-    let (mut keep, rounds) = kcore(&users, &items, n_users, n_items, cfg.user_core, cfg.item_core);
+    let (mut keep, rounds) = kcore(
+        &users,
+        &items,
+        n_users,
+        n_items,
+        cfg.user_core,
+        cfg.item_core,
+    );
     report.kcore_rounds = rounds;
     report.dropped_kcore = keep.iter().filter(|k| !**k).count() as u64;
 
@@ -128,15 +150,21 @@ pub fn run(cfg: &IngestSettings, base: &Path, out: &Path, progress: &dyn Progres
     let mask: BooleanChunked = keep.iter().copied().collect();
     df = df.filter(&mask).map_err(pl)?;
     if df.height() == 0 {
-        return Err(Error::input(report.files.join(", "), "no interaction is left after cleaning")
-            .with_hint("lower ingest.user-core / ingest.item-core, or check the column mapping"));
+        return Err(Error::input(
+            report.files.join(", "),
+            "no interaction is left after cleaning",
+        )
+        .with_hint("lower ingest.user-core / ingest.item-core, or check the column mapping"));
     }
 
     // Dense re-indexing that keeps first-appearance order: the interner numbered ids
     // by first appearance, so ranking the surviving codes preserves it.
     let users = to_vec_u32(&df, "u")?;
     let items = to_vec_u32(&df, "i")?;
-    let ts = df.column("t").and_then(|c| c.i64().map(|a| a.into_no_null_iter().collect::<Vec<i64>>())).map_err(pl)?;
+    let ts = df
+        .column("t")
+        .and_then(|c| c.i64().map(|a| a.into_no_null_iter().collect::<Vec<i64>>()))
+        .map_err(pl)?;
     let umap = compact(&users, n_users, 0);
     let imap = compact(&items, n_items, 1);
     let new_u: Vec<u32> = users.iter().map(|&u| umap[u as usize]).collect();
@@ -164,7 +192,10 @@ pub fn run(cfg: &IngestSettings, base: &Path, out: &Path, progress: &dyn Progres
             }
             SplitMode::LeaveOneOut => {}
             SplitMode::TimeCutoff => {
-                let (dev_from, test_from) = (cfg.dev_from.unwrap_or(i64::MAX), cfg.test_from.unwrap_or(i64::MAX));
+                let (dev_from, test_from) = (
+                    cfg.dev_from.unwrap_or(i64::MAX),
+                    cfg.test_from.unwrap_or(i64::MAX),
+                );
                 for r in start..end {
                     split[r] = if ts[r] >= test_from {
                         Split::Test as u8
@@ -176,7 +207,10 @@ pub fn run(cfg: &IngestSettings, base: &Path, out: &Path, progress: &dyn Progres
                 }
             }
         }
-        let train_len = split[start..end].iter().filter(|&&s| s == Split::Train as u8).count();
+        let train_len = split[start..end]
+            .iter()
+            .filter(|&&s| s == Split::Train as u8)
+            .count();
         report.training_instances += train_len.saturating_sub(1) as u64;
         start = end;
     }
@@ -205,12 +239,21 @@ pub fn run(cfg: &IngestSettings, base: &Path, out: &Path, progress: &dyn Progres
 }
 
 fn to_vec_u32(df: &DataFrame, name: &str) -> Result<Vec<u32>> {
-    df.column(name).and_then(|c| c.u32().map(|a| a.into_no_null_iter().collect())).map_err(pl)
+    df.column(name)
+        .and_then(|c| c.u32().map(|a| a.into_no_null_iter().collect()))
+        .map_err(pl)
 }
 
 /// Iterated k-core: drop users with fewer than `uk` and items with fewer than `ik`
 /// interactions until nothing changes. Returns the keep mask and the rounds taken.
-pub fn kcore(users: &[u32], items: &[u32], n_users: usize, n_items: usize, uk: u32, ik: u32) -> (Vec<bool>, u32) {
+pub fn kcore(
+    users: &[u32],
+    items: &[u32],
+    n_users: usize,
+    n_items: usize,
+    uk: u32,
+    ik: u32,
+) -> (Vec<bool>, u32) {
     let mut keep = vec![true; users.len()];
     if uk == 0 && ik == 0 {
         return (keep, 0);
@@ -258,7 +301,13 @@ fn compact(codes: &[u32], n: usize, first: u32) -> Vec<u32> {
         .collect()
 }
 
-fn id_map_frame(name: &str, map: &[u32], names: &[Box<str>], new_ids: &[u32], first: u32) -> Result<DataFrame> {
+fn id_map_frame(
+    name: &str,
+    map: &[u32],
+    names: &[Box<str>],
+    new_ids: &[u32],
+    first: u32,
+) -> Result<DataFrame> {
     let mut ids = Vec::new();
     let mut raw = Vec::new();
     for (code, &id) in map.iter().enumerate() {

@@ -18,7 +18,8 @@ impl Hasher for FxHasher {
         for chunk in bytes.chunks(8) {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
     fn finish(&self) -> u64 {
@@ -77,24 +78,39 @@ impl RawTable {
 pub fn resolve_inputs(patterns: &[String], base: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in patterns {
-        let full = if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) };
+        let full = if Path::new(p).is_absolute() {
+            PathBuf::from(p)
+        } else {
+            base.join(p)
+        };
         let s = full.to_string_lossy().to_string();
         if s.contains(['*', '?', '[']) {
             let mut hits: Vec<PathBuf> = glob::glob(&s)
-                .map_err(|e| Error::input(format!("ingest.inputs: {p}"), format!("bad glob pattern: {e}")))?
+                .map_err(|e| {
+                    Error::input(
+                        format!("ingest.inputs: {p}"),
+                        format!("bad glob pattern: {e}"),
+                    )
+                })?
                 .filter_map(std::result::Result::ok)
                 .filter(|p| p.is_file())
                 .collect();
             if hits.is_empty() {
-                return Err(Error::input(format!("ingest.inputs: {p}"), "the pattern matches no file")
-                    .with_hint("check the path; patterns are relative to the config file's folder"));
+                return Err(Error::input(
+                    format!("ingest.inputs: {p}"),
+                    "the pattern matches no file",
+                )
+                .with_hint("check the path; patterns are relative to the config file's folder"));
             }
             hits.sort();
             files.extend(hits);
         } else {
             if !full.is_file() {
-                return Err(Error::input(full.display().to_string(), "input file not found")
-                    .with_hint("check ingest.inputs; paths are relative to the config file's folder"));
+                return Err(
+                    Error::input(full.display().to_string(), "input file not found").with_hint(
+                        "check ingest.inputs; paths are relative to the config file's folder",
+                    ),
+                );
             }
             files.push(full);
         }
@@ -170,7 +186,11 @@ pub fn parse_iso(s: &str) -> Option<i64> {
             b'Z' if i + 1 == b.len() => {}
             sign @ (b'+' | b'-') => {
                 let h = num(i + 1..i + 3)?;
-                let rest = if b.get(i + 3) == Some(&b':') { i + 4 } else { i + 3 };
+                let rest = if b.get(i + 3) == Some(&b':') {
+                    i + 4
+                } else {
+                    i + 3
+                };
                 let m = num(rest..rest + 2)?;
                 if rest + 2 != b.len() {
                     return None;
@@ -211,8 +231,9 @@ impl Ctx<'_> {
     fn bad(&self, t: &mut RawTable, line: u64, msg: &str) -> Result<()> {
         let loc = format!("{}:{line}", self.path.display());
         if self.cfg.on_bad_row == BadRowPolicy::Error {
-            return Err(Error::input(loc, msg.to_owned())
-                .with_hint("fix the row, or set ingest.on-bad-row = \"skip\" to count and skip such rows"));
+            return Err(Error::input(loc, msg.to_owned()).with_hint(
+                "fix the row, or set ingest.on-bad-row = \"skip\" to count and skip such rows",
+            ));
         }
         t.bad_rows += 1;
         if t.bad_examples.len() < 5 {
@@ -223,9 +244,17 @@ impl Ctx<'_> {
 }
 
 /// Read every input file into one table, in file then line order.
-pub fn read_all(cfg: &IngestSettings, files: &[PathBuf], progress: &dyn gnno_core::progress::Progress) -> Result<RawTable> {
+pub fn read_all(
+    cfg: &IngestSettings,
+    files: &[PathBuf],
+    progress: &dyn gnno_core::progress::Progress,
+) -> Result<RawTable> {
     let mut t = RawTable::default();
-    let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
     progress.start("ingest: reading", total);
     for path in files {
         let ctx = Ctx { cfg, path };
@@ -240,7 +269,11 @@ pub fn read_all(cfg: &IngestSettings, files: &[PathBuf], progress: &dyn gnno_cor
     progress.finish();
     if t.rows_read == 0 {
         return Err(Error::input(
-            files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             "the input holds no data rows",
         ));
     }
@@ -255,7 +288,10 @@ fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<()>) -> Res
     loop {
         buf.clear();
         let got = r.read_line(&mut buf).map_err(|e| {
-            Error::input(format!("{}:{}", path.display(), n + 1), format!("unreadable line: {e}"))
+            Error::input(
+                format!("{}:{}", path.display(), n + 1),
+                format!("unreadable line: {e}"),
+            )
         })?;
         if got == 0 {
             return Ok(());
@@ -284,7 +320,10 @@ fn find_col(names: &[String], want: &str, key: &str, path: &Path) -> Result<usiz
         .ok_or_else(|| {
             Error::input(
                 path.display().to_string(),
-                format!("unknown column {want:?} (ingest.{key}); the columns are: {}", names.join(", ")),
+                format!(
+                    "unknown column {want:?} (ingest.{key}); the columns are: {}",
+                    names.join(", ")
+                ),
             )
             .with_hint(format!("set ingest.{key} to one of the columns above"))
         })
@@ -297,7 +336,11 @@ fn read_delimited(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
     let mut need = 0usize;
     let resolve = |names: &[String]| -> Result<[Option<usize>; 4]> {
         let opt = |c: &str, key: &str| -> Result<Option<usize>> {
-            if c.is_empty() { Ok(None) } else { find_col(names, c, key, ctx.path).map(Some) }
+            if c.is_empty() {
+                Ok(None)
+            } else {
+                find_col(names, c, key, ctx.path).map(Some)
+            }
         };
         Ok([
             Some(find_col(names, &cfg.user_col, "user-col", ctx.path)?),
@@ -326,7 +369,10 @@ fn read_delimited(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
         t.rows_read += 1;
         let fields: Vec<&str> = line.split(sep).map(unquote).collect();
         if fields.len() < need {
-            let msg = format!("expected at least {need} fields separated by {sep:?}, found {}", fields.len());
+            let msg = format!(
+                "expected at least {need} fields separated by {sep:?}, found {}",
+                fields.len()
+            );
             return ctx.bad(t, n, &msg);
         }
         let (user, item) = (fields[c[0].unwrap_or(0)], fields[c[1].unwrap_or(0)]);
@@ -366,7 +412,10 @@ fn read_delimited(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
         Ok(())
     })?;
     if cols.is_none() {
-        return Err(Error::input(ctx.path.display().to_string(), "the file is empty (no header line)"));
+        return Err(Error::input(
+            ctx.path.display().to_string(),
+            "the file is empty (no header line)",
+        ));
     }
     Ok(())
 }
@@ -392,7 +441,10 @@ fn read_jsonl(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
             Err(e) => return ctx.bad(t, n, &format!("not a JSON object: {e}")),
         };
         let field = |k: &str| obj.get(k).filter(|v| !v.is_null());
-        let (Some(user), Some(item)) = (field(&cfg.user_col).and_then(json_text), field(&cfg.item_col).and_then(json_text)) else {
+        let (Some(user), Some(item)) = (
+            field(&cfg.user_col).and_then(json_text),
+            field(&cfg.item_col).and_then(json_text),
+        ) else {
             t.missing += 1;
             return Ok(());
         };
@@ -406,20 +458,35 @@ fn read_jsonl(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
             };
             match json_text(v).and_then(|s| parse_time(&s, cfg.time_format)) {
                 Some(ts) => ts,
-                None => return ctx.bad(t, n, &format!("unparseable timestamp {v} in field {:?}", cfg.time_col)),
+                None => {
+                    return ctx.bad(
+                        t,
+                        n,
+                        &format!("unparseable timestamp {v} in field {:?}", cfg.time_col),
+                    )
+                }
             }
         };
         let rating = if cfg.rating_col.is_empty() {
             f32::NAN
         } else {
             #[expect(clippy::cast_possible_truncation, reason = "ratings are small")]
-            match field(&cfg.rating_col).map(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))) {
+            match field(&cfg.rating_col).map(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            }) {
                 None => {
                     t.missing += 1;
                     return Ok(());
                 }
                 Some(Some(r)) => r as f32,
-                Some(None) => return ctx.bad(t, n, &format!("unparseable rating in field {:?}", cfg.rating_col)),
+                Some(None) => {
+                    return ctx.bad(
+                        t,
+                        n,
+                        &format!("unparseable rating in field {:?}", cfg.rating_col),
+                    )
+                }
             }
         };
         t.push(&user, &item, ts, rating);
@@ -430,7 +497,9 @@ fn read_jsonl(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
 fn read_sequences(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
     for_each_line(ctx.path, |n, line| {
         let mut parts = line.split_whitespace();
-        let Some(user) = parts.next() else { return Ok(()) };
+        let Some(user) = parts.next() else {
+            return Ok(());
+        };
         let user = user.to_owned();
         let mut pos = 0i64;
         for item in parts {
@@ -446,6 +515,11 @@ fn read_sequences(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
     })
 }
 
+/// Empty fields and the usual null spellings count as missing values.
+fn is_missing(s: &str) -> bool {
+    matches!(s, "" | "NA" | "NaN" | "null" | "NULL" | "None")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,16 +528,20 @@ mod tests {
     fn iso_dates_parse_to_unix_seconds() {
         assert_eq!(parse_iso("1970-01-01"), Some(0));
         assert_eq!(parse_iso("2014-01-31"), Some(1_391_126_400));
-        assert_eq!(parse_iso("2014-01-31T01:02:03Z"), Some(1_391_126_400 + 3723));
-        assert_eq!(parse_iso("2014-01-31 01:02:03.25+01:00"), Some(1_391_126_400 + 3723 - 3600));
+        assert_eq!(
+            parse_iso("2014-01-31T01:02:03Z"),
+            Some(1_391_126_400 + 3723)
+        );
+        assert_eq!(
+            parse_iso("2014-01-31 01:02:03.25+01:00"),
+            Some(1_391_126_400 + 3723 - 3600)
+        );
         assert_eq!(parse_iso("2014-13-01"), None);
         assert_eq!(parse_iso("yesterday"), None);
-        assert_eq!(parse_time("881250949.0", TimeFormat::Auto), Some(881_250_949));
+        assert_eq!(
+            parse_time("881250949.0", TimeFormat::Auto),
+            Some(881_250_949)
+        );
         assert_eq!(parse_time("2016-05-09", TimeFormat::Unix), None);
     }
-}
-
-/// Empty fields and the usual null spellings count as missing values.
-fn is_missing(s: &str) -> bool {
-    matches!(s, "" | "NA" | "NaN" | "null" | "NULL" | "None")
 }

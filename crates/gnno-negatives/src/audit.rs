@@ -29,7 +29,12 @@ pub struct EpochAudit {
 pub const QUANTILES: [f64; 7] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0];
 
 /// Audit one epoch's shard folder.
-pub fn audit_epoch(dir: &Path, epoch: u32, hardness: Option<f64>, ds: &Dataset) -> Result<EpochAudit> {
+pub fn audit_epoch(
+    dir: &Path,
+    epoch: u32,
+    hardness: Option<f64>,
+    ds: &Dataset,
+) -> Result<EpochAudit> {
     let mut ov: Vec<f32> = Vec::new();
     let (mut rows, mut dev, mut test, mut hist) = (0u64, 0u64, 0u64, 0u64);
     let mut freq: HashMap<u32, u64> = HashMap::new();
@@ -39,8 +44,13 @@ pub fn audit_epoch(dir: &Path, epoch: u32, hardness: Option<f64>, ds: &Dataset) 
         for r in 0..s.instance.len() {
             let u = s.user[r];
             if u as usize >= ds.n_users() {
-                return Err(gnno_core::Error::artifact(&path, format!("row {r}: user {u} is not in the ingest output"))
-                    .with_hint("the shard belongs to another data set; rerun `gnno run --from negatives`"));
+                return Err(gnno_core::Error::artifact(
+                    &path,
+                    format!("row {r}: user {u} is not in the ingest output"),
+                )
+                .with_hint(
+                    "the shard belongs to another data set; rerun `gnno run --from negatives`",
+                ));
             }
             let seq = ds.train_seq(u);
             for k in s.offsets[r]..s.offsets[r + 1] {
@@ -59,7 +69,12 @@ pub fn audit_epoch(dir: &Path, epoch: u32, hardness: Option<f64>, ds: &Dataset) 
         if n == 0 {
             return 0.0;
         }
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "index")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "index"
+        )]
         let i = ((n - 1) as f64 * p).round() as usize;
         ov[i]
     };
@@ -81,7 +96,15 @@ pub fn audit_epoch(dir: &Path, epoch: u32, hardness: Option<f64>, ds: &Dataset) 
         distinct_items: freq.len() as u64,
         top_negatives: top
             .into_iter()
-            .map(|(j, c)| (ds.item_raw.get(j as usize).cloned().unwrap_or_else(|| format!("#{j}")), c))
+            .map(|(j, c)| {
+                (
+                    ds.item_raw
+                        .get(j as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("#{j}")),
+                    c,
+                )
+            })
             .collect(),
     })
 }
@@ -103,11 +126,25 @@ pub fn plot_svg(audits: &[EpochAudit]) -> String {
         s += &format!("<text x=\"8\" y=\"{:.1}\">{t:.2}</text>\n", y(t) + 4.0);
     }
     s += &format!("<text x=\"{m}\" y=\"{}\">epoch {min_e}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">epoch {max_e}</text>\n", h - 16.0, w - m, h - 16.0);
-    for (qi, name, color) in [(2usize, "p50", "#1f77b4"), (4, "p90", "#ff7f0e"), (5, "p99", "#2ca02c"), (6, "max", "#d62728")] {
-        let path: Vec<String> = pts.iter().map(|a| format!("{:.1},{:.1}", x(a.epoch), y(a.overlap_quantiles[qi]))).collect();
-        s += &format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n", path.join(" "));
+    for (qi, name, color) in [
+        (2usize, "p50", "#1f77b4"),
+        (4, "p90", "#ff7f0e"),
+        (5, "p99", "#2ca02c"),
+        (6, "max", "#d62728"),
+    ] {
+        let path: Vec<String> = pts
+            .iter()
+            .map(|a| format!("{:.1},{:.1}", x(a.epoch), y(a.overlap_quantiles[qi])))
+            .collect();
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            path.join(" ")
+        );
         let ly = 20.0 + 14.0 * qi as f64;
-        s += &format!("<text x=\"{}\" y=\"{ly}\" fill=\"{color}\">{name}</text>\n", w - m - 30.0);
+        s += &format!(
+            "<text x=\"{}\" y=\"{ly}\" fill=\"{color}\">{name}</text>\n",
+            w - m - 30.0
+        );
     }
     s += "</svg>\n";
     s

@@ -35,20 +35,34 @@ pub enum Sampler {
 
 impl Sampler {
     /// Prepare the sampler. `graph` is needed for `gnno` only.
-    pub fn new(cfg: &NegativesSettings, ds: &Dataset, graph: Option<&dyn gnno_store::GraphRead>) -> Result<Self> {
+    pub fn new(
+        cfg: &NegativesSettings,
+        ds: &Dataset,
+        graph: Option<&dyn gnno_store::GraphRead>,
+    ) -> Result<Self> {
         Ok(match cfg.sampler {
             SamplerKind::Gnno => {
-                let g = graph.ok_or_else(|| Error::internal("the gnno sampler needs the graph store"))?;
+                let g = graph
+                    .ok_or_else(|| Error::internal("the gnno sampler needs the graph store"))?;
                 if g.info().n_items != ds.n_items {
                     return Err(Error::artifact(
                         "graph store",
-                        format!("built for {} items, the ingest output has {}", g.info().n_items, ds.n_items),
+                        format!(
+                            "built for {} items, the ingest output has {}",
+                            g.info().n_items,
+                            ds.n_items
+                        ),
                     )
                     .with_hint("rerun `gnno run --from graph`"));
                 }
-                Self::Gnno { index: OverlapIndex::load(g, cfg.temperature)?, tau: cfg.temperature }
+                Self::Gnno {
+                    index: OverlapIndex::load(g, cfg.temperature)?,
+                    tau: cfg.temperature,
+                }
             }
-            SamplerKind::Uniform => Self::Uniform { n_items: ds.n_items },
+            SamplerKind::Uniform => Self::Uniform {
+                n_items: ds.n_items,
+            },
             SamplerKind::Popularity => {
                 let mut counts = vec![0u64; ds.n_items as usize + 1];
                 for &i in &ds.train_items {
@@ -60,17 +74,27 @@ impl Sampler {
     }
 
     /// Draw `n` negatives for target `t` at hardness `h` into `out` (item, J).
-    pub fn draw<R: rand::Rng>(&self, t: ItemIdx, h: f64, n: u32, exclude: &[ItemIdx], rng: &mut R, out: &mut Vec<(ItemIdx, f32)>) {
+    pub fn draw<R: rand::Rng>(
+        &self,
+        t: ItemIdx,
+        h: f64,
+        n: u32,
+        exclude: &[ItemIdx],
+        rng: &mut R,
+        out: &mut Vec<(ItemIdx, f32)>,
+    ) {
         let prep = match self {
             Self::Gnno { index, .. } => Some(index.prepare(t, h)),
             _ => None,
         };
         for _ in 0..n {
             let got = match self {
-                Self::Gnno { index, tau } => prep
-                    .as_ref()
-                    .and_then(|p| sampler::draw_excluding_prepared(index, p, t, h, *tau, exclude, rng)),
-                Self::Uniform { n_items } => sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0)),
+                Self::Gnno { index, tau } => prep.as_ref().and_then(|p| {
+                    sampler::draw_excluding_prepared(index, p, t, h, *tau, exclude, rng)
+                }),
+                Self::Uniform { n_items } => {
+                    sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0))
+                }
                 Self::Popularity(p) => p.draw(t, exclude, rng).map(|j| (j, 0.0)),
             };
             if let Some(x) = got {
@@ -125,35 +149,66 @@ pub struct RunIdentity {
     pub ingest_fingerprint: String,
 }
 
-/// Draw one shard: instances `first..last` of epoch `e` at hardness `h`.
-///
-/// Instances are visited grouped by target so that a popular target's overlap list
-/// stays in cache; each has its own random stream, so the visiting order does not
-/// change what is drawn. Rows are written in instance order.
-fn draw_shard(ds: &Dataset, inst: &gnno_core::dataset::Instances, sampler: &Sampler, cfg: &NegativesSettings, seed: u64, e: u32, h: f64, first: u64, last: u64) -> shard::ShardRows {
-    let n = (last - first) as usize;
-    let k = cfg.n_hard as usize;
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&r| inst.target[first as usize + r]);
-    let mut drawn: Vec<(ItemIdx, f32)> = vec![(0, 0.0); n * k];
-    let mut counts = vec![0usize; n];
-    let mut buf = Vec::with_capacity(k);
-    for r in order {
-        let i = first as usize + r;
-        let (u, t) = (inst.user[i], inst.target[i]);
-        let exclude = if cfg.exclude_history { ds.train_seq(u) } else { &[][..] };
-        let mut rng = instance_rng(seed, e, i as u64);
-        buf.clear();
-        sampler.draw(t, h, cfg.n_hard, exclude, &mut rng, &mut buf);
-        drawn[r * k..r * k + buf.len()].copy_from_slice(&buf);
-        counts[r] = buf.len();
+/// What every shard of a run shares.
+struct Draw<'a> {
+    ds: &'a Dataset,
+    inst: &'a gnno_core::dataset::Instances,
+    sampler: &'a Sampler,
+    cfg: &'a NegativesSettings,
+    seed: u64,
+}
+
+/// One shard's outcome: (epoch, rows, bytes, negatives, reused).
+struct Outcome {
+    epoch: u32,
+    rows: u64,
+    bytes: u64,
+    negatives: u64,
+    reused: bool,
+}
+
+impl Draw<'_> {
+    /// Draw one shard: instances `first..last` of epoch `e` at hardness `h`.
+    ///
+    /// Instances are visited grouped by target so that a popular target's overlap list
+    /// stays in cache; each has its own random stream, so the visiting order does not
+    /// change what is drawn. Rows are written in instance order.
+    fn shard(&self, e: u32, h: f64, first: u64, last: u64) -> shard::ShardRows {
+        let (ds, inst, cfg) = (self.ds, self.inst, self.cfg);
+        let n = (last - first) as usize;
+        let k = cfg.n_hard as usize;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&r| inst.target[first as usize + r]);
+        let mut drawn: Vec<(ItemIdx, f32)> = vec![(0, 0.0); n * k];
+        let mut counts = vec![0usize; n];
+        let mut buf = Vec::with_capacity(k);
+        for r in order {
+            let i = first as usize + r;
+            let (u, t) = (inst.user[i], inst.target[i]);
+            let exclude = if cfg.exclude_history {
+                ds.train_seq(u)
+            } else {
+                &[][..]
+            };
+            let mut rng = instance_rng(self.seed, e, i as u64);
+            buf.clear();
+            self.sampler
+                .draw(t, h, cfg.n_hard, exclude, &mut rng, &mut buf);
+            drawn[r * k..r * k + buf.len()].copy_from_slice(&buf);
+            counts[r] = buf.len();
+        }
+        let mut rows = shard::ShardRows::with_capacity(n, k);
+        for (r, &c) in counts.iter().enumerate() {
+            let i = first as usize + r;
+            rows.push(
+                i as u64,
+                inst.user[i],
+                inst.target[i],
+                &drawn[r * k..r * k + c],
+            );
+        }
+        rows
     }
-    let mut rows = shard::ShardRows::with_capacity(n, k);
-    for r in 0..n {
-        let i = first as usize + r;
-        rows.push(i as u64, inst.user[i], inst.target[i], &drawn[r * k..r * k + counts[r]]);
-    }
-    rows
 }
 
 /// Draw every epoch's shards into `out`, reusing shards a killed run already finished.
@@ -171,15 +226,29 @@ pub fn run(
     let n = inst.len() as u64;
     let per = u64::from(cfg.shard_rows);
     let n_shards = n.div_ceil(per).max(1);
-    let hard: Vec<(u32, f64)> = (0..epochs).filter_map(|e| hardness(cfg, e).map(|h| (e, h))).collect();
+    let hard: Vec<(u32, f64)> = (0..epochs)
+        .filter_map(|e| hardness(cfg, e).map(|h| (e, h)))
+        .collect();
     progress.start("negatives: drawing", n * hard.len() as u64);
     for &(e, _) in &hard {
         gnno_core::fsutil::create_dir_all(&out.join(shard::epoch_dir(e)))?;
     }
-    let tasks: Vec<(u32, f64, u64)> = hard.iter().flat_map(|&(e, h)| (0..n_shards).map(move |s| (e, h, s))).collect();
-    let abort_after: Option<usize> = std::env::var("GNNO_FAULT_AFTER_SHARDS").ok().and_then(|v| v.parse().ok());
+    let tasks: Vec<(u32, f64, u64)> = hard
+        .iter()
+        .flat_map(|&(e, h)| (0..n_shards).map(move |s| (e, h, s)))
+        .collect();
+    let abort_after: Option<usize> = std::env::var("GNNO_FAULT_AFTER_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let written = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Result<(u32, u64, u64, u64, bool)>> = tasks
+    let draw = Draw {
+        ds,
+        inst: &inst,
+        sampler,
+        cfg,
+        seed: id.seed,
+    };
+    let results: Vec<Result<Outcome>> = tasks
         .into_par_iter()
         .map(|(e, h, s)| {
             let first = s * per;
@@ -189,9 +258,15 @@ pub fn run(
             if let Some(negs) = shard::complete_negatives(&path, &meta) {
                 progress.advance(last - first);
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                return Ok((e, last - first, bytes, negs, true));
+                return Ok(Outcome {
+                    epoch: e,
+                    rows: last - first,
+                    bytes,
+                    negatives: negs,
+                    reused: true,
+                });
             }
-            let rows = draw_shard(ds, &inst, sampler, cfg, id.seed, e, h, first, last);
+            let rows = draw.shard(e, h, first, last);
             let negs = rows.negatives() as u64;
             let bytes = shard::write(&path, rows, &meta, cfg.row_group_rows as usize)?;
             progress.advance(last - first);
@@ -200,28 +275,42 @@ pub fn run(
                 // Test hook: die like a killed process half-way through the shards.
                 std::process::abort();
             }
-            Ok((e, last - first, bytes, negs, false))
+            Ok(Outcome {
+                epoch: e,
+                rows: last - first,
+                bytes,
+                negatives: negs,
+                reused: false,
+            })
         })
         .collect();
     let mut report = NegativesReport {
         sampler: cfg.sampler,
         instances: n,
         epochs: (0..epochs)
-            .map(|e| EpochReport { epoch: e, hardness: hardness(cfg, e), shards: 0, rows: 0, negatives: 0, bytes: 0, shards_reused: 0 })
+            .map(|e| EpochReport {
+                epoch: e,
+                hardness: hardness(cfg, e),
+                shards: 0,
+                rows: 0,
+                negatives: 0,
+                bytes: 0,
+                shards_reused: 0,
+            })
             .collect(),
         negatives_total: 0,
         shards_written: 0,
         shards_reused: 0,
     };
     for r in results {
-        let (e, rows, bytes, negs, reused) = r?;
-        let er = &mut report.epochs[e as usize];
+        let o = r?;
+        let er = &mut report.epochs[o.epoch as usize];
         er.shards += 1;
-        er.rows += rows;
-        er.bytes += bytes;
-        er.negatives += negs;
-        report.negatives_total += negs;
-        if reused {
+        er.rows += o.rows;
+        er.bytes += o.bytes;
+        er.negatives += o.negatives;
+        report.negatives_total += o.negatives;
+        if o.reused {
             er.shards_reused += 1;
             report.shards_reused += 1;
         } else {

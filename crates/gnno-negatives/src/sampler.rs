@@ -38,9 +38,18 @@ pub struct OverlapIndex {
 
 impl OverlapIndex {
     /// Build from lists given as (item, ids J-desc, J) in increasing item order.
-    pub fn from_lists(n_items: u32, lists: impl IntoIterator<Item = (u32, Vec<u32>, Vec<f32>)>, tau: f64) -> Self {
+    pub fn from_lists(
+        n_items: u32,
+        lists: impl IntoIterator<Item = (u32, Vec<u32>, Vec<f32>)>,
+        tau: f64,
+    ) -> Self {
         let n = n_items as usize + 1;
-        let mut s = Self { n_items, off: vec![0; n + 1], run_off: vec![0; n + 1], ..Self::default() };
+        let mut s = Self {
+            n_items,
+            off: vec![0; n + 1],
+            run_off: vec![0; n + 1],
+            ..Self::default()
+        };
         let mut next = 0usize;
         let close = |s: &mut Self, i: usize| {
             s.off[i + 1] = s.ids.len();
@@ -63,7 +72,8 @@ impl OverlapIndex {
                 s.run_j.push(j[k]);
                 s.run_start.push(u32::try_from(k).unwrap_or(u32::MAX));
                 #[expect(clippy::cast_precision_loss, reason = "run lengths are small")]
-                s.run_suf.push((e - k) as f64 * (f64::from(j[k]) / tau).exp());
+                s.run_suf
+                    .push((e - k) as f64 * (f64::from(j[k]) / tau).exp());
                 k = e;
             }
             // Turn run masses into suffix sums (the sentinel is pushed by `close`).
@@ -129,12 +139,27 @@ impl OverlapIndex {
         let m0 = self.n_items as usize - (b - a);
         #[expect(clippy::cast_precision_loss, reason = "item counts are far below 2^52")]
         let total = w_nb + m0 as f64;
-        Prepared { a, len: b - a, ra, runs: rb - ra, sufa, start, w_nb, m0, total }
+        Prepared {
+            a,
+            len: b - a,
+            ra,
+            runs: rb - ra,
+            sufa,
+            start,
+            w_nb,
+            m0,
+            total,
+        }
     }
 
     /// One draw from the base distribution (target and exclusions not yet removed).
     /// Returns the item and its J; None when no item has mass.
-    pub fn draw_base<R: rand::Rng>(&self, t: ItemIdx, h: f64, rng: &mut R) -> Option<(ItemIdx, f32)> {
+    pub fn draw_base<R: rand::Rng>(
+        &self,
+        t: ItemIdx,
+        h: f64,
+        rng: &mut R,
+    ) -> Option<(ItemIdx, f32)> {
         self.draw_prepared(&self.prepare(t, h), rng)
     }
 
@@ -150,11 +175,19 @@ impl OverlapIndex {
             let v = p.w_nb - u;
             let r = (p.start + suf[p.start + 1..].partition_point(|&x| x >= v)).min(p.runs - 1);
             let from = self.run_start[p.ra + r] as usize;
-            let to = if r + 1 < p.runs { self.run_start[p.ra + r + 1] as usize } else { p.len };
+            let to = if r + 1 < p.runs {
+                self.run_start[p.ra + r + 1] as usize
+            } else {
+                p.len
+            };
             let k = rng.random_range(from..to);
             Some((self.ids[p.a + k], self.run_j[p.ra + r]))
         } else {
-            #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "u - w_nb is in [0, m0)")]
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "u - w_nb is in [0, m0)"
+            )]
             let r = ((u - p.w_nb) as usize).min(p.m0 - 1);
             let sorted = &self.by_id[p.a..p.a + p.len];
             // Items absent from the list below sorted[k] number sorted[k] - 1 - k,
@@ -174,7 +207,13 @@ impl OverlapIndex {
 
     /// Exact p(j | t, h) over items 1..=N without t and `exclude`, by enumeration
     /// (tests and audits; O(N)).
-    pub fn probabilities(&self, t: ItemIdx, h: f64, tau: f64, exclude: &[ItemIdx]) -> Vec<(ItemIdx, f64)> {
+    pub fn probabilities(
+        &self,
+        t: ItemIdx,
+        h: f64,
+        tau: f64,
+        exclude: &[ItemIdx],
+    ) -> Vec<(ItemIdx, f64)> {
         #[expect(clippy::cast_possible_truncation, reason = "J is f32")]
         let h32 = h as f32;
         let mut w: Vec<(ItemIdx, f64)> = (1..=self.n_items)
@@ -248,14 +287,21 @@ pub fn draw_excluding_prepared<R: rand::Rng>(
 }
 
 /// Uniform over items 1..=N not excluded (and not t).
-pub fn draw_uniform<R: rand::Rng>(n_items: u32, t: ItemIdx, exclude: &[ItemIdx], rng: &mut R) -> Option<ItemIdx> {
+pub fn draw_uniform<R: rand::Rng>(
+    n_items: u32,
+    t: ItemIdx,
+    exclude: &[ItemIdx],
+    rng: &mut R,
+) -> Option<ItemIdx> {
     for _ in 0..64 {
         let j = rng.random_range(1..=n_items);
         if j != t && !exclude.contains(&j) {
             return Some(j);
         }
     }
-    let allowed: Vec<ItemIdx> = (1..=n_items).filter(|&j| j != t && !exclude.contains(&j)).collect();
+    let allowed: Vec<ItemIdx> = (1..=n_items)
+        .filter(|&j| j != t && !exclude.contains(&j))
+        .collect();
     (!allowed.is_empty()).then(|| allowed[rng.random_range(0..allowed.len())])
 }
 
@@ -279,7 +325,12 @@ impl Popularity {
         Self { cum }
     }
 
-    pub fn draw<R: rand::Rng>(&self, t: ItemIdx, exclude: &[ItemIdx], rng: &mut R) -> Option<ItemIdx> {
+    pub fn draw<R: rand::Rng>(
+        &self,
+        t: ItemIdx,
+        exclude: &[ItemIdx],
+        rng: &mut R,
+    ) -> Option<ItemIdx> {
         let total = *self.cum.last()?;
         if total <= 0.0 {
             return None;

@@ -4,9 +4,9 @@
 use arrow::array::{ArrayRef, Float32Array, ListArray, RecordBatch, UInt32Array, UInt64Array};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field};
-pub use gnno_core::shards::*;
 use gnno_core::config::NegativesSettings;
 use gnno_core::error::{Error, IoContext, Result};
+pub use gnno_core::shards::*;
 use gnno_core::{fsutil, ItemIdx};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -20,13 +20,26 @@ use std::sync::Arc;
 pub struct ShardMeta(pub BTreeMap<String, String>);
 
 impl ShardMeta {
-    pub fn new(cfg: &NegativesSettings, id: &crate::RunIdentity, epoch: u32, h: f64, shard: u64, first: u64, rows: u64) -> Self {
+    pub fn new(
+        cfg: &NegativesSettings,
+        id: &crate::RunIdentity,
+        epoch: u32,
+        h: f64,
+        shard: u64,
+        first: u64,
+        rows: u64,
+    ) -> Self {
         let mut m = BTreeMap::new();
         let mut put = |k: &str, v: String| {
             m.insert(format!("{KEY_PREFIX}{k}"), v);
         };
         put("format_version", gnno_core::FORMAT_VERSION.to_string());
-        put("sampler", serde_json::to_value(cfg.sampler).map(|v| v.as_str().unwrap_or("").to_owned()).unwrap_or_default());
+        put(
+            "sampler",
+            serde_json::to_value(cfg.sampler)
+                .map(|v| v.as_str().unwrap_or("").to_owned())
+                .unwrap_or_default(),
+        );
         put("temperature", cfg.temperature.to_string());
         put("hardness", h.to_string());
         put("n_hard", cfg.n_hard.to_string());
@@ -75,7 +88,8 @@ impl ShardRows {
             self.negs.push(j);
             self.overlap.push(v);
         }
-        self.offsets.push(i32::try_from(self.negs.len()).unwrap_or(i32::MAX));
+        self.offsets
+            .push(i32::try_from(self.negs.len()).unwrap_or(i32::MAX));
     }
     pub fn negatives(&self) -> usize {
         self.negs.len()
@@ -84,13 +98,28 @@ impl ShardRows {
     fn into_batch(self) -> Result<RecordBatch> {
         let sch = schema();
         let list = |f: &Field, values: ArrayRef, offsets: &[i32]| -> Result<ArrayRef> {
-            let DataType::List(inner) = f.data_type() else { return Err(Error::internal("list field")) };
-            ListArray::try_new(inner.clone(), OffsetBuffer::new(offsets.to_vec().into()), values, None)
-                .map(|a| Arc::new(a) as ArrayRef)
-                .map_err(|e| Error::internal(e.to_string()))
+            let DataType::List(inner) = f.data_type() else {
+                return Err(Error::internal("list field"));
+            };
+            ListArray::try_new(
+                inner.clone(),
+                OffsetBuffer::new(offsets.to_vec().into()),
+                values,
+                None,
+            )
+            .map(|a| Arc::new(a) as ArrayRef)
+            .map_err(|e| Error::internal(e.to_string()))
         };
-        let negs = list(sch.field(3), Arc::new(UInt32Array::from(self.negs)), &self.offsets)?;
-        let ov = list(sch.field(4), Arc::new(Float32Array::from(self.overlap)), &self.offsets)?;
+        let negs = list(
+            sch.field(3),
+            Arc::new(UInt32Array::from(self.negs)),
+            &self.offsets,
+        )?;
+        let ov = list(
+            sch.field(4),
+            Arc::new(Float32Array::from(self.overlap)),
+            &self.offsets,
+        )?;
         RecordBatch::try_new(
             sch,
             vec![
@@ -109,9 +138,15 @@ impl ShardRows {
 pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usize) -> Result<u64> {
     let negatives = rows.negatives();
     let batch = rows.into_batch()?;
-    let mut kv: Vec<parquet::file::metadata::KeyValue> =
-        meta.0.iter().map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone())).collect();
-    kv.push(parquet::file::metadata::KeyValue::new(format!("{KEY_PREFIX}negatives"), negatives.to_string()));
+    let mut kv: Vec<parquet::file::metadata::KeyValue> = meta
+        .0
+        .iter()
+        .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    kv.push(parquet::file::metadata::KeyValue::new(
+        format!("{KEY_PREFIX}negatives"),
+        negatives.to_string(),
+    ));
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(row_group_rows))
@@ -120,9 +155,13 @@ pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usi
         .build();
     let tmp = fsutil::tmp_path(path);
     let f = std::fs::File::create(&tmp).at(&tmp)?;
-    let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).map_err(|e| Error::internal(e.to_string()))?;
-    w.write(&batch).map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
-    let f = w.into_inner().map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
+    let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props))
+        .map_err(|e| Error::internal(e.to_string()))?;
+    w.write(&batch)
+        .map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
     f.sync_all().at(&tmp)?;
     drop(f);
     fsutil::publish(&tmp, path)?;
@@ -140,4 +179,3 @@ pub fn complete_negatives(path: &Path, meta: &ShardMeta) -> Option<u64> {
         None
     }
 }
-

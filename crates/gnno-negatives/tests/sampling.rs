@@ -7,8 +7,12 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 fn vectors() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/spec/vectors.json");
-    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p}: {e} (tests need ../shared/spec)"));
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/spec/vectors.json"
+    );
+    let text = std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{p}: {e} (tests need ../shared/spec)"));
     serde_json::from_str(&text).expect("vectors.json parses")
 }
 
@@ -19,17 +23,28 @@ fn index(case: &Value, tau: f64) -> OverlapIndex {
     for t in case["jaccard"].as_array().expect("jaccard") {
         let id = |k: usize| u32::try_from(t[k].as_u64().expect("id")).expect("u32");
         #[expect(clippy::cast_possible_truncation, reason = "J is stored as f32")]
-        rows.entry(id(0)).or_default().push((id(1), t[2].as_f64().expect("J") as f32));
+        rows.entry(id(0))
+            .or_default()
+            .push((id(1), t[2].as_f64().expect("J") as f32));
     }
     let lists = rows.into_iter().map(|(i, mut r)| {
         r.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        (i, r.iter().map(|p| p.0).collect(), r.iter().map(|p| p.1).collect())
+        (
+            i,
+            r.iter().map(|p| p.0).collect(),
+            r.iter().map(|p| p.1).collect(),
+        )
     });
     OverlapIndex::from_lists(n, lists, tau)
 }
 
 fn expected(s: &Value) -> BTreeMap<u32, f64> {
-    s["probabilities"].as_object().expect("probs").iter().map(|(k, v)| (k.parse().expect("id"), v.as_f64().expect("p"))).collect()
+    s["probabilities"]
+        .as_object()
+        .expect("probs")
+        .iter()
+        .map(|(k, v)| (k.parse().expect("id"), v.as_f64().expect("p")))
+        .collect()
 }
 
 #[test]
@@ -40,11 +55,25 @@ fn exact_probabilities_match_the_vectors() {
             let idx = index(case, tau);
             let t = u32::try_from(s["target"].as_u64().expect("t")).expect("u32");
             let h = s["hardness"].as_f64().expect("h");
-            let got: BTreeMap<u32, f64> = idx.probabilities(t, h, tau, &[]).into_iter().filter(|p| p.1 > 0.0).collect();
+            let got: BTreeMap<u32, f64> = idx
+                .probabilities(t, h, tau, &[])
+                .into_iter()
+                .filter(|p| p.1 > 0.0)
+                .collect();
             let want = expected(s);
-            assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{} t={t} h={h}", case["name"]);
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{} t={t} h={h}",
+                case["name"]
+            );
             for (j, p) in &want {
-                assert!((got[j] - p).abs() < 1e-7, "{} t={t} h={h} j={j}: {} want {p}", case["name"], got[j]);
+                assert!(
+                    (got[j] - p).abs() < 1e-7,
+                    "{} t={t} h={h} j={j}: {} want {p}",
+                    case["name"],
+                    got[j]
+                );
             }
         }
     }
@@ -54,8 +83,18 @@ fn exact_probabilities_match_the_vectors() {
 fn a_million_draws_per_case_stay_close_to_the_exact_distribution() {
     const DRAWS: u32 = 1_000_000;
     let mut worst: f64 = 0.0;
-    for (ci, case) in vectors()["cases"].as_array().expect("cases").iter().enumerate() {
-        for (si, s) in case["sampling"].as_array().expect("sampling").iter().enumerate() {
+    for (ci, case) in vectors()["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .enumerate()
+    {
+        for (si, s) in case["sampling"]
+            .as_array()
+            .expect("sampling")
+            .iter()
+            .enumerate()
+        {
             let tau = s["temperature"].as_f64().expect("tau");
             let idx = index(case, tau);
             let t = u32::try_from(s["target"].as_u64().expect("t")).expect("u32");
@@ -71,14 +110,22 @@ fn a_million_draws_per_case_stay_close_to_the_exact_distribution() {
             }
             let want = expected(s);
             for (j, c) in &counts {
-                assert!(want.contains_key(j), "{} t={t} h={h}: drew {j}, which has probability 0", case["name"]);
+                assert!(
+                    want.contains_key(j),
+                    "{} t={t} h={h}: drew {j}, which has probability 0",
+                    case["name"]
+                );
                 let _ = c;
             }
             for (j, p) in &want {
                 let f = f64::from(counts.get(j).copied().unwrap_or(0)) / f64::from(DRAWS);
                 // 5 standard deviations of a frequency estimate at n = 10^6.
                 let bound = 5.0 * (p * (1.0 - p) / f64::from(DRAWS)).sqrt() + 1e-9;
-                assert!((f - p).abs() <= bound, "{} t={t} h={h} j={j}: frequency {f} vs {p} (bound {bound})", case["name"]);
+                assert!(
+                    (f - p).abs() <= bound,
+                    "{} t={t} h={h} j={j}: frequency {f} vs {p} (bound {bound})",
+                    case["name"]
+                );
                 worst = worst.max((f - p).abs());
             }
         }
@@ -92,8 +139,15 @@ fn history_exclusion_conditions_the_distribution() {
     let idx = index(case, 1.0);
     // Target 2 at h = 0.6 excluding items 1 and 3: the rest renormalised.
     let base: BTreeMap<u32, f64> = idx.probabilities(2, 0.6, 1.0, &[]).into_iter().collect();
-    let cond: BTreeMap<u32, f64> = idx.probabilities(2, 0.6, 1.0, &[1, 3]).into_iter().collect();
-    let rest: f64 = base.iter().filter(|(j, _)| ![1, 3].contains(*j)).map(|p| p.1).sum();
+    let cond: BTreeMap<u32, f64> = idx
+        .probabilities(2, 0.6, 1.0, &[1, 3])
+        .into_iter()
+        .collect();
+    let rest: f64 = base
+        .iter()
+        .filter(|(j, _)| ![1, 3].contains(*j))
+        .map(|p| p.1)
+        .sum();
     for (j, p) in &cond {
         assert!((p - base[j] / rest).abs() < 1e-12);
     }
@@ -116,5 +170,10 @@ fn sharper_temperature_moves_mass_to_overlapping_items() {
     let warm = index(case, 1.0).probabilities(3, 1.0, 1.0, &[]);
     let sharp = index(case, 0.1).probabilities(3, 1.0, 0.1, &[]);
     let p6 = |v: &[(u32, f64)]| v.iter().find(|p| p.0 == 6).map_or(0.0, |p| p.1);
-    assert!(p6(&sharp) < p6(&warm) / 10.0, "zero-overlap item 6: {} vs {}", p6(&sharp), p6(&warm));
+    assert!(
+        p6(&sharp) < p6(&warm) / 10.0,
+        "zero-overlap item 6: {} vs {}",
+        p6(&sharp),
+        p6(&warm)
+    );
 }

@@ -23,7 +23,17 @@ impl Adam {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let m = params.iter().map(|(_, p)| p.zeros_like()).collect();
         let v = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        Self { params, m, v, step: 0, lr, wd, b1: 0.9, b2: 0.999, eps: 1e-8 }
+        Self {
+            params,
+            m,
+            v,
+            step: 0,
+            lr,
+            wd,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -44,7 +54,11 @@ impl Adam {
                 if !g.defined() {
                     continue;
                 }
-                let g = if self.wd > 0.0 && !name.ends_with("bias") { g + &*p * self.wd } else { g };
+                let g = if self.wd > 0.0 && !name.ends_with("bias") {
+                    g + &*p * self.wd
+                } else {
+                    g
+                };
                 let _ = self.m[k].g_mul_scalar_(self.b1);
                 let _ = self.m[k].g_add_(&(&g * (1.0 - self.b1)));
                 let _ = self.v[k].g_mul_scalar_(self.b2);

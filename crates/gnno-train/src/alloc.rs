@@ -9,7 +9,10 @@
 /// Apply once per process, before training starts. Linux/glibc only; a no-op elsewhere.
 pub fn keep_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[expect(unsafe_code, reason = "mallopt is a plain FFI call with integer arguments and no memory effects on Rust objects")]
+    #[expect(
+        unsafe_code,
+        reason = "mallopt is a plain FFI call with integer arguments and no memory effects on Rust objects"
+    )]
     // SAFETY: mallopt only changes allocator tuning parameters.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);

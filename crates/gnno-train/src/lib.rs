@@ -41,15 +41,27 @@ pub fn resolve_device(spec: &str) -> Result<Device> {
     let cuda_n = || tch::Cuda::device_count();
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         s => {
-            let idx: usize = s.strip_prefix("cuda:").map_or(Ok(0), str::parse).map_err(|_| Error::usage(format!("run.device: bad device {s:?}")))?;
+            let idx: usize = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| Error::usage(format!("run.device: bad device {s:?}")))?;
             if !tch::Cuda::is_available() {
-                return Err(Error::usage(format!("run.device = {s:?}, but CUDA is not available on this machine"))
-                    .with_hint("set run.device = \"auto\" or \"cpu\""));
+                return Err(Error::usage(format!(
+                    "run.device = {s:?}, but CUDA is not available on this machine"
+                ))
+                .with_hint("set run.device = \"auto\" or \"cpu\""));
             }
             if i64::try_from(idx).unwrap_or(i64::MAX) >= cuda_n() {
-                return Err(Error::usage(format!("run.device = {s:?}, but only {} CUDA device(s) exist", cuda_n())));
+                return Err(Error::usage(format!(
+                    "run.device = {s:?}, but only {} CUDA device(s) exist",
+                    cuda_n()
+                )));
             }
             Ok(Device::Cuda(idx))
         }
@@ -123,7 +135,13 @@ fn pad_histories<'h>(hists: impl Iterator<Item = &'h [ItemIdx]>, l: usize) -> Ve
 }
 
 /// Uniform negatives not in the user's train history.
-fn random_negatives(rng: &mut Xoshiro256PlusPlus, n_items: u32, history: &[ItemIdx], n: u32, out: &mut Vec<i64>) {
+fn random_negatives(
+    rng: &mut Xoshiro256PlusPlus,
+    n_items: u32,
+    history: &[ItemIdx],
+    n: u32,
+    out: &mut Vec<i64>,
+) {
     for _ in 0..n {
         let mut j = rng.random_range(1..=n_items);
         for _ in 0..64 {
@@ -152,7 +170,12 @@ fn augment(row: &mut [i64], mask_token: i64, rng: &mut Xoshiro256PlusPlus) {
         return;
     }
     let share = beta33(rng);
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "small lengths")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "small lengths"
+    )]
     let k = ((share * n as f64).round() as usize).clamp(1, n);
     let items = &mut row[start..];
     if rng.random::<bool>() {
@@ -191,30 +214,48 @@ struct Block {
 }
 
 /// The epoch's blocks: its shards in a seeded order, or (warm-up) all instances.
-fn epoch_blocks(shards_dir: &Path, epoch: u32, n: usize, seed: u64) -> Result<(Vec<std::path::PathBuf>, bool)> {
+fn epoch_blocks(
+    shards_dir: &Path,
+    epoch: u32,
+    n: usize,
+    seed: u64,
+) -> Result<(Vec<std::path::PathBuf>, bool)> {
     let dir = shards_dir.join(shards::epoch_dir(epoch));
     if !dir.is_dir() {
         return Ok((Vec::new(), false));
     }
     let mut files = shards::list(&dir)?;
     if files.is_empty() && n > 0 {
-        return Err(Error::artifact(&dir, "epoch folder without shards").with_hint("rerun `gnno run --from negatives`"));
+        return Err(Error::artifact(&dir, "epoch folder without shards")
+            .with_hint("rerun `gnno run --from negatives`"));
     }
-    let order = permutation(files.len(), mix_seed(&[seed, u64::from(epoch), TAG_ORDER, 1]));
+    let order = permutation(
+        files.len(),
+        mix_seed(&[seed, u64::from(epoch), TAG_ORDER, 1]),
+    );
     files = order.into_iter().map(|i| files[i].clone()).collect();
     Ok((files, true))
 }
 
 fn load_block(path: &Path, n_instances: usize) -> Result<Block> {
     let s = shards::read(path)?;
-    let mut b = Block { ids: Vec::with_capacity(s.instance.len()), hard: Vec::with_capacity(s.instance.len()) };
+    let mut b = Block {
+        ids: Vec::with_capacity(s.instance.len()),
+        hard: Vec::with_capacity(s.instance.len()),
+    };
     for r in 0..s.instance.len() {
         if s.instance[r] as usize >= n_instances {
-            return Err(Error::artifact(path, format!("row {r}: instance {} does not exist", s.instance[r]))
-                .with_hint("the shards belong to other ingest output; rerun `gnno run --from negatives`"));
+            return Err(Error::artifact(
+                path,
+                format!("row {r}: instance {} does not exist", s.instance[r]),
+            )
+            .with_hint(
+                "the shards belong to other ingest output; rerun `gnno run --from negatives`",
+            ));
         }
         b.ids.push(s.instance[r]);
-        b.hard.push(s.negatives[s.offsets[r]..s.offsets[r + 1]].to_vec());
+        b.hard
+            .push(s.negatives[s.offsets[r]..s.offsets[r + 1]].to_vec());
     }
     Ok(b)
 }
@@ -233,7 +274,15 @@ impl Trainer<'_> {
     fn train_block(&mut self, epoch: u32, block: &Block, hard_epoch: bool) -> Result<(f64, u64)> {
         let (job, cfg, ds) = (self.job, self.job.cfg, self.job.ds);
         let l = cfg.history_len as usize;
-        let order = permutation(block.ids.len(), mix_seed(&[job.seed, u64::from(epoch), TAG_ORDER, block.ids.first().copied().unwrap_or(0)]));
+        let order = permutation(
+            block.ids.len(),
+            mix_seed(&[
+                job.seed,
+                u64::from(epoch),
+                TAG_ORDER,
+                block.ids.first().copied().unwrap_or(0),
+            ]),
+        );
         let bs = cfg.batch_size as usize;
         let mut loss_sum = 0.0;
         let mut batches = 0;
@@ -256,7 +305,12 @@ impl Trainer<'_> {
                 let i = id as usize;
                 let (u, t) = (self.inst.user[i], self.inst.target[i]);
                 let seq = ds.train_seq(u);
-                let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[job.seed, u64::from(epoch), id, TAG_RANDOM]));
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
+                    job.seed,
+                    u64::from(epoch),
+                    id,
+                    TAG_RANDOM,
+                ]));
                 cands.push(i64::from(t));
                 targets.push(i64::from(t));
                 random_negatives(&mut rng, ds.n_items, seq, cfg.n_random, &mut cands);
@@ -270,8 +324,12 @@ impl Trainer<'_> {
             }
             let bl = i64::try_from(b).unwrap_or(0);
             let li = i64::try_from(l).unwrap_or(0);
-            let hist_t = Tensor::from_slice(&hist).view([bl, li]).to_device(self.device);
-            let cand_t = Tensor::from_slice(&cands).view([bl, i64::try_from(c).unwrap_or(0)]).to_device(self.device);
+            let hist_t = Tensor::from_slice(&hist)
+                .view([bl, li])
+                .to_device(self.device);
+            let cand_t = Tensor::from_slice(&cands)
+                .view([bl, i64::try_from(c).unwrap_or(0)])
+                .to_device(self.device);
             let rep = self.model.encode(&hist_t, true);
             let mut loss = model::bpr(&self.model.score(&rep, &cand_t));
             if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
@@ -280,14 +338,20 @@ impl Trainer<'_> {
                 for v in 0..2u64 {
                     let mut h = hist.clone();
                     for (row, &r) in h.chunks_mut(l).zip(chunk) {
-                        let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[job.seed, u64::from(epoch), block.ids[r], TAG_VIEW, v]));
+                        let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
+                            job.seed,
+                            u64::from(epoch),
+                            block.ids[r],
+                            TAG_VIEW,
+                            v,
+                        ]));
                         augment(row, mask_token, &mut rng);
                     }
                     let ht = Tensor::from_slice(&h).view([bl, li]).to_device(self.device);
                     views.push(self.model.encode(&ht, true));
                 }
                 let tt = Tensor::from_slice(&targets).to_device(self.device);
-                loss = loss + model::supcon(&views[0], &views[1], &tt, cfg.cl_temperature) * cfg.gamma;
+                loss += model::supcon(&views[0], &views[1], &tt, cfg.cl_temperature) * cfg.gamma;
             }
             self.opt.zero_grad();
             loss.backward();
@@ -312,22 +376,39 @@ fn save_named(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
 }
 
 fn model_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, t)| (format!("model.{k}"), t)).collect();
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (format!("model.{k}"), t))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
-fn load_model_tensors(vs: &mut nn::VarStore, named: &[(String, Tensor)], path: &Path) -> Result<()> {
+fn load_model_tensors(
+    vs: &mut nn::VarStore,
+    named: &[(String, Tensor)],
+    path: &Path,
+) -> Result<()> {
     let vars = vs.variables();
     tch::no_grad(|| {
         for (k, t) in &vars {
             let want = format!("model.{k}");
             let Some((_, src)) = named.iter().find(|(n, _)| *n == want) else {
-                return Err(Error::artifact(path, format!("checkpoint lacks tensor {want}"))
-                    .with_hint("the checkpoint was written for another model configuration"));
+                return Err(
+                    Error::artifact(path, format!("checkpoint lacks tensor {want}"))
+                        .with_hint("the checkpoint was written for another model configuration"),
+                );
             };
             if src.size() != t.size() {
-                return Err(Error::artifact(path, format!("tensor {want} has shape {:?}, the model needs {:?}", src.size(), t.size())));
+                return Err(Error::artifact(
+                    path,
+                    format!(
+                        "tensor {want} has shape {:?}, the model needs {:?}",
+                        src.size(),
+                        t.size()
+                    ),
+                ));
             }
             let mut t = t.shallow_clone();
             t.copy_(&src.to_device(t.device()));
@@ -347,25 +428,47 @@ pub fn train(job: &TrainJob) -> Result<TrainReport> {
     let ds = job.ds;
     let inst = ds.instances();
     if inst.is_empty() {
-        return Err(Error::usage("no training instances: every user has fewer than two train items"));
+        return Err(Error::usage(
+            "no training instances: every user has fewer than two train items",
+        ));
     }
     let vs = nn::VarStore::new(device);
     let model = Model::new(&vs.root(), cfg, ds.n_items);
-    let params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let params: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
     let opt = Adam::new(params, cfg.lr, cfg.weight_decay);
-    let mut tr = Trainer { job, inst, device, model, vs, opt };
+    let mut tr = Trainer {
+        job,
+        inst,
+        device,
+        model,
+        vs,
+        opt,
+    };
 
     // Resume from the last checkpoint of a killed run with the same settings.
     let ckpt_dir = job.out.join(CHECKPOINT_DIR);
     fsutil::create_dir_all(&ckpt_dir)?;
     let state_path = ckpt_dir.join("state.json");
-    let mut st = CheckpointState { next_epoch: 0, best_score: f64::NEG_INFINITY, best_epoch: None, bad_epochs: 0, history: Vec::new(), tensors: String::new() };
+    let mut st = CheckpointState {
+        next_epoch: 0,
+        best_score: f64::NEG_INFINITY,
+        best_epoch: None,
+        bad_epochs: 0,
+        history: Vec::new(),
+        tensors: String::new(),
+    };
     let mut resumed = None;
     if let Ok(text) = std::fs::read_to_string(&state_path) {
-        let saved: CheckpointState = serde_json::from_str(&text).map_err(|e| Error::artifact(&state_path, format!("damaged checkpoint state: {e}")))?;
+        let saved: CheckpointState = serde_json::from_str(&text)
+            .map_err(|e| Error::artifact(&state_path, format!("damaged checkpoint state: {e}")))?;
         let tpath = ckpt_dir.join(&saved.tensors);
-        let named = Tensor::load_multi(&tpath).map_err(|e| torch(&e, &format!("loading {}", tpath.display())))?;
+        let named = Tensor::load_multi(&tpath)
+            .map_err(|e| torch(&e, &format!("loading {}", tpath.display())))?;
         load_model_tensors(&mut tr.vs, &named, &tpath)?;
         tr.opt.restore(&named);
         tracing::info!(epoch = saved.next_epoch, "resuming from checkpoint");
@@ -374,7 +477,10 @@ pub fn train(job: &TrainJob) -> Result<TrainReport> {
     }
     let n = tr.inst.len();
     let total_epochs = cfg.epochs;
-    job.progress.start("train", u64::from(total_epochs.saturating_sub(st.next_epoch)) * n as u64);
+    job.progress.start(
+        "train",
+        u64::from(total_epochs.saturating_sub(st.next_epoch)) * n as u64,
+    );
     let mut stopped_early = false;
     let mut epoch = st.next_epoch;
     while epoch < total_epochs {
@@ -395,13 +501,24 @@ pub fn train(job: &TrainJob) -> Result<TrainReport> {
                 batches += b;
             }
         } else {
-            let block = Block { ids: (0..n as u64).collect(), hard: vec![Vec::new(); n] };
+            let block = Block {
+                ids: (0..n as u64).collect(),
+                hard: vec![Vec::new(); n],
+            };
             let (l, b) = tr.train_block(epoch, &block, false)?;
             loss_sum += l;
             batches += b;
         }
         let train_s = t0.elapsed().as_secs_f64();
-        let dev = rank_users(&tr.model, ds, device, Split::Dev, job.eval, cfg.history_len as usize, &[5, 10])?;
+        let dev = rank_users(
+            &tr.model,
+            ds,
+            device,
+            Split::Dev,
+            job.eval,
+            cfg.history_len as usize,
+            &[5, 10],
+        )?;
         let score = dev.0.finish();
         let ndcg5 = score.get("NDCG@5").copied().unwrap_or(0.0);
         #[expect(clippy::cast_precision_loss, reason = "rates")]
@@ -414,7 +531,13 @@ pub fn train(job: &TrainJob) -> Result<TrainReport> {
             seconds: t0.elapsed().as_secs_f64(),
             instances_per_second: n as f64 / train_s.max(1e-9),
         };
-        tracing::info!(epoch, loss = format!("{:.5}", row.loss), dev_ndcg5 = format!("{ndcg5:.5}"), seconds = format!("{:.1}", row.seconds), "epoch done");
+        tracing::info!(
+            epoch,
+            loss = format!("{:.5}", row.loss),
+            dev_ndcg5 = format!("{ndcg5:.5}"),
+            seconds = format!("{:.1}", row.seconds),
+            "epoch done"
+        );
         st.history.push(row);
         if ndcg5 > st.best_score {
             st.best_score = ndcg5;
@@ -432,11 +555,18 @@ pub fn train(job: &TrainJob) -> Result<TrainReport> {
         named.extend(tr.opt.state());
         save_named(&ckpt_dir.join(&name), &named)?;
         let old = std::mem::replace(&mut st.tensors, name);
-        fsutil::write_atomic(&state_path, &serde_json::to_vec_pretty(&st).map_err(|e| Error::internal(e.to_string()))?)?;
+        fsutil::write_atomic(
+            &state_path,
+            &serde_json::to_vec_pretty(&st).map_err(|e| Error::internal(e.to_string()))?,
+        )?;
         if !old.is_empty() && old != st.tensors {
             let _ = std::fs::remove_file(ckpt_dir.join(old));
         }
-        if std::env::var("GNNO_FAULT_AFTER_EPOCH").ok().and_then(|v| v.parse::<u32>().ok()) == Some(epoch) {
+        if std::env::var("GNNO_FAULT_AFTER_EPOCH")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            == Some(epoch)
+        {
             // Test hook: die like a killed process right after a checkpoint.
             std::process::abort();
         }
@@ -446,9 +576,17 @@ pub fn train(job: &TrainJob) -> Result<TrainReport> {
         stopped_early = true;
     }
     let hist_path = job.out.join(HISTORY_FILE);
-    fsutil::write_atomic(&hist_path, &serde_json::to_vec_pretty(&st.history).map_err(|e| Error::internal(e.to_string()))?)?;
+    fsutil::write_atomic(
+        &hist_path,
+        &serde_json::to_vec_pretty(&st.history).map_err(|e| Error::internal(e.to_string()))?,
+    )?;
     #[expect(clippy::cast_precision_loss, reason = "rates")]
-    let mean_ips = st.history.iter().map(|r| r.instances_per_second).sum::<f64>() / st.history.len().max(1) as f64;
+    let mean_ips = st
+        .history
+        .iter()
+        .map(|r| r.instances_per_second)
+        .sum::<f64>()
+        / st.history.len().max(1) as f64;
     Ok(TrainReport {
         backbone: cfg.backbone,
         device: format!("{device:?}"),
@@ -508,7 +646,9 @@ fn rank_users(
             }
             let hist = pad_histories(hists.iter().map(Vec::as_slice), l);
             let b = i64::try_from(chunk.len()).unwrap_or(0);
-            let ht = Tensor::from_slice(&hist).view([b, i64::try_from(l).unwrap_or(0)]).to_device(device);
+            let ht = Tensor::from_slice(&hist)
+                .view([b, i64::try_from(l).unwrap_or(0)])
+                .to_device(device);
             let rep = model.encode(&ht, false);
             let mut scores = model.score_all(&rep);
             // Padding and the mask token are never candidates.
@@ -529,13 +669,21 @@ fn rank_users(
             }
             let rt = Tensor::from_slice(&rows).to_device(device);
             let ct = Tensor::from_slice(&cols).to_device(device);
-            let _ = scores.index_put_(&[Some(rt), Some(ct)], &Tensor::from(f32::NEG_INFINITY).to_device(device), false);
+            let _ = scores.index_put_(
+                &[Some(rt), Some(ct)],
+                &Tensor::from(f32::NEG_INFINITY).to_device(device),
+                false,
+            );
             let tgt: Vec<i64> = targets.iter().map(|&t| i64::from(t)).collect();
             let tt = Tensor::from_slice(&tgt).to_device(device).unsqueeze(1);
             let ts = scores.gather(1, &tt, false);
             // Pessimistic ties: every other item scoring the same ranks ahead.
-            let ahead = scores.ge_tensor(&ts).sum_dim_intlist(1i64, false, Kind::Int64) - 1;
-            let ahead: Vec<i64> = Vec::<i64>::try_from(ahead.to_device(Device::Cpu)).map_err(|e| torch(&e, "ranks"))?;
+            let ahead = scores
+                .ge_tensor(&ts)
+                .sum_dim_intlist(1i64, false, Kind::Int64)
+                - 1;
+            let ahead: Vec<i64> = Vec::<i64>::try_from(ahead.to_device(Device::Cpu))
+                .map_err(|e| torch(&e, "ranks"))?;
             for (&u, &a) in chunk.iter().zip(&ahead) {
                 let rank = u64::try_from(a.max(0)).unwrap_or(0) + 1;
                 m.add(rank);
@@ -579,13 +727,15 @@ pub fn sampled_candidates(ds: &Dataset, m: u32, seed: u64) -> Vec<Vec<ItemIdx>> 
     (0..ds.n_users())
         .map(|u| {
             let uu = u32::try_from(u).unwrap_or(0);
-            let mut seen: std::collections::HashSet<ItemIdx> = ds.train_seq(uu).iter().copied().collect();
+            let mut seen: std::collections::HashSet<ItemIdx> =
+                ds.train_seq(uu).iter().copied().collect();
             seen.insert(ds.dev[u]);
             seen.insert(ds.test[u]);
             seen.insert(0);
             let avail = (ds.n_items as usize + 1).saturating_sub(seen.len());
             let want = (m as usize).min(avail);
-            let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[seed, TAG_SAMPLED, u as u64]));
+            let mut rng =
+                Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[seed, TAG_SAMPLED, u as u64]));
             let mut out = Vec::with_capacity(want);
             while out.len() < want {
                 let j = rng.random_range(1..=ds.n_items);
@@ -603,19 +753,37 @@ fn write_candidates(path: &Path, cands: &[Vec<ItemIdx>]) -> Result<()> {
     use arrow::buffer::OffsetBuffer;
     use arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
-    let users: Vec<u32> = (0..cands.len()).filter_map(|u| u32::try_from(u).ok()).collect();
+    let users: Vec<u32> = (0..cands.len())
+        .filter_map(|u| u32::try_from(u).ok())
+        .collect();
     let lens: Vec<usize> = cands.iter().map(Vec::len).collect();
     let values: Vec<u32> = cands.iter().flatten().copied().collect();
     let item = Arc::new(Field::new("item", DataType::UInt32, false));
-    let list = ListArray::try_new(item.clone(), OffsetBuffer::from_lengths(lens), Arc::new(UInt32Array::from(values)), None)
-        .map_err(|e| Error::internal(e.to_string()))?;
-    let schema = Arc::new(Schema::new(vec![Field::new("user", DataType::UInt32, false), Field::new("candidates", DataType::List(item), false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt32Array::from(users)) as ArrayRef, Arc::new(list)])
-        .map_err(|e| Error::internal(e.to_string()))?;
+    let list = ListArray::try_new(
+        item.clone(),
+        OffsetBuffer::from_lengths(lens),
+        Arc::new(UInt32Array::from(values)),
+        None,
+    )
+    .map_err(|e| Error::internal(e.to_string()))?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::UInt32, false),
+        Field::new("candidates", DataType::List(item), false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(UInt32Array::from(users)) as ArrayRef,
+            Arc::new(list),
+        ],
+    )
+    .map_err(|e| Error::internal(e.to_string()))?;
     let tmp = fsutil::tmp_path(path);
     let f = std::fs::File::create(&tmp).at(&tmp)?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).map_err(|e| Error::internal(e.to_string()))?;
-    w.write(&batch).map_err(|e| Error::internal(e.to_string()))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None)
+        .map_err(|e| Error::internal(e.to_string()))?;
+    w.write(&batch)
+        .map_err(|e| Error::internal(e.to_string()))?;
     let f = w.into_inner().map_err(|e| Error::internal(e.to_string()))?;
     f.sync_all().at(&tmp)?;
     fsutil::publish(&tmp, path)
@@ -629,7 +797,8 @@ pub fn evaluate(job: &EvalJob) -> Result<EvalReport> {
     let mut vs = nn::VarStore::new(device);
     let model = Model::new(&vs.root(), job.cfg, ds.n_items);
     let path = job.model_dir.join(BEST_MODEL);
-    let named = Tensor::load_multi(&path).map_err(|e| Error::artifact(&path, format!("cannot load the model: {e}")))?;
+    let named = Tensor::load_multi(&path)
+        .map_err(|e| Error::artifact(&path, format!("cannot load the model: {e}")))?;
     load_model_tensors(&mut vs, &named, &path)?;
     let l = job.cfg.history_len as usize;
     job.progress.start("evaluate", 3);
@@ -657,12 +826,22 @@ pub fn evaluate(job: &EvalJob) -> Result<EvalReport> {
         test_sampled,
     };
     let p = job.out.join("metrics.json");
-    fsutil::write_atomic(&p, &serde_json::to_vec_pretty(&rep).map_err(|e| Error::internal(e.to_string()))?)?;
+    fsutil::write_atomic(
+        &p,
+        &serde_json::to_vec_pretty(&rep).map_err(|e| Error::internal(e.to_string()))?,
+    )?;
     Ok(rep)
 }
 
 /// Test target against its stored candidates (pessimistic ties).
-fn sampled_metrics(model: &Model, ds: &Dataset, device: Device, cands: &[Vec<ItemIdx>], eval: &EvaluateSettings, l: usize) -> Result<RankMetrics> {
+fn sampled_metrics(
+    model: &Model,
+    ds: &Dataset,
+    device: Device,
+    cands: &[Vec<ItemIdx>],
+    eval: &EvaluateSettings,
+    l: usize,
+) -> Result<RankMetrics> {
     let users: Vec<usize> = (0..ds.n_users()).filter(|&u| ds.test[u] != 0).collect();
     let mut m = RankMetrics::new(&eval.ks);
     tch::no_grad(|| -> Result<()> {
@@ -677,10 +856,13 @@ fn sampled_metrics(model: &Model, ds: &Dataset, device: Device, cands: &[Vec<Ite
                 .collect();
             let hist = pad_histories(hists.iter().map(Vec::as_slice), l);
             let b = i64::try_from(chunk.len()).unwrap_or(0);
-            let ht = Tensor::from_slice(&hist).view([b, i64::try_from(l).unwrap_or(0)]).to_device(device);
+            let ht = Tensor::from_slice(&hist)
+                .view([b, i64::try_from(l).unwrap_or(0)])
+                .to_device(device);
             let rep = model.encode(&ht, false);
             let scores = model.score_all(&rep).to_device(Device::Cpu);
-            let scores: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(scores).map_err(|e| torch(&e, "scores"))?;
+            let scores: Vec<Vec<f32>> =
+                Vec::<Vec<f32>>::try_from(scores).map_err(|e| torch(&e, "scores"))?;
             for (row, &u) in scores.iter().zip(chunk) {
                 let pos = row[ds.test[u] as usize];
                 let ahead = cands[u].iter().filter(|&&j| row[j as usize] >= pos).count() as u64;
@@ -692,6 +874,75 @@ fn sampled_metrics(model: &Model, ds: &Dataset, device: Device, cands: &[Vec<Ite
     Ok(m)
 }
 
+/// Training throughput on synthetic batches (benchmarks): instances per second of
+/// forward, backward and Adam step for `cfg`, with `n_hard` hard negatives per row.
+/// Histories are full-length random items; the augmentations run as in training.
+pub fn throughput(
+    cfg: &TrainSettings,
+    n_items: u32,
+    n_hard: u32,
+    batches: usize,
+    device: &str,
+    threads: usize,
+) -> Result<f64> {
+    let device = resolve_device(device)?;
+    alloc::keep_large_blocks();
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(device);
+    let model = Model::new(&vs.root(), cfg, n_items);
+    let params: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    let mut opt = Adam::new(params, cfg.lr, cfg.weight_decay);
+    let (b, l) = (cfg.batch_size as usize, cfg.history_len as usize);
+    let c = 1 + cfg.n_random as usize + n_hard as usize;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let mut step = |rng: &mut Xoshiro256PlusPlus| {
+        let hist: Vec<i64> = (0..b * l)
+            .map(|_| i64::from(rng.random_range(1..=n_items)))
+            .collect();
+        let cands: Vec<i64> = (0..b * c)
+            .map(|_| i64::from(rng.random_range(1..=n_items)))
+            .collect();
+        let (bl, li) = (i64::try_from(b).unwrap_or(0), i64::try_from(l).unwrap_or(0));
+        let ht = Tensor::from_slice(&hist).view([bl, li]).to_device(device);
+        let ct = Tensor::from_slice(&cands)
+            .view([bl, i64::try_from(c).unwrap_or(0)])
+            .to_device(device);
+        let rep = model.encode(&ht, true);
+        let mut loss = model::bpr(&model.score(&rep, &ct));
+        if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
+            let mut views = Vec::new();
+            for _ in 0..2 {
+                let mut h = hist.clone();
+                for row in h.chunks_mut(l) {
+                    augment(row, model.n_items + 1, rng);
+                }
+                views.push(model.encode(
+                    &Tensor::from_slice(&h).view([bl, li]).to_device(device),
+                    true,
+                ));
+            }
+            let targets = ct.select(1, 0).contiguous();
+            loss += model::supcon(&views[0], &views[1], &targets, cfg.cl_temperature) * cfg.gamma;
+        }
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+        loss.double_value(&[])
+    };
+    step(&mut rng);
+    let t0 = Instant::now();
+    for _ in 0..batches {
+        step(&mut rng);
+    }
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    Ok((batches * b) as f64 / t0.elapsed().as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,7 +951,10 @@ mod tests {
     fn histories_are_left_padded_and_truncated() {
         let a = [1u32, 2, 3];
         let b = [4u32];
-        assert_eq!(pad_histories([&a[..], &b[..]].into_iter(), 2), vec![2, 3, 0, 4]);
+        assert_eq!(
+            pad_histories([&a[..], &b[..]].into_iter(), 2),
+            vec![2, 3, 0, 4]
+        );
     }
 
     #[test]
@@ -737,55 +991,10 @@ mod tests {
         d.dedup();
         assert_eq!(d.len(), 20, "drawn without replacement");
         assert_eq!(c, sampled_candidates(&ds, 20, 7), "seeded");
-        assert_eq!(sampled_candidates(&ds, 100, 7)[0].len(), 45, "capped at what is available");
+        assert_eq!(
+            sampled_candidates(&ds, 100, 7)[0].len(),
+            45,
+            "capped at what is available"
+        );
     }
-}
-
-/// Training throughput on synthetic batches (benchmarks): instances per second of
-/// forward, backward and Adam step for `cfg`, with `n_hard` hard negatives per row.
-/// Histories are full-length random items; the augmentations run as in training.
-pub fn throughput(cfg: &TrainSettings, n_items: u32, n_hard: u32, batches: usize, device: &str, threads: usize) -> Result<f64> {
-    let device = resolve_device(device)?;
-    alloc::keep_large_blocks();
-    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
-    tch::manual_seed(1);
-    let vs = nn::VarStore::new(device);
-    let model = Model::new(&vs.root(), cfg, n_items);
-    let params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    let mut opt = Adam::new(params, cfg.lr, cfg.weight_decay);
-    let (b, l) = (cfg.batch_size as usize, cfg.history_len as usize);
-    let c = 1 + cfg.n_random as usize + n_hard as usize;
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-    let mut step = |rng: &mut Xoshiro256PlusPlus| {
-        let hist: Vec<i64> = (0..b * l).map(|_| i64::from(rng.random_range(1..=n_items))).collect();
-        let cands: Vec<i64> = (0..b * c).map(|_| i64::from(rng.random_range(1..=n_items))).collect();
-        let (bl, li) = (i64::try_from(b).unwrap_or(0), i64::try_from(l).unwrap_or(0));
-        let ht = Tensor::from_slice(&hist).view([bl, li]).to_device(device);
-        let ct = Tensor::from_slice(&cands).view([bl, i64::try_from(c).unwrap_or(0)]).to_device(device);
-        let rep = model.encode(&ht, true);
-        let mut loss = model::bpr(&model.score(&rep, &ct));
-        if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
-            let mut views = Vec::new();
-            for _ in 0..2 {
-                let mut h = hist.clone();
-                for row in h.chunks_mut(l) {
-                    augment(row, model.n_items + 1, rng);
-                }
-                views.push(model.encode(&Tensor::from_slice(&h).view([bl, li]).to_device(device), true));
-            }
-            let targets = ct.select(1, 0).contiguous();
-            loss = loss + model::supcon(&views[0], &views[1], &targets, cfg.cl_temperature) * cfg.gamma;
-        }
-        opt.zero_grad();
-        loss.backward();
-        opt.step();
-        loss.double_value(&[])
-    };
-    step(&mut rng);
-    let t0 = Instant::now();
-    for _ in 0..batches {
-        step(&mut rng);
-    }
-    #[expect(clippy::cast_precision_loss, reason = "rates")]
-    Ok((batches * b) as f64 / t0.elapsed().as_secs_f64())
 }

@@ -13,7 +13,12 @@ pub struct RankMetrics {
 
 impl RankMetrics {
     pub fn new(ks: &[u32]) -> Self {
-        Self { ks: ks.to_vec(), hr: vec![0.0; ks.len()], ndcg: vec![0.0; ks.len()], users: 0 }
+        Self {
+            ks: ks.to_vec(),
+            hr: vec![0.0; ks.len()],
+            ndcg: vec![0.0; ks.len()],
+            users: 0,
+        }
     }
 
     /// Add one user's rank of the target (1 = best).

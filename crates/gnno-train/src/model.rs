@@ -19,7 +19,11 @@ struct Attention {
 
 impl Attention {
     fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
-        let c = nn::LinearConfig { ws_init: normal(), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        let c = nn::LinearConfig {
+            ws_init: normal(),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
         Self {
             q: nn::linear(p / "q", d, d, c),
             k: nn::linear(p / "k", d, d, c),
@@ -34,7 +38,11 @@ impl Attention {
         let (b, l, d) = x.size3().unwrap_or((0, 0, 0));
         let dh = d / self.heads;
         let split = |t: Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
-        let (q, k, v) = (split(self.q.forward(x)), split(self.k.forward(x)), split(self.v.forward(x)));
+        let (q, k, v) = (
+            split(self.q.forward(x)),
+            split(self.k.forward(x)),
+            split(self.v.forward(x)),
+        );
         #[expect(clippy::cast_precision_loss, reason = "head size")]
         let scale = 1.0 / (dh as f64).sqrt();
         let att = (q.matmul(&k.transpose(-2, -1)) * scale + bias).softmax(-1, Kind::Float);
@@ -44,7 +52,10 @@ impl Attention {
 }
 
 fn normal() -> nn::Init {
-    nn::Init::Randn { mean: 0.0, stdev: 0.01 }
+    nn::Init::Randn {
+        mean: 0.0,
+        stdev: 0.01,
+    }
 }
 
 /// A post-LayerNorm transformer block.
@@ -59,7 +70,11 @@ struct Block {
 
 impl Block {
     fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
-        let c = nn::LinearConfig { ws_init: normal(), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        let c = nn::LinearConfig {
+            ws_init: normal(),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
         Self {
             att: Attention::new(&(p / "att"), d, heads),
             ln1: nn::layer_norm(p / "ln1", vec![d], Default::default()),
@@ -72,14 +87,21 @@ impl Block {
     fn forward(&self, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
         let a = self.att.forward(x, bias).dropout(dropout, train);
         let x = self.ln1.forward(&(x + a));
-        let f = self.ff2.forward(&self.ff1.forward(&x).gelu("none")).dropout(dropout, train);
+        let f = self
+            .ff2
+            .forward(&self.ff1.forward(&x).gelu("none"))
+            .dropout(dropout, train);
         self.ln2.forward(&(x + f))
     }
 }
 
 #[derive(Debug)]
 enum Body {
-    Transformer { pos: nn::Embedding, blocks: Vec<Block>, causal: bool },
+    Transformer {
+        pos: nn::Embedding,
+        blocks: Vec<Block>,
+        causal: bool,
+    },
     Gru(nn::GRU),
 }
 
@@ -98,7 +120,11 @@ impl Model {
     pub fn new(p: &nn::Path, cfg: &TrainSettings, n_items: u32) -> Self {
         let d = i64::from(cfg.dim);
         let n = i64::from(n_items);
-        let emb_cfg = nn::EmbeddingConfig { ws_init: normal(), padding_idx: 0, ..Default::default() };
+        let emb_cfg = nn::EmbeddingConfig {
+            ws_init: normal(),
+            padding_idx: 0,
+            ..Default::default()
+        };
         let items = nn::embedding(p / "items", n + 2, d, emb_cfg);
         tch::no_grad(|| {
             let _ = items.ws.get(0).zero_();
@@ -106,16 +132,40 @@ impl Model {
         let max_len = i64::from(cfg.history_len);
         let body = match cfg.backbone {
             Backbone::Encoder | Backbone::Sasrec => {
-                let pos = nn::embedding(p / "pos", max_len, d, nn::EmbeddingConfig { ws_init: normal(), ..Default::default() });
-                let blocks = (0..cfg.layers).map(|i| Block::new(&(p / format!("block{i}")), d, i64::from(cfg.heads))).collect();
-                Body::Transformer { pos, blocks, causal: cfg.backbone == Backbone::Sasrec }
+                let pos = nn::embedding(
+                    p / "pos",
+                    max_len,
+                    d,
+                    nn::EmbeddingConfig {
+                        ws_init: normal(),
+                        ..Default::default()
+                    },
+                );
+                let blocks = (0..cfg.layers)
+                    .map(|i| Block::new(&(p / format!("block{i}")), d, i64::from(cfg.heads)))
+                    .collect();
+                Body::Transformer {
+                    pos,
+                    blocks,
+                    causal: cfg.backbone == Backbone::Sasrec,
+                }
             }
             Backbone::Gru4rec => {
-                let c = nn::RNNConfig { batch_first: true, num_layers: i64::from(cfg.layers), ..Default::default() };
+                let c = nn::RNNConfig {
+                    batch_first: true,
+                    num_layers: i64::from(cfg.layers),
+                    ..Default::default()
+                };
                 Body::Gru(nn::gru(p / "gru", d, d, c))
             }
         };
-        Self { items, body, n_items: n, max_len, dropout: cfg.dropout }
+        Self {
+            items,
+            body,
+            n_items: n,
+            max_len,
+            dropout: cfg.dropout,
+        }
     }
 
     /// Representation of each history: the output at the last position (histories
@@ -124,7 +174,11 @@ impl Model {
         let x = self.items.forward(hist);
         let l = hist.size()[1];
         match &self.body {
-            Body::Transformer { pos, blocks, causal } => {
+            Body::Transformer {
+                pos,
+                blocks,
+                causal,
+            } => {
                 let positions = Tensor::arange(l, (Kind::Int64, hist.device()));
                 let mut x = (x + pos.forward(&positions).unsqueeze(0)).dropout(self.dropout, train);
                 // Key padding: -1e9 (not -inf) so fully padded query rows stay finite.
@@ -149,7 +203,10 @@ impl Model {
 
     /// Scores of candidate items `[B, C]` for representations `[B, D]`.
     pub fn score(&self, rep: &Tensor, cands: &Tensor) -> Tensor {
-        self.items.forward(cands).matmul(&rep.unsqueeze(-1)).squeeze_dim(-1)
+        self.items
+            .forward(cands)
+            .matmul(&rep.unsqueeze(-1))
+            .squeeze_dim(-1)
     }
 
     /// Scores of every item `[B, n_items + 2]` (columns 0 and n+1 are not items).
@@ -174,7 +231,9 @@ pub fn bpr(scores: &Tensor) -> Tensor {
 /// so no `[2B, 2B]` mask or product is ever built.
 pub fn supcon(z1: &Tensor, z2: &Tensor, targets: &Tensor, temperature: f64) -> Tensor {
     let f = Tensor::cat(&[z1, z2], 0);
-    let f = &f / f.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12);
+    let f = &f
+        / f.norm_scalaropt_dim(2, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
     let n = f.size()[0];
     let dev = f.device();
     let mut sim = f.matmul(&f.transpose(0, 1)) / temperature;
@@ -187,7 +246,9 @@ pub fn supcon(z1: &Tensor, z2: &Tensor, targets: &Tensor, temperature: f64) -> T
     let _ = uniq;
     let d = f.size()[1];
     let sums = Tensor::zeros([counts.size()[0], d], (f.kind(), dev)).index_add(0, &inverse, &f);
-    let pos_dot = ((sums.index_select(0, &inverse) - &f) * &f).sum_dim_intlist(1i64, false, Kind::Float) / temperature;
+    let pos_dot =
+        ((sums.index_select(0, &inverse) - &f) * &f).sum_dim_intlist(1i64, false, Kind::Float)
+            / temperature;
     let n_pos = (counts.index_select(0, &inverse) - 1).to_kind(Kind::Float);
     // mean over positives of (sim_ij − lse_i) = pos_dot_i / n_pos_i − lse_i.
     let per = -(pos_dot / &n_pos - lse);
