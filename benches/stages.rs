@@ -253,7 +253,182 @@ fn bench_train() {
     }
 }
 
+/// Sequences over `items` items in categories of 50, Zipf-like popularity across and
+/// within categories; each user mostly browses one category. Returns flat items and offsets.
+fn scale_sequences(items: u32, interactions: u64, seq_len: u64) -> (Vec<u32>, Vec<usize>) {
+    let mut s: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let cat = 50u64;
+    let cats = u64::from(items) / cat;
+    let zipf = |u: u64, n: u64| -> u64 {
+        ((n as f64).powf((u % 1_000_000) as f64 / 1_000_000.0) as u64).clamp(1, n) - 1
+    };
+    let users = interactions / seq_len;
+    let mut flat = Vec::with_capacity(interactions as usize);
+    let mut off = vec![0usize];
+    for _ in 0..users {
+        let mut c = zipf(next(), cats);
+        for _ in 0..seq_len {
+            if next() % 10 == 0 {
+                c = zipf(next(), cats);
+            }
+            let i = c * cat + zipf(next(), cat) + 1;
+            flat.push(i as u32);
+        }
+        off.push(flat.len());
+    }
+    (flat, off)
+}
+
+fn bench_scale(tmp: &Path) {
+    let items: u32 = std::env::var("GNNO_BENCH_SCALE_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
+    let inter: u64 = std::env::var("GNNO_BENCH_SCALE_INTERACTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000_000);
+    let t = Instant::now();
+    let (flat, off) = scale_sequences(items, inter, 20);
+    let seqs: Vec<&[u32]> = off.windows(2).map(|w| &flat[w[0]..w[1]]).collect();
+    println!(
+        "scale: {} sequences, {} interactions over {items} items, generated in {:.1} s",
+        seqs.len(),
+        flat.len(),
+        t.elapsed().as_secs_f64()
+    );
+    for max_neighbors in [200u32, 0] {
+        let mut cfg = Config::defaults(Path::new("/")).graph;
+        cfg.max_neighbors = max_neighbors;
+        let store = tmp.join(format!("scale-store-{max_neighbors}"));
+        let t = Instant::now();
+        let (rep, _) =
+            gnno_graph::run(&seqs, items, &cfg, "bench", &store, &NoProgress).expect("graph stage");
+        println!(
+            "  max-neighbors {max_neighbors:>3}: whole stage {:.1} s, {} edges, max degree {}, {} overlap pairs, store {:.0} MiB, peak RSS so far {:.0} MiB",
+            t.elapsed().as_secs_f64(),
+            rep.directed_edges,
+            rep.max_degree,
+            rep.overlap_pairs,
+            rep.store_bytes as f64 / 1048576.0,
+            peak_mib()
+        );
+        let _ = std::fs::remove_dir_all(&store);
+    }
+}
+
+/// A raw TSV log of `rows` interactions with Zipf-like item popularity.
+fn write_raw_log(path: &Path, rows: u64) -> u64 {
+    use std::io::Write;
+    let mut w =
+        std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(path).expect("create"));
+    writeln!(w, "user_id\titem_id\ttimestamp").expect("write");
+    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let (users, items) = (1_000_000u64, 200_000u64);
+    let mut t = 1_300_000_000u64;
+    for r in 0..rows {
+        let u = r * users / rows; // users are contiguous runs, as logs usually are
+                                  // Zipf-ish: item = floor(items^x) for uniform x.
+        let x = (next() % 1_000_000) as f64 / 1_000_000.0;
+        let i = (items as f64).powf(x) as u64;
+        t += next() % 100;
+        writeln!(w, "u{u}\ti{i}\t{t}").expect("write");
+    }
+    w.flush().expect("flush");
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Runs in a child process so each side's peak memory is its own.
+fn ingest_child(which: &str, path: &Path, out: &Path) {
+    let t = Instant::now();
+    let rows = if which == "polars" {
+        use polars::prelude::*;
+        let df = CsvReadOptions::default()
+            .with_has_header(true)
+            .map_parse_options(|o| o.with_separator(b'\t'))
+            .try_into_reader_with_file_path(Some(path.to_path_buf()))
+            .and_then(SerReader::finish)
+            .expect("polars reads the file");
+        df.height() as u64
+    } else {
+        let mut cfg = Config::defaults(Path::new("/"));
+        cfg.ingest.inputs = vec![path.display().to_string()];
+        cfg.ingest.separator = "\t".into();
+        cfg.ingest.user_core = 0;
+        cfg.ingest.item_core = 0;
+        std::fs::create_dir_all(out).expect("mkdir");
+        let rep = gnno_ingest::run(&cfg.ingest, Path::new("/"), out, &NoProgress).expect("ingest");
+        eprintln!("gnno ingest steps (s): {:?}", rep.step_seconds);
+        rep.rows_out
+    };
+    println!("{rows} {:.3} {:.0}", t.elapsed().as_secs_f64(), peak_mib());
+}
+
+fn bench_ingest(tmp: &Path) {
+    let rows: u64 = std::env::var("GNNO_BENCH_INGEST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000_000);
+    let path = tmp.join("raw.tsv");
+    let t = Instant::now();
+    let bytes = write_raw_log(&path, rows);
+    println!(
+        "ingest: generated {rows} rows ({:.0} MiB) in {:.1} s",
+        bytes as f64 / 1048576.0,
+        t.elapsed().as_secs_f64()
+    );
+    let exe = std::env::current_exe().expect("exe");
+    let run = |which: &str| -> Option<(u64, f64, f64)> {
+        let o = Command::new(&exe)
+            .args(["__child", which, path.to_str()?, tmp.join("out").to_str()?])
+            .output()
+            .ok()?;
+        eprint!("{}", String::from_utf8_lossy(&o.stderr));
+        let v: Vec<f64> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (v.len() == 3).then(|| (v[0] as u64, v[1], v[2]))
+    };
+    let (Some((pr, ps, pm)), Some((or, os, om))) = (run("polars"), run("ours")) else {
+        println!("  a child run failed");
+        return;
+    };
+    println!(
+        "  polars CsvReader alone: {pr} rows in {ps:.2} s = {:.2} M rows/s, peak {pm:.0} MiB",
+        pr as f64 / ps / 1e6
+    );
+    println!(
+        "  gnno ingest (parse, dedup, sort, split, write Parquet): {or} rows out in {os:.2} s = {:.2} M rows/s, peak {om:.0} MiB; {:.2}x polars' read time",
+        rows as f64 / os / 1e6,
+        os / ps
+    );
+    println!(
+        "  memory: raw text {:.0} MiB; final table in memory {:.0} MiB (24 B/row); peak / table = {:.1}",
+        bytes as f64 / 1048576.0,
+        or as f64 * 24.0 / 1048576.0,
+        om / (or as f64 * 24.0 / 1048576.0)
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__child") {
+        ingest_child(&args[2], Path::new(&args[3]), Path::new(&args[4]));
+        return;
+    }
     let which: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -270,5 +445,12 @@ fn main() {
     }
     if want("train") {
         bench_train();
+    }
+    if want("ingest") {
+        bench_ingest(tmp.path());
+    }
+    // Not part of `all`: minutes and gigabytes.
+    if which.iter().any(|w| w == "scale") {
+        bench_scale(tmp.path());
     }
 }

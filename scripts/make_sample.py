@@ -24,11 +24,11 @@ with open(out, "w") as f:
         pos = rng.randrange(per)
         t = t0 + rng.randrange(10_000_000)
         for _ in range(length):
-            if rng.random() < 0.1:
+            if rng.random() < 0.3:
                 c = rng.randrange(clusters)
                 pos = rng.randrange(per)
             else:
-                pos = (pos + rng.choice((1, 1, 1, 2, 3))) % per
+                pos = (pos + rng.choice((1, 1, 2, 3, 5, 8))) % per
             item = c * per + pos
             t += rng.randrange(0, 3 * 86400)
             rating = rng.choice((3, 4, 4, 5, 5))

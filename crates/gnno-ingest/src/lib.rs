@@ -38,6 +38,8 @@ pub struct IngestReport {
     pub test_rows: u64,
     /// Train positions with a non-empty history (the training instances).
     pub training_instances: u64,
+    /// Seconds per step: read, dedup, sort, filter, write.
+    pub step_seconds: std::collections::BTreeMap<String, f64>,
 }
 
 fn pl(e: PolarsError) -> Error {
@@ -52,17 +54,26 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<IngestReport> {
     let files = parse::resolve_inputs(&cfg.inputs, base)?;
+    let mut clock = std::time::Instant::now();
+    let mut steps = std::collections::BTreeMap::new();
+    let mut lap = |name: &str| {
+        steps.insert(name.to_owned(), clock.elapsed().as_secs_f64());
+        clock = std::time::Instant::now();
+    };
     let raw = parse::read_all(cfg, &files, progress)?;
+    lap("read");
     let mut report = IngestReport {
         files: files.iter().map(|f| f.display().to_string()).collect(),
         rows_read: raw.rows_read,
         bad_rows: raw.bad_rows,
         bad_row_examples: raw.bad_examples.clone(),
         dropped_missing: raw.missing,
+        dropped_rating: raw.below_rating,
         ..IngestReport::default()
     };
     let n_raw = raw.user.len();
-    let row: Vec<u64> = (0..n_raw as u64).collect();
+    let row: Vec<u32> =
+        (0..u32::try_from(n_raw).map_err(|_| Error::internal("more than 2^32 rows"))?).collect();
     let mut df = DataFrame::new_infer_height(vec![
         Column::new("u".into(), raw.user),
         Column::new("i".into(), raw.item),
@@ -72,83 +83,72 @@ pub fn run(
     ])
     .map_err(pl)?;
 
-    // Exact duplicates (same user, item, time and rating): keep the first.
-    let before = df.height();
-    df = df
-        .lazy()
-        .unique_stable_generic(
-            Some(vec![col("u"), col("i"), col("t"), col("r")]),
-            UniqueKeepStrategy::First,
-        )
-        .collect()
-        .map_err(pl)?;
-    report.dropped_duplicates = (before - df.height()) as u64;
-
-    if let Some(min) = cfg.min_rating {
-        let before = df.height();
-        #[expect(clippy::cast_possible_truncation, reason = "ratings are small")]
-        let min = min as f32;
-        // Rows without a rating column have NaN ratings and are kept.
-        df = df
-            .lazy()
-            .filter(col("r").lt(lit(min)).not().or(col("r").is_nan()))
-            .collect()
-            .map_err(pl)?;
-        report.dropped_rating = (before - df.height()) as u64;
-    }
-
-    // Per user by time; ties keep raw-log order.
+    // Per user by time; ties keep raw-log order (polars, multi-threaded).
     df = df
         .lazy()
         .sort(
             ["u", "t", "row"],
             SortMultipleOptions::default().with_maintain_order(true),
         )
+        .select([col("u"), col("i"), col("t"), col("r")])
         .collect()
         .map_err(pl)?;
+    df.rechunk_mut();
+    lap("sort");
 
-    if cfg.dedup_pairs {
-        let before = df.height();
-        df = df
-            .lazy()
-            .unique_stable_generic(Some(vec![col("u"), col("i")]), UniqueKeepStrategy::First)
-            .collect()
-            .map_err(pl)?;
-        report.dropped_repeat_pairs = (before - df.height()) as u64;
-    }
-
-    let users = to_vec_u32(&df, "u")?;
-    let items = to_vec_u32(&df, "i")?;
     let n_users = raw.users.names.len();
     let n_items = raw.items.names.len();
-    let (mut keep, rounds) = kcore(
-        &users,
-        &items,
-        n_users,
-        n_items,
-        cfg.user_core,
-        cfg.item_core,
-    );
-    report.kcore_rounds = rounds;
-    report.dropped_kcore = keep.iter().filter(|k| !**k).count() as u64;
-
-    // Users too short for leave-one-out.
-    let mut ucount = vec![0u32; n_users];
-    for (k, &u) in keep.iter().zip(&users) {
-        if *k {
-            ucount[u as usize] += 1;
+    let mut keep = {
+        let users = slice_u32(&df, "u")?;
+        let items = slice_u32(&df, "i")?;
+        let ts = df
+            .column("t")
+            .and_then(|c| c.i64())
+            .and_then(|c| c.cont_slice())
+            .map_err(pl)?;
+        let ratings = df
+            .column("r")
+            .and_then(|c| c.f32())
+            .and_then(|c| c.cont_slice())
+            .map_err(pl)?;
+        let mut keep = vec![true; users.len()];
+        // Exact duplicates share (user, time), so they sit in one run of the sorted table.
+        report.dropped_duplicates = mark_duplicates(&mut keep, users, ts, |a, b| {
+            items[a] == items[b] && ratings[a].to_bits() == ratings[b].to_bits()
+        });
+        if cfg.dedup_pairs {
+            report.dropped_repeat_pairs = mark_repeat_pairs(&mut keep, users, items);
         }
-    }
-    if cfg.split == SplitMode::LeaveOneOut && cfg.short_users == ShortUsers::Drop {
-        for (k, &u) in keep.iter_mut().zip(&users) {
-            if *k && ucount[u as usize] < 3 {
-                *k = false;
-                report.dropped_short_users += 1;
+        lap("dedup");
+        let before = keep.iter().filter(|k| **k).count();
+        let rounds = kcore_masked(
+            &mut keep,
+            users,
+            items,
+            n_users,
+            n_items,
+            cfg.user_core,
+            cfg.item_core,
+        );
+        report.kcore_rounds = rounds;
+        report.dropped_kcore = (before - keep.iter().filter(|k| **k).count()) as u64;
+        if cfg.split == SplitMode::LeaveOneOut && cfg.short_users == ShortUsers::Drop {
+            let mut ucount = vec![0u32; n_users];
+            for (k, &u) in keep.iter().zip(users) {
+                ucount[u as usize] += u32::from(*k);
+            }
+            for (k, &u) in keep.iter_mut().zip(users) {
+                if *k && ucount[u as usize] < 3 {
+                    *k = false;
+                    report.dropped_short_users += 1;
+                }
             }
         }
-    }
-    let mask: BooleanChunked = keep.iter().copied().collect();
+        keep
+    };
+    let mask: BooleanChunked = keep.drain(..).collect();
     df = df.filter(&mask).map_err(pl)?;
+    df.rechunk_mut();
     if df.height() == 0 {
         return Err(Error::input(
             report.files.join(", "),
@@ -159,16 +159,19 @@ pub fn run(
 
     // Dense re-indexing that keeps first-appearance order: the interner numbered ids
     // by first appearance, so ranking the surviving codes preserves it.
-    let users = to_vec_u32(&df, "u")?;
-    let items = to_vec_u32(&df, "i")?;
+    let users = slice_u32(&df, "u")?;
+    let items = slice_u32(&df, "i")?;
     let ts = df
         .column("t")
-        .and_then(|c| c.i64().map(|a| a.into_no_null_iter().collect::<Vec<i64>>()))
-        .map_err(pl)?;
-    let umap = compact(&users, n_users, 0);
-    let imap = compact(&items, n_items, 1);
+        .and_then(|c| c.i64())
+        .and_then(|c| c.cont_slice())
+        .map_err(pl)?
+        .to_vec();
+    let umap = compact(users, n_users, 0);
+    let imap = compact(items, n_items, 1);
     let new_u: Vec<u32> = users.iter().map(|&u| umap[u as usize]).collect();
     let new_i: Vec<u32> = items.iter().map(|&i| imap[i as usize]).collect();
+    drop(df);
 
     // Positions and splits. Rows are sorted by (old user, time, row); old and new
     // user ids have the same order, so each user's rows are contiguous.
@@ -219,6 +222,7 @@ pub fn run(
     report.dev_rows = split.iter().filter(|&&s| s == 1).count() as u64;
     report.test_rows = split.iter().filter(|&&s| s == 2).count() as u64;
 
+    lap("filter_split");
     let mut inter = DataFrame::new_infer_height(vec![
         Column::new(col::USER.into(), new_u.clone()),
         Column::new(col::ITEM.into(), new_i.clone()),
@@ -235,28 +239,86 @@ pub fn run(
     write_parquet(&mut users_df, &out.join(USERS_FILE))?;
     report.users = users_df.height() as u64;
     report.items = items_df.height() as u64;
+    lap("write");
+    report.step_seconds = steps;
     Ok(report)
 }
 
-fn to_vec_u32(df: &DataFrame, name: &str) -> Result<Vec<u32>> {
+fn slice_u32<'a>(df: &'a DataFrame, name: &str) -> Result<&'a [u32]> {
     df.column(name)
-        .and_then(|c| c.u32().map(|a| a.into_no_null_iter().collect()))
+        .and_then(|c| c.u32())
+        .and_then(|c| c.cont_slice())
         .map_err(pl)
 }
 
+/// Runs of equal (user, time) in a table sorted by (user, time, row).
+fn runs<'a>(users: &'a [u32], ts: &'a [i64]) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= users.len() {
+            return None;
+        }
+        let mut end = start + 1;
+        while end < users.len() && users[end] == users[start] && ts[end] == ts[start] {
+            end += 1;
+        }
+        let r = start..end;
+        start = end;
+        Some(r)
+    })
+}
+
+/// Drop every row equal (by `same`) to an earlier kept row of its (user, time) run;
+/// returns how many were dropped.
+fn mark_duplicates(
+    keep: &mut [bool],
+    users: &[u32],
+    ts: &[i64],
+    same: impl Fn(usize, usize) -> bool,
+) -> u64 {
+    let mut dropped = 0;
+    for r in runs(users, ts) {
+        for b in r.clone().skip(1) {
+            if (r.start..b).any(|a| keep[a] && same(a, b)) {
+                keep[b] = false;
+                dropped += 1;
+            }
+        }
+    }
+    dropped
+}
+
+/// Keep only the first (in time) of repeated (user, item) pairs among kept rows.
+fn mark_repeat_pairs(keep: &mut [bool], users: &[u32], items: &[u32]) -> u64 {
+    let mut dropped = 0;
+    let mut seen = std::collections::HashSet::new();
+    let mut cur = u32::MAX;
+    for r in 0..users.len() {
+        if users[r] != cur {
+            cur = users[r];
+            seen.clear();
+        }
+        if keep[r] && !seen.insert(items[r]) {
+            keep[r] = false;
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
 /// Iterated k-core: drop users with fewer than `uk` and items with fewer than `ik`
-/// interactions until nothing changes. Returns the keep mask and the rounds taken.
-pub fn kcore(
+/// kept interactions until nothing changes. Returns the rounds taken.
+fn kcore_masked(
+    keep: &mut [bool],
     users: &[u32],
     items: &[u32],
     n_users: usize,
     n_items: usize,
     uk: u32,
     ik: u32,
-) -> (Vec<bool>, u32) {
-    let mut keep = vec![true; users.len()];
+) -> u32 {
     if uk == 0 && ik == 0 {
-        return (keep, 0);
+        return 0;
     }
     let mut rounds = 0;
     loop {
@@ -277,9 +339,23 @@ pub fn kcore(
             }
         }
         if !changed {
-            return (keep, rounds);
+            return rounds;
         }
     }
+}
+
+/// Iterated k-core on all rows (see [`kcore_masked`]); returns the keep mask and rounds.
+pub fn kcore(
+    users: &[u32],
+    items: &[u32],
+    n_users: usize,
+    n_items: usize,
+    uk: u32,
+    ik: u32,
+) -> (Vec<bool>, u32) {
+    let mut keep = vec![true; users.len()];
+    let rounds = kcore_masked(&mut keep, users, items, n_users, n_items, uk, ik);
+    (keep, rounds)
 }
 
 /// Map old codes to dense new ids starting at `first`, in code order; unused codes map to u32::MAX.

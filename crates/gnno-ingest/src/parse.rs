@@ -23,7 +23,14 @@ impl Hasher for FxHasher {
         }
     }
     fn finish(&self) -> u64 {
-        self.0
+        // Fx alone leaves the low bits (the bucket index) depending only on the low
+        // input bytes, which are equal for ids like "u123" / "u456": finish with a
+        // murmur3-style mix so every input byte reaches every output bit.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
     }
 }
 
@@ -32,10 +39,24 @@ impl Hasher for FxHasher {
 pub struct Interner {
     map: HashMap<Box<str>, u32, BuildHasherDefault<FxHasher>>,
     pub names: Vec<Box<str>>,
+    /// The last code returned: logs are often grouped by user, so the same id
+    /// repeats on consecutive rows.
+    last: Option<u32>,
 }
 
 impl Interner {
     pub fn code(&mut self, s: &str) -> u32 {
+        if let Some(c) = self.last {
+            if &*self.names[c as usize] == s {
+                return c;
+            }
+        }
+        let c = self.lookup(s);
+        self.last = Some(c);
+        c
+    }
+
+    fn lookup(&mut self, s: &str) -> u32 {
         if let Some(&c) = self.map.get(s) {
             return c;
         }
@@ -59,12 +80,19 @@ pub struct RawTable {
     pub items: Interner,
     pub rows_read: u64,
     pub missing: u64,
+    /// Rows rated below `min_rating` (dropped while reading).
+    pub below_rating: u64,
+    pub min_rating: Option<f32>,
     pub bad_rows: u64,
     pub bad_examples: Vec<String>,
 }
 
 impl RawTable {
     fn push(&mut self, user: &str, item: &str, ts: i64, rating: f32) {
+        if self.min_rating.is_some_and(|m| rating < m) {
+            self.below_rating += 1;
+            return;
+        }
         let u = self.users.code(user);
         let i = self.items.code(item);
         self.user.push(u);
@@ -249,7 +277,11 @@ pub fn read_all(
     files: &[PathBuf],
     progress: &dyn gnno_core::progress::Progress,
 ) -> Result<RawTable> {
-    let mut t = RawTable::default();
+    #[expect(clippy::cast_possible_truncation, reason = "ratings are small")]
+    let mut t = RawTable {
+        min_rating: cfg.min_rating.map(|m| m as f32),
+        ..RawTable::default()
+    };
     let total: u64 = files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
@@ -367,16 +399,27 @@ fn read_delimited(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
             return Ok(());
         };
         t.rows_read += 1;
-        let fields: Vec<&str> = line.split(sep).map(unquote).collect();
-        if fields.len() < need {
-            let msg = format!(
-                "expected at least {need} fields separated by {sep:?}, found {}",
-                fields.len()
-            );
+        // Pick the needed fields without collecting the line.
+        let mut got = [""; 4];
+        let mut found = 0;
+        for (k, f) in line.split(sep).enumerate() {
+            found = k + 1;
+            for (slot, ci) in c.iter().enumerate() {
+                if *ci == Some(k) {
+                    got[slot] = unquote(f);
+                }
+            }
+            if found >= need {
+                break;
+            }
+        }
+        if found < need {
+            let msg =
+                format!("expected at least {need} fields separated by {sep:?}, found {found}");
             return ctx.bad(t, n, &msg);
         }
-        let (user, item) = (fields[c[0].unwrap_or(0)], fields[c[1].unwrap_or(0)]);
-        let time = c[2].map(|i| fields[i]);
+        let (user, item) = (got[0], got[1]);
+        let time = c[2].map(|_| got[2]);
         if is_missing(user) || is_missing(item) || time.is_some_and(is_missing) {
             t.missing += 1;
             return Ok(());
@@ -394,7 +437,7 @@ fn read_delimited(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
                 }
             },
         };
-        let rating = match c[3].map(|i| fields[i]) {
+        let rating = match c[3].map(|_| got[3]) {
             None => f32::NAN,
             Some("") => {
                 t.missing += 1;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The CUDA check for sessions lent a GPU machine (see DEVELOPERS.md / the device tool).
+# It needs the gnno binary (built here, x86-64) and a python3 with torch 2.11 (+cu130)
+# there. It trains and evaluates on the sample with device = "cuda", then the same on
+# CPU, and prints both reports and the speed ratio.
+#   usage: scripts/gpu_check.sh [path/to/gnno]     (default bin/gnno)
+# On the device machine libtorch comes from its own PyTorch, so this script (not
+# users) sets LD_LIBRARY_PATH to that torch's lib folder.
+set -euo pipefail
+cd "$(dirname "$0")"
+bin="${1:-../bin/gnno}"
+torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
+out="${OUT:-/tmp}"
+for dev in cuda cpu; do
+  sed "s/^device = .*/device = \"$dev\"/; s#gpu-check\"#gpu-check-$dev\"#" gpu_check.toml > "gpu_check_$dev.toml"
+  start=$(date +%s.%N)
+  "$bin" --config "gpu_check_$dev.toml" run --quiet
+  end=$(date +%s.%N)
+  echo "$dev: wall $(echo "$end - $start" | bc) s"
+  "$bin" --config "gpu_check_$dev.toml" report train --json > "$out/train_$dev.json"
+  "$bin" --config "gpu_check_$dev.toml" report evaluate --json | tee "$out/evaluate_$dev.json"
+done
+python3 - "$out" <<'PY'
+import json, sys
+d = sys.argv[1]
+t = {k: json.load(open(f"{d}/train_{k}.json"))["report"] for k in ("cuda", "cpu")}
+e = {k: json.load(open(f"{d}/evaluate_{k}.json"))["report"] for k in ("cuda", "cpu")}
+print("device:", t["cuda"]["device"])
+for k in ("cuda", "cpu"):
+    print(f"{k}: {t[k]['mean_instances_per_second']:.0f} instances/s, test HR@10 {e[k]['test_full']['HR@10']:.4f} NDCG@10 {e[k]['test_full']['NDCG@10']:.4f}")
+print(f"speed ratio cuda/cpu: {t['cuda']['mean_instances_per_second'] / t['cpu']['mean_instances_per_second']:.1f}x")
+PY
