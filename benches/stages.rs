@@ -424,6 +424,7 @@ fn bench_ingest(tmp: &Path) {
 }
 
 fn main() {
+    gnno_train::alloc::keep_large_blocks();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("__child") {
         ingest_child(&args[2], Path::new(&args[3]), Path::new(&args[4]));

@@ -83,13 +83,36 @@ impl Sampler {
         rng: &mut R,
         out: &mut Vec<(ItemIdx, f32)>,
     ) {
-        let prep = match self {
+        let prep = self.prepare(t, h);
+        self.draw_prepared(prep.as_ref(), t, h, n, exclude, rng, out);
+    }
+
+    /// The per-(target, hardness) part of a draw, reusable across instances.
+    pub fn prepare(&self, t: ItemIdx, h: f64) -> Option<sampler::Prepared> {
+        match self {
             Self::Gnno { index, .. } => Some(index.prepare(t, h)),
             _ => None,
-        };
+        }
+    }
+
+    /// [`Sampler::draw`] with the (target, hardness) part prepared.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the hot path keeps its inputs unbundled"
+    )]
+    pub fn draw_prepared<R: rand::Rng>(
+        &self,
+        prep: Option<&sampler::Prepared>,
+        t: ItemIdx,
+        h: f64,
+        n: u32,
+        exclude: &[ItemIdx],
+        rng: &mut R,
+        out: &mut Vec<(ItemIdx, f32)>,
+    ) {
         for _ in 0..n {
             let got = match self {
-                Self::Gnno { index, tau } => prep.as_ref().and_then(|p| {
+                Self::Gnno { index, tau } => prep.and_then(|p| {
                     sampler::draw_excluding_prepared(index, p, t, h, *tau, exclude, rng)
                 }),
                 Self::Uniform { n_items } => {
@@ -182,6 +205,7 @@ impl Draw<'_> {
         let mut drawn: Vec<(ItemIdx, f32)> = vec![(0, 0.0); n * k];
         let mut counts = vec![0usize; n];
         let mut buf = Vec::with_capacity(k);
+        let mut prep: Option<(ItemIdx, Option<sampler::Prepared>)> = None;
         for r in order {
             let i = first as usize + r;
             let (u, t) = (inst.user[i], inst.target[i]);
@@ -192,8 +216,13 @@ impl Draw<'_> {
             };
             let mut rng = instance_rng(self.seed, e, i as u64);
             buf.clear();
+            // Instances come grouped by target: prepare each target once.
+            if prep.as_ref().is_none_or(|p| p.0 != t) {
+                prep = Some((t, self.sampler.prepare(t, h)));
+            }
+            let p = prep.as_ref().and_then(|p| p.1.as_ref());
             self.sampler
-                .draw(t, h, cfg.n_hard, exclude, &mut rng, &mut buf);
+                .draw_prepared(p, t, h, cfg.n_hard, exclude, &mut rng, &mut buf);
             drawn[r * k..r * k + buf.len()].copy_from_slice(&buf);
             counts[r] = buf.len();
         }
