@@ -206,7 +206,7 @@ fn bench_train() {
     let batches = 4;
     let n_items = 12_101;
     let threads = rayon::current_num_threads();
-    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python".into());
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_baseline.py");
     println!(
         "train (batch {}, {} random + 9 hard negatives, {n_items} items, {threads} threads):",

@@ -10,14 +10,7 @@ if ! command -v cargo >/dev/null; then
   echo "error: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
   exit 1
 fi
-if [ ! -x "$VIRTUAL_ENV/bin/python" ]; then
-  echo "==> creating the Python venv for libtorch in $VIRTUAL_ENV"
-  python3 -m venv "$VIRTUAL_ENV"
-fi
-if ! "$VIRTUAL_ENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
-  echo "==> installing torch==$TORCH_VERSION (about 4.6 GB)"
-  "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
-fi
+gnno_ensure_torch
 echo "==> building gnno (release; the first build takes about 15 minutes on 2 cores)"
 cargo build --release --workspace --locked
 mkdir -p bin

@@ -5,8 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-if [ ! -x "$VIRTUAL_ENV/bin/python" ] || ! "$VIRTUAL_ENV/bin/python" -c "import torch" 2>/dev/null; then
-  python3 -m venv "$VIRTUAL_ENV"
-  "$VIRTUAL_ENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
-fi
+gnno_ensure_torch
 cargo test --release --workspace --locked "$@"
