@@ -224,6 +224,11 @@ fn audit(
     // Checksums first: a damaged shard is named before any statistic is computed.
     m.verify_outputs(&dir, true)?;
     let run = m.run_path(&dir);
+    // J of every drawn negative comes from the graph store, whatever the sampler.
+    let (_, gdir) = p.require(StageName::Graph)?;
+    let store = gnno_store::Store::open(&gdir.join(STORE_DIR), None)?;
+    let index = gnno_negatives::sampler::OverlapIndex::load(&store, 1.0)?;
+    drop(store);
     let epochs = m
         .report
         .get("epochs")
@@ -254,6 +259,7 @@ fn audit(
                 share_test_item: 0.0,
                 share_in_train_history: 0.0,
                 distinct_items: 0,
+                overlap_mismatches: 0,
                 top_negatives: vec![],
             });
             continue;
@@ -263,6 +269,7 @@ fn audit(
             ep,
             h,
             &ds,
+            Some(&index),
         )?);
     }
     if let Some(want) = epoch {

@@ -1,6 +1,7 @@
 //! `gnno audit negatives`: per-epoch statistics of the drawn negatives, read back
 //! from the shards, and an SVG plot of the J quantiles by epoch.
 
+use crate::sampler::OverlapIndex;
 use crate::shard;
 use gnno_core::dataset::Dataset;
 use gnno_core::error::Result;
@@ -22,24 +23,32 @@ pub struct EpochAudit {
     pub share_test_item: f64,
     pub share_in_train_history: f64,
     pub distinct_items: u64,
+    /// Rows whose stored overlap differs from the graph store's J (gnno shards only;
+    /// other samplers store 0 and the audit looks J up).
+    pub overlap_mismatches: u64,
     /// Most frequent negatives: (raw id, count).
     pub top_negatives: Vec<(String, u64)>,
 }
 
 pub const QUANTILES: [f64; 7] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0];
 
-/// Audit one epoch's shard folder.
+/// Audit one epoch's shard folder. With `index`, J(target, negative) is looked up in
+/// the graph store for every sampler, and gnno shards' stored J is checked against it.
 pub fn audit_epoch(
     dir: &Path,
     epoch: u32,
     hardness: Option<f64>,
     ds: &Dataset,
+    index: Option<&OverlapIndex>,
 ) -> Result<EpochAudit> {
+    let mut mismatches = 0u64;
     let mut ov: Vec<f32> = Vec::new();
     let (mut rows, mut dev, mut test, mut hist) = (0u64, 0u64, 0u64, 0u64);
     let mut freq: HashMap<u32, u64> = HashMap::new();
     for path in shard::list(dir)? {
         let s = shard::read(&path)?;
+        let (meta, _) = shard::read_meta(&path)?;
+        let stores_j = meta.get(&format!("{}sampler", shard::KEY_PREFIX)).is_some_and(|v| v == "gnno");
         rows += s.instance.len() as u64;
         for r in 0..s.instance.len() {
             let u = s.user[r];
@@ -55,7 +64,17 @@ pub fn audit_epoch(
             let seq = ds.train_seq(u);
             for k in s.offsets[r]..s.offsets[r + 1] {
                 let j = s.negatives[k];
-                ov.push(s.overlap[k]);
+                let jv = match index {
+                    Some(idx) => {
+                        let looked = idx.overlap(s.target[r], j);
+                        if stores_j && looked.to_bits() != s.overlap[k].to_bits() {
+                            mismatches += 1;
+                        }
+                        looked
+                    }
+                    None => s.overlap[k],
+                };
+                ov.push(jv);
                 *freq.entry(j).or_default() += 1;
                 dev += u64::from(j == ds.dev[u as usize]);
                 test += u64::from(j == ds.test[u as usize]);
@@ -94,6 +113,7 @@ pub fn audit_epoch(
         share_test_item: share(test),
         share_in_train_history: share(hist),
         distinct_items: freq.len() as u64,
+        overlap_mismatches: mismatches,
         top_negatives: top
             .into_iter()
             .map(|(j, c)| {
