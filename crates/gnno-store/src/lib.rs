@@ -378,5 +378,17 @@ mod tests {
         drop(s);
         let err = Store::open(&p, Some("other")).err().expect("refused");
         assert!(err.to_string().contains("other ingest output"), "{err}");
+        // A store written by another layout version is refused too.
+        {
+            let db = sled::open(&p).expect("sled");
+            let meta = db.open_tree(keys::TREE_META).expect("meta");
+            meta.insert(keys::META_VERSION, &(STORE_VERSION + 1).to_be_bytes()).expect("insert");
+            db.flush().expect("flush");
+        }
+        let err = Store::open(&p, None).err().expect("refused");
+        assert!(err.to_string().contains(&format!("store format version {}", STORE_VERSION + 1)), "{err}");
+        // Not a store at all.
+        let err = Store::open(dir.path(), None).err().expect("refused");
+        assert!(err.to_string().contains("no graph store here"), "{err}");
     }
 }
