@@ -116,7 +116,10 @@ fn audit_reports_each_epoch_and_names_a_damaged_shard() {
     let ingest = p.json(&["report", "ingest", "--json"]);
     assert_eq!(e2["rows"], ingest["report"]["training_instances"]);
     assert_eq!(e2["negatives"].as_u64(), e2["rows"].as_u64().map(|r| r * 3));
-    assert_eq!(e2["overlap_mismatches"], 0, "stored J equals the graph store's J");
+    assert_eq!(
+        e2["overlap_mismatches"], 0,
+        "stored J equals the graph store's J"
+    );
     let plot = std::fs::read_to_string(a["plot"].as_str().expect("plot")).expect("svg");
     assert!(plot.starts_with("<svg") && plot.contains("polyline"));
     // Text output too.

@@ -48,7 +48,9 @@ pub fn audit_epoch(
     for path in shard::list(dir)? {
         let s = shard::read(&path)?;
         let (meta, _) = shard::read_meta(&path)?;
-        let stores_j = meta.get(&format!("{}sampler", shard::KEY_PREFIX)).is_some_and(|v| v == "gnno");
+        let stores_j = meta
+            .get(&format!("{}sampler", shard::KEY_PREFIX))
+            .is_some_and(|v| v == "gnno");
         rows += s.instance.len() as u64;
         for r in 0..s.instance.len() {
             let u = s.user[r];

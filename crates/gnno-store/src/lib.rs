@@ -133,6 +133,28 @@ pub trait GraphRead {
     fn for_each_overlap(&self, f: &mut dyn FnMut(u32, List<f32>) -> Result<()>) -> Result<()>;
 }
 
+/// Open a sled database, waiting a little if a just-dropped handle in this process
+/// still holds its file lock (sled's flusher thread lets go of it asynchronously).
+fn open_sled(path: &Path, cache: u64, mode: sled::Mode) -> Result<sled::Db, sled::Error> {
+    let mut tries = 0;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache)
+            .mode(mode)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn sled_err(path: &Path, e: &sled::Error) -> Error {
     Error::artifact(path, format!("graph store: {e}"))
 }
@@ -151,11 +173,7 @@ impl StoreWriter {
         if path.exists() {
             std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
         }
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(256 << 20)
-            .mode(sled::Mode::HighThroughput)
-            .open()
+        let db = open_sled(path, 256 << 20, sled::Mode::HighThroughput)
             .map_err(|e| sled_err(path, &e))?;
         let witg = db
             .open_tree(keys::TREE_WITG)
@@ -235,11 +253,7 @@ impl Store {
             return Err(Error::artifact(path, "no graph store here")
                 .with_hint("run `gnno stage graph` first"));
         }
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(|e| sled_err(path, &e))?;
+        let db = open_sled(path, 64 << 20, sled::Mode::LowSpace).map_err(|e| sled_err(path, &e))?;
         let meta = db
             .open_tree(keys::TREE_META)
             .map_err(|e| sled_err(path, &e))?;
@@ -380,13 +394,18 @@ mod tests {
         assert!(err.to_string().contains("other ingest output"), "{err}");
         // A store written by another layout version is refused too.
         {
-            let db = sled::open(&p).expect("sled");
+            let db = open_sled(&p, 1 << 20, sled::Mode::LowSpace).expect("sled");
             let meta = db.open_tree(keys::TREE_META).expect("meta");
-            meta.insert(keys::META_VERSION, &(STORE_VERSION + 1).to_be_bytes()).expect("insert");
+            meta.insert(keys::META_VERSION, &(STORE_VERSION + 1).to_be_bytes())
+                .expect("insert");
             db.flush().expect("flush");
         }
         let err = Store::open(&p, None).err().expect("refused");
-        assert!(err.to_string().contains(&format!("store format version {}", STORE_VERSION + 1)), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("store format version {}", STORE_VERSION + 1)),
+            "{err}"
+        );
         // Not a store at all.
         let err = Store::open(dir.path(), None).err().expect("refused");
         assert!(err.to_string().contains("no graph store here"), "{err}");
