@@ -44,7 +44,7 @@ for r in rows:
     for a in r["audit"]["epochs"]:
         if a["hardness"] is None or a["epoch"] >= ran:
             continue
-        if a["epoch"] % 3 and a["epoch"] != ran - 1:
+        if a["epoch"] % 6 and a["epoch"] != ran - 1:
             continue
         q = a["overlap_quantiles"]
         print(
