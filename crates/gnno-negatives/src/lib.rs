@@ -191,21 +191,24 @@ struct Outcome {
 }
 
 impl Draw<'_> {
-    /// Draw one shard: instances `first..last` of epoch `e` at hardness `h`.
+    /// Draw instances `first..last` for several epochs at once (one shard each).
     ///
-    /// Instances are visited grouped by target so that a popular target's overlap list
-    /// stays in cache; each has its own random stream, so the visiting order does not
-    /// change what is drawn. Rows are written in instance order.
-    fn shard(&self, e: u32, h: f64, first: u64, last: u64) -> shard::ShardRows {
+    /// Instances are visited grouped by target, and each target's draws for every
+    /// epoch of the block are made together, so its overlap list stays in cache;
+    /// each (epoch, instance) has its own random stream, so the visiting order does
+    /// not change what is drawn. Rows are returned in instance order.
+    fn shards(&self, epochs: &[(u32, f64)], first: u64, last: u64) -> Vec<shard::ShardRows> {
         let (ds, inst, cfg) = (self.ds, self.inst, self.cfg);
         let n = (last - first) as usize;
         let k = cfg.n_hard as usize;
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&r| inst.target[first as usize + r]);
-        let mut drawn: Vec<(ItemIdx, f32)> = vec![(0, 0.0); n * k];
-        let mut counts = vec![0usize; n];
+        let mut drawn: Vec<Vec<(ItemIdx, f32)>> =
+            epochs.iter().map(|_| vec![(0, 0.0); n * k]).collect();
+        let mut counts: Vec<Vec<usize>> = epochs.iter().map(|_| vec![0usize; n]).collect();
         let mut buf = Vec::with_capacity(k);
-        let mut prep: Option<(ItemIdx, Option<sampler::Prepared>)> = None;
+        let mut preps: Vec<Option<sampler::Prepared>> = Vec::new();
+        let mut prep_target = None;
         for r in order {
             let i = first as usize + r;
             let (u, t) = (inst.user[i], inst.target[i]);
@@ -214,31 +217,52 @@ impl Draw<'_> {
             } else {
                 &[][..]
             };
-            let mut rng = instance_rng(self.seed, e, i as u64);
-            buf.clear();
-            // Instances come grouped by target: prepare each target once.
-            if prep.as_ref().is_none_or(|p| p.0 != t) {
-                prep = Some((t, self.sampler.prepare(t, h)));
+            // Instances come grouped by target: prepare each (target, h) once.
+            if prep_target != Some(t) {
+                preps = epochs
+                    .iter()
+                    .map(|&(_, h)| self.sampler.prepare(t, h))
+                    .collect();
+                prep_target = Some(t);
             }
-            let p = prep.as_ref().and_then(|p| p.1.as_ref());
-            self.sampler
-                .draw_prepared(p, t, h, cfg.n_hard, exclude, &mut rng, &mut buf);
-            drawn[r * k..r * k + buf.len()].copy_from_slice(&buf);
-            counts[r] = buf.len();
+            for (x, &(e, h)) in epochs.iter().enumerate() {
+                let mut rng = instance_rng(self.seed, e, i as u64);
+                buf.clear();
+                self.sampler.draw_prepared(
+                    preps[x].as_ref(),
+                    t,
+                    h,
+                    cfg.n_hard,
+                    exclude,
+                    &mut rng,
+                    &mut buf,
+                );
+                drawn[x][r * k..r * k + buf.len()].copy_from_slice(&buf);
+                counts[x][r] = buf.len();
+            }
         }
-        let mut rows = shard::ShardRows::with_capacity(n, k);
-        for (r, &c) in counts.iter().enumerate() {
-            let i = first as usize + r;
-            rows.push(
-                i as u64,
-                inst.user[i],
-                inst.target[i],
-                &drawn[r * k..r * k + c],
-            );
-        }
-        rows
+        drawn
+            .iter()
+            .zip(&counts)
+            .map(|(d, c)| {
+                let mut rows = shard::ShardRows::with_capacity(n, k);
+                for (r, &cnt) in c.iter().enumerate() {
+                    let i = first as usize + r;
+                    rows.push(
+                        i as u64,
+                        inst.user[i],
+                        inst.target[i],
+                        &d[r * k..r * k + cnt],
+                    );
+                }
+                rows
+            })
+            .collect()
     }
 }
+
+/// Hard epochs drawn together by one task (bounds the task's buffers).
+const EPOCH_BLOCK: usize = 8;
 
 /// Draw every epoch's shards into `out`, reusing shards a killed run already finished.
 /// All (epoch, shard) tasks share one parallel loop, so small epochs still use every core.
@@ -262,9 +286,9 @@ pub fn run(
     for &(e, _) in &hard {
         gnno_core::fsutil::create_dir_all(&out.join(shard::epoch_dir(e)))?;
     }
-    let tasks: Vec<(u32, f64, u64)> = hard
-        .iter()
-        .flat_map(|&(e, h)| (0..n_shards).map(move |s| (e, h, s)))
+    // One task per (shard, block of hard epochs).
+    let tasks: Vec<(u64, &[(u32, f64)])> = (0..n_shards)
+        .flat_map(|s| hard.chunks(EPOCH_BLOCK).map(move |b| (s, b)))
         .collect();
     let abort_after: Option<usize> = std::env::var("GNNO_FAULT_AFTER_SHARDS")
         .ok()
@@ -277,40 +301,53 @@ pub fn run(
         cfg,
         seed: id.seed,
     };
-    let results: Vec<Result<Outcome>> = tasks
+    let results: Vec<Result<Vec<Outcome>>> = tasks
         .into_par_iter()
-        .map(|(e, h, s)| {
+        .map(|(s, block)| {
             let first = s * per;
             let last = ((s + 1) * per).min(n);
-            let meta = shard::ShardMeta::new(cfg, id, e, h, s, first, last - first);
-            let path = out.join(shard::epoch_dir(e)).join(shard::shard_file(s));
-            if let Some(negs) = shard::complete_negatives(&path, &meta) {
+            let mut outcomes = Vec::with_capacity(block.len());
+            let mut todo = Vec::new();
+            for &(e, h) in block {
+                let meta = shard::ShardMeta::new(cfg, id, e, h, s, first, last - first);
+                let path = out.join(shard::epoch_dir(e)).join(shard::shard_file(s));
+                if let Some(negs) = shard::complete_negatives(&path, &meta) {
+                    progress.advance(last - first);
+                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    outcomes.push(Outcome {
+                        epoch: e,
+                        rows: last - first,
+                        bytes,
+                        negatives: negs,
+                        reused: true,
+                    });
+                } else {
+                    todo.push((e, h, meta, path));
+                }
+            }
+            if todo.is_empty() {
+                return Ok(outcomes);
+            }
+            let epochs: Vec<(u32, f64)> = todo.iter().map(|t| (t.0, t.1)).collect();
+            let all_rows = draw.shards(&epochs, first, last);
+            for ((e, _, meta, path), rows) in todo.into_iter().zip(all_rows) {
+                let negs = rows.negatives() as u64;
+                let bytes = shard::write(&path, rows, &meta, cfg.row_group_rows as usize)?;
                 progress.advance(last - first);
-                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                return Ok(Outcome {
+                let done = written.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if abort_after == Some(done) {
+                    // Test hook: die like a killed process half-way through the shards.
+                    std::process::abort();
+                }
+                outcomes.push(Outcome {
                     epoch: e,
                     rows: last - first,
                     bytes,
                     negatives: negs,
-                    reused: true,
+                    reused: false,
                 });
             }
-            let rows = draw.shard(e, h, first, last);
-            let negs = rows.negatives() as u64;
-            let bytes = shard::write(&path, rows, &meta, cfg.row_group_rows as usize)?;
-            progress.advance(last - first);
-            let done = written.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            if abort_after == Some(done) {
-                // Test hook: die like a killed process half-way through the shards.
-                std::process::abort();
-            }
-            Ok(Outcome {
-                epoch: e,
-                rows: last - first,
-                bytes,
-                negatives: negs,
-                reused: false,
-            })
+            Ok(outcomes)
         })
         .collect();
     let mut report = NegativesReport {
@@ -331,8 +368,12 @@ pub fn run(
         shards_written: 0,
         shards_reused: 0,
     };
-    for r in results {
-        let o = r?;
+    for o in results
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+    {
         let er = &mut report.epochs[o.epoch as usize];
         er.shards += 1;
         er.rows += o.rows;
