@@ -132,9 +132,9 @@ fn negatives(p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageO
 fn train(p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput> {
     let (ds, _) = dataset(p)?;
     let (_, ndir) = p.require(StageName::Negatives)?;
-    let rep = gnno_train::train(&gnno_train::TrainJob {
+    let rep = gnno_train::train(&gnno_train::Job {
         ds: &ds,
-        shards: &ndir,
+        input: &ndir,
         cfg: &p.cfg.train,
         eval: &p.cfg.evaluate,
         seed: p.cfg.run.seed,
@@ -149,9 +149,9 @@ fn train(p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutpu
 fn evaluate(p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput> {
     let (ds, _) = dataset(p)?;
     let (_, tdir) = p.require(StageName::Train)?;
-    let rep = gnno_train::evaluate(&gnno_train::EvalJob {
+    let rep = gnno_train::evaluate(&gnno_train::Job {
         ds: &ds,
-        model_dir: &tdir,
+        input: &tdir,
         cfg: &p.cfg.train,
         eval: &p.cfg.evaluate,
         seed: p.cfg.run.seed,

@@ -110,10 +110,12 @@ pub struct TrainReport {
     pub epochs: Vec<EpochRow>,
 }
 
-pub struct TrainJob<'a> {
+/// What the train and evaluate stages are given.
+pub struct Job<'a> {
     pub ds: &'a Dataset,
-    /// The negatives stage's run folder (epoch-NNNN/ shard folders).
-    pub shards: &'a Path,
+    /// Train: the negatives stage's run folder (epoch-NNNN/ shard folders).
+    /// Evaluate: the train stage's run folder (best.ot).
+    pub input: &'a Path,
     pub cfg: &'a TrainSettings,
     pub eval: &'a EvaluateSettings,
     pub seed: u64,
@@ -261,7 +263,7 @@ fn load_block(path: &Path, n_instances: usize) -> Result<Block> {
 }
 
 struct Trainer<'a> {
-    job: &'a TrainJob<'a>,
+    job: &'a Job<'a>,
     inst: Instances,
     device: Device,
     model: Model,
@@ -418,7 +420,7 @@ fn load_model_tensors(
 }
 
 /// Train a model; writes `best.ot`, `history.json` and checkpoints into `out`.
-pub fn train(job: &TrainJob) -> Result<TrainReport> {
+pub fn train(job: &Job) -> Result<TrainReport> {
     let device = resolve_device(job.device)?;
     alloc::keep_large_blocks();
     tch::set_num_threads(i32::try_from(job.threads).unwrap_or(1));
@@ -491,7 +493,7 @@ pub fn train(job: &TrainJob) -> Result<TrainReport> {
         #[expect(clippy::cast_possible_wrap, reason = "seed bits")]
         tch::manual_seed(mix_seed(&[job.seed, u64::from(epoch), 0x4452_4F50]) as i64);
         let t0 = Instant::now();
-        let (files, hard_epoch) = epoch_blocks(job.shards, epoch, n, job.seed)?;
+        let (files, hard_epoch) = epoch_blocks(job.input, epoch, n, job.seed)?;
         let (mut loss_sum, mut batches) = (0.0, 0u64);
         if hard_epoch {
             for f in &files {
@@ -519,7 +521,7 @@ pub fn train(job: &TrainJob) -> Result<TrainReport> {
             cfg.history_len as usize,
             &[5, 10],
         )?;
-        let score = dev.0.finish();
+        let score = dev.finish();
         let ndcg5 = score.get("NDCG@5").copied().unwrap_or(0.0);
         #[expect(clippy::cast_precision_loss, reason = "rates")]
         let row = EpochRow {
@@ -618,7 +620,7 @@ fn rank_users(
     eval: &EvaluateSettings,
     l: usize,
     ks: &[u32],
-) -> Result<(RankMetrics, Vec<(u32, u64)>)> {
+) -> Result<RankMetrics> {
     let users: Vec<u32> = (0..ds.n_users())
         .filter_map(|u| u32::try_from(u).ok())
         .filter(|&u| match split {
@@ -627,7 +629,6 @@ fn rank_users(
         })
         .collect();
     let mut m = RankMetrics::new(ks);
-    let mut ranks = Vec::with_capacity(users.len());
     let n_all = i64::from(ds.n_items) + 2;
     tch::no_grad(|| -> Result<()> {
         for chunk in users.chunks(eval.batch_size as usize) {
@@ -684,28 +685,13 @@ fn rank_users(
                 - 1;
             let ahead: Vec<i64> = Vec::<i64>::try_from(ahead.to_device(Device::Cpu))
                 .map_err(|e| torch(&e, "ranks"))?;
-            for (&u, &a) in chunk.iter().zip(&ahead) {
-                let rank = u64::try_from(a.max(0)).unwrap_or(0) + 1;
-                m.add(rank);
-                ranks.push((u, rank));
+            for &a in &ahead {
+                m.add(u64::try_from(a.max(0)).unwrap_or(0) + 1);
             }
         }
         Ok(())
     })?;
-    Ok((m, ranks))
-}
-
-pub struct EvalJob<'a> {
-    pub ds: &'a Dataset,
-    /// The train stage's run folder.
-    pub model_dir: &'a Path,
-    pub cfg: &'a TrainSettings,
-    pub eval: &'a EvaluateSettings,
-    pub seed: u64,
-    pub device: &'a str,
-    pub threads: usize,
-    pub out: &'a Path,
-    pub progress: &'a dyn Progress,
+    Ok(m)
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -790,21 +776,21 @@ fn write_candidates(path: &Path, cands: &[Vec<ItemIdx>]) -> Result<()> {
 }
 
 /// Evaluate the best checkpoint: full ranking on dev and test, and the sampled protocol on test.
-pub fn evaluate(job: &EvalJob) -> Result<EvalReport> {
+pub fn evaluate(job: &Job) -> Result<EvalReport> {
     let device = resolve_device(job.device)?;
     tch::set_num_threads(i32::try_from(job.threads).unwrap_or(1));
     let ds = job.ds;
     let mut vs = nn::VarStore::new(device);
     let model = Model::new(&vs.root(), job.cfg, ds.n_items);
-    let path = job.model_dir.join(BEST_MODEL);
+    let path = job.input.join(BEST_MODEL);
     let named = Tensor::load_multi(&path)
         .map_err(|e| Error::artifact(&path, format!("cannot load the model: {e}")))?;
     load_model_tensors(&mut vs, &named, &path)?;
     let l = job.cfg.history_len as usize;
     job.progress.start("evaluate", 3);
-    let (dev, _) = rank_users(&model, ds, device, Split::Dev, job.eval, l, &job.eval.ks)?;
+    let dev = rank_users(&model, ds, device, Split::Dev, job.eval, l, &job.eval.ks)?;
     job.progress.advance(1);
-    let (test, _) = rank_users(&model, ds, device, Split::Test, job.eval, l, &job.eval.ks)?;
+    let test = rank_users(&model, ds, device, Split::Test, job.eval, l, &job.eval.ks)?;
     job.progress.advance(1);
     let test_sampled = if job.eval.sampled_negatives > 0 {
         let cands = sampled_candidates(ds, job.eval.sampled_negatives, job.seed);

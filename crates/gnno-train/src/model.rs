@@ -17,18 +17,23 @@ struct Attention {
     heads: i64,
 }
 
+/// A `d → d` linear layer with N(0, 0.01) weights and zero bias.
+fn linear(p: &nn::Path, name: &str, d: i64) -> nn::Linear {
+    let c = nn::LinearConfig {
+        ws_init: normal(),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(p / name, d, d, c)
+}
+
 impl Attention {
     fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
-        let c = nn::LinearConfig {
-            ws_init: normal(),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
         Self {
-            q: nn::linear(p / "q", d, d, c),
-            k: nn::linear(p / "k", d, d, c),
-            v: nn::linear(p / "v", d, d, c),
-            o: nn::linear(p / "o", d, d, c),
+            q: linear(p, "q", d),
+            k: linear(p, "k", d),
+            v: linear(p, "v", d),
+            o: linear(p, "o", d),
             heads,
         }
     }
@@ -70,16 +75,11 @@ struct Block {
 
 impl Block {
     fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
-        let c = nn::LinearConfig {
-            ws_init: normal(),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
         Self {
             att: Attention::new(&(p / "att"), d, heads),
             ln1: nn::layer_norm(p / "ln1", vec![d], Default::default()),
-            ff1: nn::linear(p / "ff1", d, d, c),
-            ff2: nn::linear(p / "ff2", d, d, c),
+            ff1: linear(p, "ff1", d),
+            ff2: linear(p, "ff2", d),
             ln2: nn::layer_norm(p / "ln2", vec![d], Default::default()),
         }
     }
