@@ -101,11 +101,7 @@ pub fn run(
     let mut keep = {
         let users = slice_u32(&df, "u")?;
         let items = slice_u32(&df, "i")?;
-        let ts = df
-            .column("t")
-            .and_then(|c| c.i64())
-            .and_then(|c| c.cont_slice())
-            .map_err(pl)?;
+        let ts = slice_i64(&df, "t")?;
         let ratings = df
             .column("r")
             .and_then(|c| c.f32())
@@ -161,12 +157,7 @@ pub fn run(
     // by first appearance, so ranking the surviving codes preserves it.
     let users = slice_u32(&df, "u")?;
     let items = slice_u32(&df, "i")?;
-    let ts = df
-        .column("t")
-        .and_then(|c| c.i64())
-        .and_then(|c| c.cont_slice())
-        .map_err(pl)?
-        .to_vec();
+    let ts = slice_i64(&df, "t")?.to_vec();
     let umap = compact(users, n_users, 0);
     let imap = compact(items, n_items, 1);
     let new_u: Vec<u32> = users.iter().map(|&u| umap[u as usize]).collect();
@@ -247,6 +238,13 @@ pub fn run(
 fn slice_u32<'a>(df: &'a DataFrame, name: &str) -> Result<&'a [u32]> {
     df.column(name)
         .and_then(|c| c.u32())
+        .and_then(|c| c.cont_slice())
+        .map_err(pl)
+}
+
+fn slice_i64<'a>(df: &'a DataFrame, name: &str) -> Result<&'a [i64]> {
+    df.column(name)
+        .and_then(|c| c.i64())
         .and_then(|c| c.cont_slice())
         .map_err(pl)
 }

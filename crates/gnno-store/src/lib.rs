@@ -155,6 +155,17 @@ fn open_sled(path: &Path, cache: u64, mode: sled::Mode) -> Result<sled::Db, sled
     }
 }
 
+/// The two list trees of a store.
+fn open_trees(db: &sled::Db, path: &Path) -> Result<(sled::Tree, sled::Tree)> {
+    let witg = db
+        .open_tree(keys::TREE_WITG)
+        .map_err(|e| sled_err(path, &e))?;
+    let overlap = db
+        .open_tree(keys::TREE_OVERLAP)
+        .map_err(|e| sled_err(path, &e))?;
+    Ok((witg, overlap))
+}
+
 fn sled_err(path: &Path, e: &sled::Error) -> Error {
     Error::artifact(path, format!("graph store: {e}"))
 }
@@ -175,12 +186,7 @@ impl StoreWriter {
         }
         let db = open_sled(path, 256 << 20, sled::Mode::HighThroughput)
             .map_err(|e| sled_err(path, &e))?;
-        let witg = db
-            .open_tree(keys::TREE_WITG)
-            .map_err(|e| sled_err(path, &e))?;
-        let overlap = db
-            .open_tree(keys::TREE_OVERLAP)
-            .map_err(|e| sled_err(path, &e))?;
+        let (witg, overlap) = open_trees(&db, path)?;
         Ok(Self {
             path: path.to_path_buf(),
             db,
@@ -284,12 +290,7 @@ impl Store {
                 .with_hint("rerun `gnno run --from graph`"));
             }
         }
-        let witg = db
-            .open_tree(keys::TREE_WITG)
-            .map_err(|e| sled_err(path, &e))?;
-        let overlap = db
-            .open_tree(keys::TREE_OVERLAP)
-            .map_err(|e| sled_err(path, &e))?;
+        let (witg, overlap) = open_trees(&db, path)?;
         Ok(Self {
             path: path.to_path_buf(),
             info,
