@@ -3,12 +3,19 @@
 # It needs the gnno binary (built here, x86-64) and a python3 with torch 2.11 (+cu130)
 # there. It trains and evaluates on the sample with device = "cuda", then the same on
 # CPU, and prints both reports and the speed ratio.
-#   usage: scripts/gpu_check.sh [path/to/gnno]     (default bin/gnno)
+#   usage: scripts/gpu_check.sh [path/to/gnno[.gz]]     (default bin/gnno)
+# The release binary is ~83 MB stripped, over the device tool's 64 MiB: carry it
+# gzipped (~25 MB), e.g. `mkdir -p .gpu && strip -o .gpu/gnno bin/gnno && gzip -f .gpu/gnno`
+# with `.gpu/` in .git/info/exclude and `carry: [".gpu"]`, then run
+# `scripts/gpu_check.sh ../.gpu/gnno.gz`.
 # On the device machine libtorch comes from its own PyTorch, so this script (not
 # users) sets LD_LIBRARY_PATH to that torch's lib folder.
 set -euo pipefail
 cd "$(dirname "$0")"
 bin="${1:-../bin/gnno}"
+if [[ "$bin" == *.gz ]]; then
+  gunzip -c "$bin" > /tmp/gnno && chmod +x /tmp/gnno && bin=/tmp/gnno
+fi
 torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
