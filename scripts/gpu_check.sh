@@ -19,7 +19,8 @@ fi
 torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
-out="${OUT:-/tmp}"
+out="${OUT:-/tmp/gnno-gpu-check}"
+mkdir -p "$out"
 for dev in cuda cpu; do
   sed "s/^device = .*/device = \"$dev\"/; s#gpu-check\"#gpu-check-$dev\"#" gpu_check.toml > "gpu_check_$dev.toml"
   start=$(date +%s.%N)
