@@ -342,20 +342,6 @@ fn kcore_masked(
     }
 }
 
-/// Iterated k-core on all rows (see [`kcore_masked`]); returns the keep mask and rounds.
-pub fn kcore(
-    users: &[u32],
-    items: &[u32],
-    n_users: usize,
-    n_items: usize,
-    uk: u32,
-    ik: u32,
-) -> (Vec<bool>, u32) {
-    let mut keep = vec![true; users.len()];
-    let rounds = kcore_masked(&mut keep, users, items, n_users, n_items, uk, ik);
-    (keep, rounds)
-}
-
 /// Map old codes to dense new ids starting at `first`, in code order; unused codes map to u32::MAX.
 fn compact(codes: &[u32], n: usize, first: u32) -> Vec<u32> {
     let mut used = vec![false; n];
@@ -421,10 +407,12 @@ mod tests {
         // user 0 has 2 items, user 1 has 3; item 2 appears only for user 0.
         let users = [0, 0, 1, 1, 1];
         let items = [0, 2, 0, 1, 3];
-        let (keep, rounds) = kcore(&users, &items, 2, 4, 2, 1);
+        let mut keep = vec![true; 5];
+        let rounds = kcore_masked(&mut keep, &users, &items, 2, 4, 2, 1);
         assert_eq!(keep, vec![true, true, true, true, true]);
         assert_eq!(rounds, 1);
-        let (keep, rounds) = kcore(&users, &items, 2, 4, 3, 2);
+        let mut keep = vec![true; 5];
+        let rounds = kcore_masked(&mut keep, &users, &items, 2, 4, 3, 2);
         // Round 1 drops user 0 and the items seen once (1, 2, 3); round 2 then drops user 1.
         assert_eq!(keep, vec![false; 5]);
         assert_eq!(rounds, 3);

@@ -136,6 +136,12 @@ fn pad_histories<'h>(hists: impl Iterator<Item = &'h [ItemIdx]>, l: usize) -> Ve
     out
 }
 
+/// Flattened rows of length `l` (padded histories, candidate lists) as a `[B, l]` tensor on `device`.
+fn history_tensor(rows: &[i64], l: usize, device: Device) -> Tensor {
+    let l = i64::try_from(l).unwrap_or(1);
+    Tensor::from_slice(rows).view([-1, l]).to_device(device)
+}
+
 /// Uniform negatives not in the user's train history.
 fn random_negatives(
     rng: &mut Xoshiro256PlusPlus,
@@ -324,14 +330,9 @@ impl Trainer<'_> {
                     random_negatives(&mut rng, ds.n_items, seq, missing, &mut cands);
                 }
             }
-            let bl = i64::try_from(b).unwrap_or(0);
-            let li = i64::try_from(l).unwrap_or(0);
-            let hist_t = Tensor::from_slice(&hist)
-                .view([bl, li])
-                .to_device(self.device);
-            let cand_t = Tensor::from_slice(&cands)
-                .view([bl, i64::try_from(c).unwrap_or(0)])
-                .to_device(self.device);
+            let hist_t = history_tensor(&hist, l, self.device);
+            // Candidates are rows of `c` items: the same [B, c] layout.
+            let cand_t = history_tensor(&cands, c, self.device);
             let rep = self.model.encode(&hist_t, true);
             let mut loss = model::bpr(&self.model.score(&rep, &cand_t));
             if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
@@ -349,7 +350,7 @@ impl Trainer<'_> {
                         ]));
                         augment(row, mask_token, &mut rng);
                     }
-                    let ht = Tensor::from_slice(&h).view([bl, li]).to_device(self.device);
+                    let ht = history_tensor(&h, l, self.device);
                     views.push(self.model.encode(&ht, true));
                 }
                 let tt = Tensor::from_slice(&targets).to_device(self.device);
@@ -646,10 +647,7 @@ fn rank_users(
                 hists.push(h);
             }
             let hist = pad_histories(hists.iter().map(Vec::as_slice), l);
-            let b = i64::try_from(chunk.len()).unwrap_or(0);
-            let ht = Tensor::from_slice(&hist)
-                .view([b, i64::try_from(l).unwrap_or(0)])
-                .to_device(device);
+            let ht = history_tensor(&hist, l, device);
             let rep = model.encode(&ht, false);
             let mut scores = model.score_all(&rep);
             // Padding and the mask token are never candidates.
@@ -841,10 +839,7 @@ fn sampled_metrics(
                 })
                 .collect();
             let hist = pad_histories(hists.iter().map(Vec::as_slice), l);
-            let b = i64::try_from(chunk.len()).unwrap_or(0);
-            let ht = Tensor::from_slice(&hist)
-                .view([b, i64::try_from(l).unwrap_or(0)])
-                .to_device(device);
+            let ht = history_tensor(&hist, l, device);
             let rep = model.encode(&ht, false);
             let scores = model.score_all(&rep).to_device(Device::Cpu);
             let scores: Vec<Vec<f32>> =
@@ -893,11 +888,8 @@ pub fn throughput(
         let cands: Vec<i64> = (0..b * c)
             .map(|_| i64::from(rng.random_range(1..=n_items)))
             .collect();
-        let (bl, li) = (i64::try_from(b).unwrap_or(0), i64::try_from(l).unwrap_or(0));
-        let ht = Tensor::from_slice(&hist).view([bl, li]).to_device(device);
-        let ct = Tensor::from_slice(&cands)
-            .view([bl, i64::try_from(c).unwrap_or(0)])
-            .to_device(device);
+        let ht = history_tensor(&hist, l, device);
+        let ct = history_tensor(&cands, c, device);
         let rep = model.encode(&ht, true);
         let mut loss = model::bpr(&model.score(&rep, &ct));
         if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
@@ -907,10 +899,7 @@ pub fn throughput(
                 for row in h.chunks_mut(l) {
                     augment(row, model.n_items + 1, rng);
                 }
-                views.push(model.encode(
-                    &Tensor::from_slice(&h).view([bl, li]).to_device(device),
-                    true,
-                ));
+                views.push(model.encode(&history_tensor(&h, l, device), true));
             }
             let targets = ct.select(1, 0).contiguous();
             loss += model::supcon(&views[0], &views[1], &targets, cfg.cl_temperature) * cfg.gamma;
