@@ -428,6 +428,76 @@ fn bench_ingest(tmp: &Path) {
     );
 }
 
+/// Each objective's per-epoch training time for SASRec on Beauty's sequence rows,
+/// next to the same model and loss in PyTorch eager (benches/torch_objectives.py)
+/// run in the same bench run.
+fn bench_objectives(tmp: &Path) {
+    use gnno_core::config::{Backbone, LogQ, Loss};
+    let ds = beauty(tmp);
+    let beauty = shared().join("data/s3rec/Beauty.txt");
+    let mut cfg = Config::defaults(Path::new("/")).train;
+    cfg.backbone = Backbone::Sasrec;
+    cfg.history_len = 50;
+    cfg.layers = 2;
+    cfg.heads = 1;
+    cfg.batch_size = 512;
+    cfg.n_random = 256;
+    cfg.lr = 1e-3;
+    let (n_hard, batches) = (9usize, 6usize);
+    let threads = rayon::current_num_threads();
+    let inst = ds.instances();
+    let rows = gnno_train::batches::Rows::new(&ds, &inst, true, 50);
+    let per_epoch = rows.positions_per_epoch();
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_objectives.py");
+    let theirs = Command::new(&py)
+        .arg(&script)
+        .arg(&beauty)
+        .args([
+            "50",
+            "512",
+            "256",
+            &n_hard.to_string(),
+            &batches.to_string(),
+            &threads.to_string(),
+        ])
+        .output()
+        .expect("python runs");
+    let theirs: serde_json::Value = serde_json::from_slice(&theirs.stdout).unwrap_or_else(|_| {
+        panic!(
+            "torch_objectives.py: {}",
+            String::from_utf8_lossy(&theirs.stderr)
+        )
+    });
+    println!(
+        "objectives (SASRec, Beauty sequence rows: {per_epoch} positions per epoch, batch 512 users, L 50, 256 random + {n_hard} hard, {threads} threads; seconds per epoch):"
+    );
+    for (loss, name) in [
+        (Loss::Bpr, "bpr"),
+        (Loss::Bce, "bce"),
+        (Loss::Gbce, "gbce"),
+        (Loss::SampledSoftmax, "sampled-softmax"),
+        (Loss::FullSoftmax, "full-softmax"),
+    ] {
+        cfg.loss = loss;
+        cfg.logq = if loss == Loss::SampledSoftmax {
+            LogQ::All
+        } else {
+            LogQ::Off
+        };
+        let hard = if loss == Loss::FullSoftmax { 0 } else { n_hard };
+        let ours =
+            gnno_train::trainer::dataset_throughput(&cfg, &ds, hard, batches, "cpu", threads)
+                .expect("throughput");
+        let t = theirs[name].as_f64().unwrap_or(f64::NAN);
+        let (eo, et) = (per_epoch as f64 / ours, per_epoch as f64 / t);
+        println!(
+            "  {name:16} gnno {eo:7.1} s/epoch ({ours:8.0} positions/s)   PyTorch eager {et:7.1} s/epoch ({t:8.0}/s)   ratio {:.2}x",
+            et / eo
+        );
+    }
+}
+
 fn main() {
     gnno_train::alloc::keep_large_blocks();
     let args: Vec<String> = std::env::args().collect();
@@ -451,6 +521,9 @@ fn main() {
     }
     if want("train") {
         bench_train();
+    }
+    if want("objectives") {
+        bench_objectives(tmp.path());
     }
     if want("ingest") {
         bench_ingest(tmp.path());

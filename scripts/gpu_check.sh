@@ -40,3 +40,10 @@ for k in ("cuda", "cpu"):
     print(f"{k}: {t[k]['mean_instances_per_second']:.0f} instances/s, test HR@10 {e[k]['test_full']['HR@10']:.4f} NDCG@10 {e[k]['test_full']['NDCG@10']:.4f}")
 print(f"speed ratio cuda/cpu: {t['cuda']['mean_instances_per_second'] / t['cpu']['mean_instances_per_second']:.1f}x")
 PY
+# Beauty, SASRec (sequence rows), on CUDA only: seconds per epoch of each objective.
+for loss in full-softmax sampled-softmax; do
+  sed "s/^loss = .*/loss = \"$loss\"/; s#gpu-beauty\"#gpu-beauty-$loss\"#" gpu_beauty.toml > "gpu_check_beauty_$loss.toml"
+  "$bin" --config "gpu_check_beauty_$loss.toml" run --quiet
+  "$bin" --config "gpu_check_beauty_$loss.toml" report train --json > "$out/beauty_train_$loss.json"
+  python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['report']; print(sys.argv[2], 'train s/epoch', round(t['mean_train_seconds_per_epoch'], 2), 'positions/s', round(t['mean_instances_per_second']), 'dev', t['early_stop_metric'], round(t['best_dev_metric'], 4))" "$out/beauty_train_$loss.json" "$loss"
+done

@@ -148,9 +148,15 @@ fn summary(p: &Pipeline, done: &[(StageName, bool)]) -> Result<()> {
                     .and_then(serde_json::Value::as_f64)
                     .unwrap_or(f64::NAN)
             };
+            let protocol =
+                if m.report.get("exclude_history") == Some(&serde_json::Value::Bool(false)) {
+                    "history included"
+                } else {
+                    "history excluded"
+                };
             writeln!(
                 o,
-                "test (full ranking): HR@10 {:.4}  NDCG@10 {:.4}  HR@20 {:.4}  NDCG@20 {:.4}",
+                "test (full ranking, {protocol}): HR@10 {:.4}  NDCG@10 {:.4}  HR@20 {:.4}  NDCG@20 {:.4}",
                 pick("HR@10"),
                 pick("NDCG@10"),
                 pick("HR@20"),

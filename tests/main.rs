@@ -6,5 +6,6 @@ mod cli;
 mod crash;
 mod depcheck;
 mod ingest_formats;
+mod objectives;
 mod pipeline;
 mod real_data;

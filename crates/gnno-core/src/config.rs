@@ -141,9 +141,53 @@ pub enum Backbone {
     Gru4rec,
 }
 
+/// The training objective (docs/CONFIG.md, `train.loss`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// −mean log σ(s⁺ − s⁻) over every negative (the paper's objective).
+    Bpr,
+    /// Binary cross-entropy: the target against each negative.
+    Bce,
+    /// gSASRec's generalised BCE (the positive's probability raised to β).
+    Gbce,
+    /// Cross-entropy over the target and the sampled negatives.
+    SampledSoftmax,
+    /// Cross-entropy over every item.
+    FullSoftmax,
+}
+
+/// Where the random negatives of a batch come from.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RandomNegatives {
+    Uniform,
+    /// ∝ train count^`random-alpha`.
+    Popularity,
+}
+
+/// Which sampled logits of the sampled softmax get the logQ correction.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogQ {
+    Off,
+    /// The random negatives only (the hard ones keep their full weight).
+    Random,
+    /// Random and hard negatives (the hard ones with the probability stored in the shards).
+    All,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TrainSettings {
     pub backbone: Backbone,
+    pub loss: Loss,
+    pub random_negatives: RandomNegatives,
+    pub random_alpha: f64,
+    pub logq: LogQ,
+    /// gBCE calibration t ∈ [0, 1] (0 = plain BCE, 1 = fully calibrated).
+    pub gbce_t: f64,
+    /// Dev metric that picks the best epoch and drives early stopping, e.g. `NDCG@10`.
+    pub early_stop_metric: String,
     /// Epochs drawn by the negatives stage and trained at most.
     pub epochs: u32,
     pub history_len: u32,
@@ -169,6 +213,17 @@ pub struct EvaluateSettings {
     /// Negatives per user in the sampled protocol; 0 turns it off.
     pub sampled_negatives: u32,
     pub batch_size: u32,
+}
+
+/// `HR@K` / `NDCG@K` as (is NDCG, K).
+pub fn parse_metric(m: &str) -> Option<(bool, u32)> {
+    let (name, k) = m.split_once('@')?;
+    let k: u32 = k.parse().ok().filter(|&k| k > 0)?;
+    match name {
+        "HR" => Some((false, k)),
+        "NDCG" => Some((true, k)),
+        _ => None,
+    }
 }
 
 /// Collects problems while reading one table.
@@ -418,6 +473,29 @@ impl Config {
                 _ => problems.push("ingest.test-from: split = \"time-cutoff\" needs dev-from and test-from (unix seconds)".into()),
             }
         }
+        if parse_metric(&self.train.early_stop_metric).is_none() {
+            problems.push(format!(
+                "train.early-stop-metric: expected HR@K or NDCG@K, found {:?}",
+                self.train.early_stop_metric
+            ));
+        }
+        if self.train.logq != LogQ::Off && self.train.loss != Loss::SampledSoftmax {
+            problems.push(
+                "train.logq: the logQ correction applies to loss = \"sampled-softmax\" only"
+                    .to_owned(),
+            );
+        }
+        if matches!(
+            self.train.loss,
+            Loss::Bpr | Loss::Bce | Loss::Gbce | Loss::SampledSoftmax
+        ) && self.train.n_random == 0
+            && self.negatives.n_hard == 0
+        {
+            problems.push(format!(
+                "train.n-random: loss {:?} needs negatives, but n-random and negatives.n-hard are 0",
+                self.train.loss
+            ));
+        }
         if self.train.backbone != Backbone::Gru4rec
             && !self.train.dim.is_multiple_of(self.train.heads)
         {
@@ -624,8 +702,43 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
             ("gru4rec", Backbone::Gru4rec),
         ],
     );
+    let loss = s.choice(
+        "loss",
+        Loss::Bpr,
+        &[
+            ("bpr", Loss::Bpr),
+            ("bce", Loss::Bce),
+            ("gbce", Loss::Gbce),
+            ("sampled-softmax", Loss::SampledSoftmax),
+            ("full-softmax", Loss::FullSoftmax),
+        ],
+    );
+    let random_negatives = s.choice(
+        "random-negatives",
+        RandomNegatives::Uniform,
+        &[
+            ("uniform", RandomNegatives::Uniform),
+            ("popularity", RandomNegatives::Popularity),
+        ],
+    );
+    let logq = s.choice(
+        "logq",
+        LogQ::Off,
+        &[
+            ("off", LogQ::Off),
+            ("random", LogQ::Random),
+            ("all", LogQ::All),
+        ],
+    );
+    let early_stop_metric = s.string("early-stop-metric", "NDCG@10");
     let t = TrainSettings {
         backbone,
+        loss,
+        random_negatives,
+        random_alpha: s.float("random-alpha", 1.0, 0.0, 10.0),
+        logq,
+        gbce_t: s.float("gbce-t", 0.75, 0.0, 1.0),
+        early_stop_metric,
         epochs: s.uint("epochs", 200, 1, 100_000),
         history_len: s.uint("history-len", 20, 1, 10_000),
         dim: s.uint("dim", 64, 1, 65_536),
@@ -653,7 +766,7 @@ fn read_evaluate(root: &Table, problems: &mut Vec<String>) -> EvaluateSettings {
     });
     let e = EvaluateSettings {
         ks,
-        exclude_history: s.boolean("exclude-history", false),
+        exclude_history: s.boolean("exclude-history", true),
         sampled_negatives: s.uint("sampled-negatives", 1000, 0, 1_000_000),
         batch_size: s.uint("batch-size", 1024, 1, 1_000_000),
     };

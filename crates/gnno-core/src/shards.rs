@@ -16,6 +16,11 @@ pub const COL_USER: &str = "user";
 pub const COL_TARGET: &str = "target";
 pub const COL_NEGATIVES: &str = "negatives";
 pub const COL_OVERLAP: &str = "overlap";
+pub const COL_LOG_PROB: &str = "log_prob";
+/// Version of the shard layout, in every footer as `gnno.shard_version`; readers
+/// refuse any other. 2 added `log_prob`.
+pub const SHARD_VERSION: u32 = 2;
+pub const SHARD_VERSION_KEY: &str = "shard_version";
 pub const KEY_PREFIX: &str = "gnno.";
 
 pub fn epoch_dir(e: u32) -> String {
@@ -39,6 +44,11 @@ pub fn schema() -> Arc<Schema> {
         ),
         Field::new(
             COL_OVERLAP,
+            DataType::List(Arc::new(Field::new("item", DataType::Float32, false))),
+            false,
+        ),
+        Field::new(
+            COL_LOG_PROB,
             DataType::List(Arc::new(Field::new("item", DataType::Float32, false))),
             false,
         ),
@@ -73,10 +83,24 @@ pub struct Shard {
     pub offsets: Vec<usize>,
     pub negatives: Vec<ItemIdx>,
     pub overlap: Vec<f32>,
+    /// ln of the probability with which the sampler drew each negative.
+    pub log_prob: Vec<f32>,
 }
 
-/// Read a shard, checking its schema; errors name the file and what is wrong.
+/// Read a shard, checking its version and schema; errors name the file and what is wrong.
 pub fn read(path: &Path) -> Result<Shard> {
+    let (kv, _) = read_meta(path)?;
+    let version = kv.get(&format!("{KEY_PREFIX}{SHARD_VERSION_KEY}"));
+    if version.map(String::as_str) != Some(SHARD_VERSION.to_string().as_str()) {
+        return Err(Error::artifact(
+            path,
+            format!(
+                "shard version {} (this build reads {SHARD_VERSION})",
+                version.map_or("missing", String::as_str)
+            ),
+        )
+        .with_hint("redraw the shards with `gnno stage negatives --force`"));
+    }
     let f = std::fs::File::open(path).at(path)?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
         .and_then(|b| b.with_batch_size(1 << 16).build())
@@ -132,19 +156,29 @@ pub fn read(path: &Path) -> Result<Shard> {
         let negs = negs.as_list::<i32>();
         let ov = c(COL_OVERLAP)?;
         let ov = ov.as_list::<i32>();
+        let lp = c(COL_LOG_PROB)?;
+        let lp = lp.as_list::<i32>();
         for r in 0..negs.len() {
             let a = negs.value(r);
             let b = ov.value(r);
-            if a.len() != b.len() {
+            let q = lp.value(r);
+            if a.len() != b.len() || a.len() != q.len() {
                 return Err(Error::artifact(
                     path,
-                    format!("row {r}: {} negatives but {} overlaps", a.len(), b.len()),
+                    format!(
+                        "row {r}: {} negatives but {} overlaps and {} log-probabilities",
+                        a.len(),
+                        b.len(),
+                        q.len()
+                    ),
                 ));
             }
             s.negatives
                 .extend(a.as_primitive::<UInt32Type>().values().iter());
             s.overlap
                 .extend(b.as_primitive::<Float32Type>().values().iter());
+            s.log_prob
+                .extend(q.as_primitive::<Float32Type>().values().iter());
             s.offsets.push(s.negatives.len());
         }
     }

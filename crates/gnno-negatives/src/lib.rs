@@ -73,7 +73,7 @@ impl Sampler {
         })
     }
 
-    /// Draw `n` negatives for target `t` at hardness `h` into `out` (item, J).
+    /// Draw `n` negatives for target `t` at hardness `h` into `out`.
     pub fn draw<R: rand::Rng>(
         &self,
         t: ItemIdx,
@@ -81,7 +81,7 @@ impl Sampler {
         n: u32,
         exclude: &[ItemIdx],
         rng: &mut R,
-        out: &mut Vec<(ItemIdx, f32)>,
+        out: &mut Vec<Drawn>,
     ) {
         let prep = self.prepare(t, h);
         self.draw_prepared(prep.as_ref(), t, h, n, exclude, rng, out);
@@ -108,20 +108,37 @@ impl Sampler {
         n: u32,
         exclude: &[ItemIdx],
         rng: &mut R,
-        out: &mut Vec<(ItemIdx, f32)>,
+        out: &mut Vec<Drawn>,
     ) {
+        if n == 0 {
+            return;
+        }
+        // The normaliser of this instance's conditional distribution (t and the
+        // exclusions removed), so every draw carries its exact probability.
+        let log_norm = match self {
+            Self::Gnno { index, .. } => prep.map_or(0.0, |p| index.log_norm(p, t, exclude)),
+            Self::Uniform { n_items } => sampler::uniform_log_norm(*n_items, t, exclude),
+            Self::Popularity(p) => p.log_norm(t, exclude),
+        };
         for _ in 0..n {
             let got = match self {
                 Self::Gnno { index, tau } => prep.and_then(|p| {
-                    sampler::draw_excluding_prepared(index, p, t, h, *tau, exclude, rng)
+                    sampler::draw_excluding_prepared(index, p, t, h, *tau, exclude, rng).map(
+                        |(j, v)| (j, v, index.log_weight(p, t, j).unwrap_or(f64::NEG_INFINITY)),
+                    )
                 }),
                 Self::Uniform { n_items } => {
-                    sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0))
+                    sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0, 0.0))
                 }
-                Self::Popularity(p) => p.draw(t, exclude, rng).map(|j| (j, 0.0)),
+                Self::Popularity(p) => p.draw(t, exclude, rng).map(|j| (j, 0.0, p.weight(j).ln())),
             };
-            if let Some(x) = got {
-                out.push(x);
+            if let Some((item, overlap, log_w)) = got {
+                #[expect(clippy::cast_possible_truncation, reason = "stored as f32")]
+                out.push(Drawn {
+                    item,
+                    overlap,
+                    log_prob: (log_w - log_norm) as f32,
+                });
             }
         }
     }
@@ -133,6 +150,15 @@ impl Sampler {
             _ => 0.0,
         }
     }
+}
+
+/// One drawn negative: the item, J(target, item) (0 for samplers without a graph)
+/// and the exact ln-probability of drawing it for this instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Drawn {
+    pub item: ItemIdx,
+    pub overlap: f32,
+    pub log_prob: f32,
 }
 
 /// The random stream of one instance in one epoch.
@@ -203,8 +229,12 @@ impl Draw<'_> {
         let k = cfg.n_hard as usize;
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&r| inst.target[first as usize + r]);
-        let mut drawn: Vec<Vec<(ItemIdx, f32)>> =
-            epochs.iter().map(|_| vec![(0, 0.0); n * k]).collect();
+        let none = Drawn {
+            item: 0,
+            overlap: 0.0,
+            log_prob: 0.0,
+        };
+        let mut drawn: Vec<Vec<Drawn>> = epochs.iter().map(|_| vec![none; n * k]).collect();
         let mut counts: Vec<Vec<usize>> = epochs.iter().map(|_| vec![0usize; n]).collect();
         let mut buf = Vec::with_capacity(k);
         let mut preps: Vec<Option<sampler::Prepared>> = Vec::new();

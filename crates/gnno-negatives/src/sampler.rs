@@ -9,6 +9,12 @@
 //! A non-neighbour is the r-th item absent from the list, found by binary search in
 //! the id-sorted list. The target and excluded items are removed by rejection, which
 //! yields exactly the conditional distribution.
+//!
+//! Masses are kept in log space relative to the largest allowed weight, so any τ the
+//! config accepts (down to 1e-6, where exp(J/τ) overflows f64) draws exactly; as τ → 0
+//! the distribution tends to the uniform one over the allowed items of largest J.
+//! Every draw also yields its exact log-probability under the conditional
+//! distribution (training's logQ correction reads it from the shards).
 
 use gnno_core::error::Result;
 use gnno_core::ItemIdx;
@@ -28,9 +34,10 @@ pub struct OverlapIndex {
     run_j: Vec<f32>,
     /// Start of each run inside its list.
     run_start: Vec<u32>,
-    /// Suffix masses Σ len·exp(J/τ) over runs; item i uses
-    /// `run_suf[run_off[i] + i ..= run_off[i+1] + i]` (one sentinel 0 per item).
-    run_suf: Vec<f64>,
+    /// Log suffix masses ln Σ len·exp(J/τ) over runs; item i uses
+    /// `run_lsuf[run_off[i] + i ..= run_off[i+1] + i]` (one sentinel −∞ per item).
+    run_lsuf: Vec<f64>,
+    tau: f64,
     /// The same neighbours sorted by id (non-neighbour draws and lookups), with J.
     by_id: Vec<ItemIdx>,
     j_by_id: Vec<f32>,
@@ -48,13 +55,14 @@ impl OverlapIndex {
             n_items,
             off: vec![0; n + 1],
             run_off: vec![0; n + 1],
+            tau,
             ..Self::default()
         };
         let mut next = 0usize;
         let close = |s: &mut Self, i: usize| {
             s.off[i + 1] = s.ids.len();
             s.run_off[i + 1] = s.run_j.len();
-            s.run_suf.push(0.0);
+            s.run_lsuf.push(f64::NEG_INFINITY);
         };
         for (item, ids, j) in lists {
             let item = item as usize;
@@ -72,15 +80,18 @@ impl OverlapIndex {
                 s.run_j.push(j[k]);
                 s.run_start.push(u32::try_from(k).unwrap_or(u32::MAX));
                 #[expect(clippy::cast_precision_loss, reason = "run lengths are small")]
-                s.run_suf
-                    .push((e - k) as f64 * (f64::from(j[k]) / tau).exp());
+                s.run_lsuf
+                    .push(((e - k) as f64).ln() + f64::from(j[k]) / tau);
                 k = e;
             }
-            // Turn run masses into suffix sums (the sentinel is pushed by `close`).
+            // Turn log run masses into log suffix sums (the sentinel is pushed by
+            // `close`): ln(a + b) with a the larger, so nothing overflows.
             let base = first_run + item;
             let runs = s.run_j.len() - first_run;
             for r in (0..runs.saturating_sub(1)).rev() {
-                s.run_suf[base + r] += s.run_suf[base + r + 1];
+                let (a, b) = (s.run_lsuf[base + r], s.run_lsuf[base + r + 1]);
+                let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+                s.run_lsuf[base + r] = hi + (lo - hi).exp().ln_1p();
             }
             let mut pairs: Vec<(u32, f32)> = ids.iter().copied().zip(j.iter().copied()).collect();
             pairs.sort_unstable_by_key(|p| p.0);
@@ -135,10 +146,18 @@ impl OverlapIndex {
         let h32 = h as f32;
         let start = self.run_j[ra..rb].partition_point(|&v| v > h32);
         let sufa = ra + t as usize;
-        let w_nb = self.run_suf[sufa + start];
+        // Weights are taken relative to the largest allowed one, exp(max J / τ):
+        // non-neighbours (J = 0) weigh 1 before scaling.
+        let log_max = if start < rb - ra {
+            f64::from(self.run_j[ra + start]) / self.tau
+        } else {
+            0.0
+        };
+        let w_nb = (self.run_lsuf[sufa + start] - log_max).exp();
         let m0 = self.n_items as usize - (b - a);
+        let w0 = (-log_max).exp();
         #[expect(clippy::cast_precision_loss, reason = "item counts are far below 2^52")]
-        let total = w_nb + m0 as f64;
+        let total = w_nb + m0 as f64 * w0;
         Prepared {
             a,
             len: b - a,
@@ -148,8 +167,44 @@ impl OverlapIndex {
             start,
             w_nb,
             m0,
+            w0,
+            log_max,
+            h32,
             total,
         }
+    }
+
+    /// ln of the scaled weight of item j for the prepared (t, h), None when j has
+    /// no mass (J > h). Scaled weights are exp(J/τ − max J/τ).
+    pub fn log_weight(&self, p: &Prepared, t: ItemIdx, j: ItemIdx) -> Option<f64> {
+        let v = self.overlap(t, j);
+        (v <= p.h32).then(|| f64::from(v) / self.tau - p.log_max)
+    }
+
+    /// ln of the normaliser of p(· | t, h) once t and the (deduplicated) `exclude`
+    /// items are removed: the scaled total minus their scaled weights. When nearly
+    /// all mass is excluded the subtraction would lose every digit, so the
+    /// remaining items are summed one by one instead (O(N), as rare as the
+    /// enumeration fallback of the draw).
+    pub fn log_norm(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> f64 {
+        let removed: f64 = distinct_with(t, exclude)
+            .iter()
+            .filter(|&&k| k >= 1 && k <= self.n_items)
+            .filter_map(|&k| self.log_weight(p, t, k))
+            .map(f64::exp)
+            .sum();
+        let left = p.total - removed;
+        if left > p.total * 1e-9 {
+            return left.ln();
+        }
+        let skip = distinct_with(t, exclude);
+        let lw: Vec<f64> = (1..=self.n_items)
+            .filter(|j| skip.binary_search(j).is_err())
+            .filter_map(|j| self.log_weight(p, t, j))
+            .collect();
+        // Log-sum-exp: the remaining weights may all underflow on the shared scale.
+        let top = lw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        top + lw.iter().map(|w| (w - top).exp()).sum::<f64>().ln()
     }
 
     /// One draw from the base distribution (target and exclusions not yet removed).
@@ -171,9 +226,11 @@ impl OverlapIndex {
         let u = rng.random::<f64>() * p.total;
         if u < p.w_nb {
             // The run: first r >= start whose tail mass suf[r+1] is below w_nb - u.
-            let suf = &self.run_suf[p.sufa..=p.sufa + p.runs];
+            let lsuf = &self.run_lsuf[p.sufa..=p.sufa + p.runs];
             let v = p.w_nb - u;
-            let r = (p.start + suf[p.start + 1..].partition_point(|&x| x >= v)).min(p.runs - 1);
+            let r = (p.start
+                + lsuf[p.start + 1..].partition_point(|&x| (x - p.log_max).exp() >= v))
+            .min(p.runs - 1);
             let from = self.run_start[p.ra + r] as usize;
             let to = if r + 1 < p.runs {
                 self.run_start[p.ra + r + 1] as usize
@@ -186,9 +243,9 @@ impl OverlapIndex {
             #[expect(
                 clippy::cast_possible_truncation,
                 clippy::cast_sign_loss,
-                reason = "u - w_nb is in [0, m0)"
+                reason = "(u - w_nb) / w0 is in [0, m0)"
             )]
-            let r = ((u - p.w_nb) as usize).min(p.m0 - 1);
+            let r = (((u - p.w_nb) / p.w0) as usize).min(p.m0.saturating_sub(1));
             let sorted = &self.by_id[p.a..p.a + p.len];
             // Items absent from the list below sorted[k] number sorted[k] - 1 - k,
             // which grows with k: binary search for how many list items precede the answer.
@@ -220,9 +277,14 @@ impl OverlapIndex {
             .filter(|&j| j != t && !exclude.contains(&j))
             .filter_map(|j| {
                 let v = self.overlap(t, j);
-                (v <= h32).then(|| (j, (f64::from(v) / tau).exp()))
+                (v <= h32).then(|| (j, f64::from(v) / tau))
             })
             .collect();
+        // Log weights relative to the largest, so no τ overflows.
+        let top = w.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        for p in &mut w {
+            p.1 = (p.1 - top).exp();
+        }
         let total: f64 = w.iter().map(|p| p.1).sum();
         for p in &mut w {
             p.1 /= total;
@@ -242,7 +304,19 @@ pub struct Prepared {
     start: usize,
     w_nb: f64,
     m0: usize,
+    /// Scaled weight of one non-neighbour, exp(−max J/τ).
+    w0: f64,
+    log_max: f64,
+    h32: f32,
     total: f64,
+}
+
+/// `exclude` plus `t`, sorted and deduplicated.
+fn distinct_with(t: ItemIdx, exclude: &[ItemIdx]) -> Vec<ItemIdx> {
+    let mut v: Vec<ItemIdx> = exclude.iter().copied().chain([t]).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// Draw one negative for target `t`: base draw, rejecting t and excluded items.
@@ -325,6 +399,38 @@ impl Popularity {
         Self { cum }
     }
 
+    /// Weight of item j (0 for padding and unseen items).
+    pub fn weight(&self, j: ItemIdx) -> f64 {
+        let j = j as usize;
+        if j == 0 || j >= self.cum.len() {
+            return 0.0;
+        }
+        self.cum[j] - self.cum[j - 1]
+    }
+
+    /// ln of the normaliser once t and the `exclude` items are removed.
+    pub fn log_norm(&self, t: ItemIdx, exclude: &[ItemIdx]) -> f64 {
+        let total = self.cum.last().copied().unwrap_or(0.0);
+        let removed: f64 = distinct_with(t, exclude)
+            .iter()
+            .map(|&k| self.weight(k))
+            .sum();
+        let left = total - removed;
+        if left > total * 1e-9 {
+            return left.ln();
+        }
+        let skip = distinct_with(t, exclude);
+        (1..self.cum.len())
+            .filter_map(|j| u32::try_from(j).ok())
+            .filter(|j| skip.binary_search(j).is_err())
+            .map(|j| self.weight(j))
+            .sum::<f64>()
+            .ln()
+    }
+
+    /// One draw, t and `exclude` removed: rejection, then (after 256 rejections,
+    /// when the excluded items hold most of the mass) an exact draw over the
+    /// remaining items. None only when no item is left with a count.
     pub fn draw<R: rand::Rng>(
         &self,
         t: ItemIdx,
@@ -342,6 +448,31 @@ impl Popularity {
                 return Some(j);
             }
         }
-        None
+        let skip = distinct_with(t, exclude);
+        let allowed: Vec<(ItemIdx, f64)> = (1..self.cum.len())
+            .filter_map(|j| u32::try_from(j).ok())
+            .filter(|j| skip.binary_search(j).is_err())
+            .map(|j| (j, self.weight(j)))
+            .filter(|p| p.1 > 0.0)
+            .collect();
+        let sum: f64 = allowed.iter().map(|p| p.1).sum();
+        let mut u = rng.random::<f64>() * sum;
+        for &(j, w) in &allowed {
+            if u < w {
+                return Some(j);
+            }
+            u -= w;
+        }
+        allowed.last().map(|p| p.0)
     }
+}
+
+/// Uniform over items 1..=N other than t and `exclude`: ln of how many there are.
+pub fn uniform_log_norm(n_items: u32, t: ItemIdx, exclude: &[ItemIdx]) -> f64 {
+    let removed = distinct_with(t, exclude)
+        .iter()
+        .filter(|&&k| k >= 1 && k <= n_items)
+        .count();
+    #[expect(clippy::cast_precision_loss, reason = "item counts")]
+    ((n_items as usize).saturating_sub(removed) as f64).ln()
 }

@@ -34,6 +34,7 @@ impl ShardMeta {
             m.insert(format!("{KEY_PREFIX}{k}"), v);
         };
         put("format_version", gnno_core::FORMAT_VERSION.to_string());
+        put(SHARD_VERSION_KEY, SHARD_VERSION.to_string());
         put(
             "sampler",
             serde_json::to_value(cfg.sampler)
@@ -65,6 +66,7 @@ pub struct ShardRows {
     offsets: Vec<i32>,
     negs: Vec<u32>,
     overlap: Vec<f32>,
+    log_prob: Vec<f32>,
 }
 
 impl ShardRows {
@@ -78,15 +80,17 @@ impl ShardRows {
             offsets,
             negs: Vec::with_capacity(rows * per),
             overlap: Vec::with_capacity(rows * per),
+            log_prob: Vec::with_capacity(rows * per),
         }
     }
-    pub fn push(&mut self, instance: u64, user: u32, target: ItemIdx, drawn: &[(ItemIdx, f32)]) {
+    pub fn push(&mut self, instance: u64, user: u32, target: ItemIdx, drawn: &[crate::Drawn]) {
         self.instance.push(instance);
         self.user.push(user);
         self.target.push(target);
-        for &(j, v) in drawn {
-            self.negs.push(j);
-            self.overlap.push(v);
+        for d in drawn {
+            self.negs.push(d.item);
+            self.overlap.push(d.overlap);
+            self.log_prob.push(d.log_prob);
         }
         self.offsets
             .push(i32::try_from(self.negs.len()).unwrap_or(i32::MAX));
@@ -120,6 +124,11 @@ impl ShardRows {
             Arc::new(Float32Array::from(self.overlap)),
             &self.offsets,
         )?;
+        let lp = list(
+            sch.field(5),
+            Arc::new(Float32Array::from(self.log_prob)),
+            &self.offsets,
+        )?;
         RecordBatch::try_new(
             sch,
             vec![
@@ -128,6 +137,7 @@ impl ShardRows {
                 Arc::new(UInt32Array::from(self.target)),
                 negs,
                 ov,
+                lp,
             ],
         )
         .map_err(|e| Error::internal(e.to_string()))

@@ -1,6 +1,7 @@
 //! The sampler against the exact probabilities of ../shared/spec/vectors.json.
 
 use gnno_negatives::sampler::{draw_excluding, OverlapIndex};
+use gnno_negatives::{Drawn, Sampler};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::SeedableRng;
 use serde_json::Value;
@@ -176,4 +177,89 @@ fn sharper_temperature_moves_mass_to_overlapping_items() {
         p6(&sharp),
         p6(&warm)
     );
+}
+
+/// Draws through the stage's sampler, with their stored log-probabilities.
+fn draws(idx: OverlapIndex, tau: f64, t: u32, h: f64, exclude: &[u32], n: u32) -> Vec<Drawn> {
+    let s = Sampler::Gnno { index: idx, tau };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+    let mut out = Vec::new();
+    s.draw(t, h, n, exclude, &mut rng, &mut out);
+    out
+}
+
+#[test]
+fn every_draw_carries_its_exact_probability() {
+    for case in vectors()["cases"].as_array().expect("cases") {
+        for s in case["sampling"].as_array().expect("sampling") {
+            let tau = s["temperature"].as_f64().expect("tau");
+            let t = u32::try_from(s["target"].as_u64().expect("t")).expect("u32");
+            let h = s["hardness"].as_f64().expect("h");
+            for exclude in [&[][..], &[1, 2, 2, 5][..]] {
+                let want: BTreeMap<u32, f64> = index(case, tau)
+                    .probabilities(t, h, tau, exclude)
+                    .into_iter()
+                    .collect();
+                let got = draws(index(case, tau), tau, t, h, exclude, 300);
+                // Nothing left to draw (every allowed item excluded): no draw at all.
+                assert_eq!(got.len(), if want.is_empty() { 0 } else { 300 });
+                for d in &got {
+                    let p = want[&d.item];
+                    assert!(
+                        (f64::from(d.log_prob) - p.ln()).abs() < 1e-5,
+                        "t={t} h={h} tau={tau} j={}: {} vs ln {p}",
+                        d.item,
+                        d.log_prob
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_temperature_draws_the_largest_allowed_overlap_without_overflow() {
+    // Case 0, target 3 at h = 1: the items of largest J (f32 ties included) share
+    // all the mass as tau -> 0; the config accepts tau = 1e-6, where exp(J/tau)
+    // overflows f64.
+    let case = &vectors()["cases"][0];
+    let tau = 1e-6;
+    let base = index(case, 1.0);
+    let n = u32::try_from(case["n_items"].as_u64().expect("n")).expect("u32");
+    let js: Vec<(u32, f32)> = (1..=n)
+        .filter(|&j| j != 3)
+        .map(|j| (j, base.overlap(3, j)))
+        .collect();
+    let top = js.iter().map(|p| p.1).fold(f32::MIN, f32::max);
+    assert!(top > 0.0);
+    let argmax: Vec<u32> = js.iter().filter(|p| p.1 == top).map(|p| p.0).collect();
+    let probs = index(case, tau).probabilities(3, 1.0, tau, &[]);
+    for &(j, p) in &probs {
+        let want = if argmax.contains(&j) {
+            1.0 / argmax.len() as f64
+        } else {
+            0.0
+        };
+        assert!((p - want).abs() < 1e-9, "j={j}: {p} vs {want}");
+    }
+    let got = draws(index(case, tau), tau, 3, 1.0, &[], 500);
+    assert_eq!(got.len(), 500);
+    for d in &got {
+        assert!(
+            argmax.contains(&d.item),
+            "drew {} (J={})",
+            d.item,
+            d.overlap
+        );
+        assert!((f64::from(d.log_prob) + (argmax.len() as f64).ln()).abs() < 1e-5);
+    }
+    // With every argmax item excluded, the next largest J takes the mass.
+    let rest: Vec<(u32, f32)> = js.iter().copied().filter(|p| p.1 < top).collect();
+    let second = rest.iter().map(|p| p.1).fold(f32::MIN, f32::max);
+    let got = draws(index(case, tau), tau, 3, 1.0, &argmax, 200);
+    assert_eq!(got.len(), 200);
+    for d in &got {
+        assert_eq!(base.overlap(3, d.item), second, "drew {}", d.item);
+        assert!(d.log_prob.is_finite() && d.log_prob <= 0.0);
+    }
 }

@@ -1,7 +1,13 @@
 //! The backbones (GNNO.md §5): the authors' bidirectional transformer encoder,
 //! SASRec (causal transformer) and GRU4Rec. Each maps a left-padded history
-//! `[B, L]` (item 0 = padding) to a representation `[B, D]`; scores are dot products
-//! with the item embeddings.
+//! `[B, L]` (item 0 = padding) to representations `[B, L, D]` (the causal ones: the
+//! state after each position) or, for ranking, the last position's `[B, D]`; scores
+//! are dot products with the item embeddings.
+//!
+//! SASRec follows Kang and McAuley (2018) as the field trains it: item embeddings
+//! scaled by √d plus learned positions, pre-LayerNorm queries with the normalised
+//! query as the residual, a ReLU feed-forward, padding zeroed after each block and a
+//! final LayerNorm. The encoder keeps the authors' post-LN blocks with GELU.
 
 use gnno_core::config::{Backbone, TrainSettings};
 use tch::nn::{self, Module, RNN};
@@ -38,19 +44,22 @@ impl Attention {
         }
     }
 
-    /// `bias`: additive mask `[B or 1, 1, L or 1, L]` (0 keep, -1e9 drop).
-    fn forward(&self, x: &Tensor, bias: &Tensor) -> Tensor {
+    /// Queries from `xq`, keys and values from `x`. `bias`: additive mask
+    /// `[B or 1, 1, L or 1, L]` (0 keep, -1e9 drop); `dropout` on the attention weights.
+    fn forward(&self, xq: &Tensor, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
         let (b, l, d) = x.size3().unwrap_or((0, 0, 0));
         let dh = d / self.heads;
         let split = |t: Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
         let (q, k, v) = (
-            split(self.q.forward(x)),
+            split(self.q.forward(xq)),
             split(self.k.forward(x)),
             split(self.v.forward(x)),
         );
         #[expect(clippy::cast_precision_loss, reason = "head size")]
         let scale = 1.0 / (dh as f64).sqrt();
-        let att = (q.matmul(&k.transpose(-2, -1)) * scale + bias).softmax(-1, Kind::Float);
+        let att = (q.matmul(&k.transpose(-2, -1)) * scale + bias)
+            .softmax(-1, Kind::Float)
+            .dropout(dropout, train);
         let y = att.matmul(&v).transpose(1, 2).contiguous().view([b, l, d]);
         self.o.forward(&y)
     }
@@ -84,8 +93,12 @@ impl Block {
         }
     }
 
+    /// The authors' post-LN block (GELU feed-forward).
     fn forward(&self, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
-        let a = self.att.forward(x, bias).dropout(dropout, train);
+        let a = self
+            .att
+            .forward(x, x, bias, 0.0, false)
+            .dropout(dropout, train);
         let x = self.ln1.forward(&(x + a));
         let f = self
             .ff2
@@ -93,14 +106,32 @@ impl Block {
             .dropout(dropout, train);
         self.ln2.forward(&(x + f))
     }
+
+    /// SASRec's block: normalised queries (also the residual), attention over the
+    /// unnormalised sequence, then LayerNorm and a ReLU feed-forward with a residual.
+    fn forward_sasrec(&self, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
+        let q = self.ln1.forward(x);
+        let x = &q + self.att.forward(&q, x, bias, dropout, train);
+        let x = self.ln2.forward(&x);
+        let f = self
+            .ff2
+            .forward(&self.ff1.forward(&x).dropout(dropout, train).relu())
+            .dropout(dropout, train);
+        x + f
+    }
 }
 
 #[derive(Debug)]
 enum Body {
-    Transformer {
+    /// The authors' bidirectional encoder.
+    Encoder {
         pos: nn::Embedding,
         blocks: Vec<Block>,
-        causal: bool,
+    },
+    Sasrec {
+        pos: nn::Embedding,
+        blocks: Vec<Block>,
+        last_ln: nn::LayerNorm,
     },
     Gru(nn::GRU),
 }
@@ -130,26 +161,32 @@ impl Model {
             let _ = items.ws.get(0).zero_();
         });
         let max_len = i64::from(cfg.history_len);
+        let pos = || {
+            nn::embedding(
+                p / "pos",
+                max_len,
+                d,
+                nn::EmbeddingConfig {
+                    ws_init: normal(),
+                    ..Default::default()
+                },
+            )
+        };
+        let blocks = || -> Vec<Block> {
+            (0..cfg.layers)
+                .map(|i| Block::new(&(p / format!("block{i}")), d, i64::from(cfg.heads)))
+                .collect()
+        };
         let body = match cfg.backbone {
-            Backbone::Encoder | Backbone::Sasrec => {
-                let pos = nn::embedding(
-                    p / "pos",
-                    max_len,
-                    d,
-                    nn::EmbeddingConfig {
-                        ws_init: normal(),
-                        ..Default::default()
-                    },
-                );
-                let blocks = (0..cfg.layers)
-                    .map(|i| Block::new(&(p / format!("block{i}")), d, i64::from(cfg.heads)))
-                    .collect();
-                Body::Transformer {
-                    pos,
-                    blocks,
-                    causal: cfg.backbone == Backbone::Sasrec,
-                }
-            }
+            Backbone::Encoder => Body::Encoder {
+                pos: pos(),
+                blocks: blocks(),
+            },
+            Backbone::Sasrec => Body::Sasrec {
+                pos: pos(),
+                blocks: blocks(),
+                last_ln: nn::layer_norm(p / "last_ln", vec![d], Default::default()),
+            },
             Backbone::Gru4rec => {
                 let c = nn::RNNConfig {
                     batch_first: true,
@@ -168,36 +205,56 @@ impl Model {
         }
     }
 
+    /// Whether position t's state depends on positions ≤ t only, so one forward
+    /// pass trains every position of a sequence.
+    pub fn is_causal(&self) -> bool {
+        !matches!(self.body, Body::Encoder { .. })
+    }
+
     /// Representation of each history: the output at the last position (histories
     /// are left-padded, so the last position is always a real item).
     pub fn encode(&self, hist: &Tensor, train: bool) -> Tensor {
+        let l = hist.size()[1];
+        self.encode_all(hist, train).select(1, l - 1)
+    }
+
+    /// The output at every position `[B, L, D]`.
+    pub fn encode_all(&self, hist: &Tensor, train: bool) -> Tensor {
         let x = self.items.forward(hist);
         let l = hist.size()[1];
+        let dev = hist.device();
+        // Key padding: -1e9 (not -inf) so fully padded query rows stay finite.
+        let pad = || hist.eq(0).to_kind(Kind::Float).unsqueeze(1).unsqueeze(1) * -1e9;
         match &self.body {
-            Body::Transformer {
-                pos,
-                blocks,
-                causal,
-            } => {
-                let positions = Tensor::arange(l, (Kind::Int64, hist.device()));
+            Body::Encoder { pos, blocks } => {
+                let positions = Tensor::arange(l, (Kind::Int64, dev));
                 let mut x = (x + pos.forward(&positions).unsqueeze(0)).dropout(self.dropout, train);
-                // Key padding: -1e9 (not -inf) so fully padded query rows stay finite.
-                let pad = hist.eq(0).to_kind(Kind::Float).unsqueeze(1).unsqueeze(1) * -1e9;
-                let bias = if *causal {
-                    let tri = Tensor::ones([l, l], (Kind::Float, hist.device())).triu(1) * -1e9;
-                    pad + tri.unsqueeze(0).unsqueeze(0)
-                } else {
-                    pad
-                };
+                let bias = pad();
                 for b in blocks {
                     x = b.forward(&x, &bias, self.dropout, train);
                 }
-                x.select(1, l - 1)
+                x
             }
-            Body::Gru(g) => {
-                let (out, _) = g.seq(&x);
-                out.select(1, l - 1)
+            Body::Sasrec {
+                pos,
+                blocks,
+                last_ln,
+            } => {
+                let positions = Tensor::arange(l, (Kind::Int64, dev));
+                #[expect(clippy::cast_precision_loss, reason = "embedding size")]
+                let scale = (self.items.ws.size()[1] as f64).sqrt();
+                let keep = hist.ne(0).to_kind(Kind::Float).unsqueeze(-1);
+                let mut x = ((x * scale + pos.forward(&positions).unsqueeze(0))
+                    .dropout(self.dropout, train))
+                    * &keep;
+                let tri = Tensor::ones([l, l], (Kind::Float, dev)).triu(1) * -1e9;
+                let bias = pad() + tri.unsqueeze(0).unsqueeze(0);
+                for b in blocks {
+                    x = b.forward_sasrec(&x, &bias, self.dropout, train) * &keep;
+                }
+                last_ln.forward(&x)
             }
+            Body::Gru(g) => g.seq(&x).0,
         }
     }
 
@@ -213,44 +270,4 @@ impl Model {
     pub fn score_all(&self, rep: &Tensor) -> Tensor {
         rep.matmul(&self.items.ws.transpose(0, 1))
     }
-}
-
-/// BPR over all negatives: −mean log σ(s⁺ − s⁻). Column 0 of `scores` is the target.
-pub fn bpr(scores: &Tensor) -> Tensor {
-    let c = scores.size()[1];
-    let pos = scores.narrow(1, 0, 1);
-    let neg = scores.narrow(1, 1, c - 1);
-    -(pos - neg).log_sigmoid().mean(Kind::Float)
-}
-
-/// Supervised contrastive loss over two views: rows with the same target are
-/// positives (ContraRec's context-context term).
-///
-/// Only the log-sum-exp needs the full `[2B, 2B]` similarity matrix; the positive
-/// part uses per-target sums of the features, Σ_{j∈P(i)} f_i·f_j = f_i·(S_{y_i} − f_i),
-/// so no `[2B, 2B]` mask or product is ever built.
-pub fn supcon(z1: &Tensor, z2: &Tensor, targets: &Tensor, temperature: f64) -> Tensor {
-    let f = Tensor::cat(&[z1, z2], 0);
-    let f = &f
-        / f.norm_scalaropt_dim(2, [1i64].as_slice(), true)
-            .clamp_min(1e-12);
-    let n = f.size()[0];
-    let dev = f.device();
-    let mut sim = f.matmul(&f.transpose(0, 1)) / temperature;
-    let eye = Tensor::eye(n, (Kind::Bool, dev));
-    let _ = sim.masked_fill_(&eye, -1e9);
-    let lse = sim.logsumexp([1i64].as_slice(), false);
-    let labels = Tensor::cat(&[targets, targets], 0);
-    // Dense ids of the targets in this batch, per-target feature sums and counts.
-    let (uniq, inverse, counts) = labels.unique_dim(0, false, true, true);
-    let _ = uniq;
-    let d = f.size()[1];
-    let sums = Tensor::zeros([counts.size()[0], d], (f.kind(), dev)).index_add(0, &inverse, &f);
-    let pos_dot =
-        ((sums.index_select(0, &inverse) - &f) * &f).sum_dim_intlist(1i64, false, Kind::Float)
-            / temperature;
-    let n_pos = (counts.index_select(0, &inverse) - 1).to_kind(Kind::Float);
-    // mean over positives of (sim_ij − lse_i) = pos_dot_i / n_pos_i − lse_i.
-    let per = -(pos_dot / &n_pos - lse);
-    per.mean(Kind::Float)
 }

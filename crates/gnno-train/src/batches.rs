@@ -1,0 +1,544 @@
+//! What one training step sees: rows of left-padded histories with the targets to
+//! predict, the row's random negatives (drawn on the fly) and each target's hard
+//! negatives (read from the epoch's shards).
+//!
+//! Two row layouts (GNNO.md §5, docs/ARCHITECTURE.md "Training"):
+//! - **sequence rows** (causal backbones, SASRec and GRU4Rec, as the field trains
+//!   them): one row per user, its last `history-len + 1` train items; the input is
+//!   all but the last, and position p predicts the item after it, so one forward
+//!   pass trains every position. Position p's target is one training instance, and
+//!   its hard negatives are that instance's shard row.
+//! - **prefix rows** (the bidirectional encoder): one row per instance, its history
+//!   as input and one target, the last position.
+//!
+//! Random negatives are shared by the positions of a row: `n-random` items drawn
+//! with replacement from the row's user's non-history items (uniform, or ∝ count^α),
+//! exactly and with their ln-probabilities (the logQ correction needs them).
+
+use gnno_core::config::{RandomNegatives, TrainSettings};
+use gnno_core::dataset::{Dataset, Instances};
+use gnno_core::error::{Error, Result};
+use gnno_core::{shards, ItemIdx};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::RngExt;
+use std::path::Path;
+
+/// Every instance's hard negatives for one epoch, indexed by instance id: loaded
+/// from all of the epoch's shards at once, so training can visit instances in any
+/// order (a seeded permutation of the whole epoch) whatever the shard size.
+#[derive(Debug, Default)]
+pub struct EpochNegatives {
+    pub n_hard: usize,
+    /// `items[i * n_hard + k]`; 0 marks a slot the sampler could not fill.
+    pub items: Vec<ItemIdx>,
+    pub log_prob: Vec<f32>,
+}
+
+impl EpochNegatives {
+    /// Read `epoch-NNNN/` under `dir`, checking every id against the dataset.
+    pub fn load(
+        dir: &Path,
+        epoch: u32,
+        n_hard: usize,
+        inst: &Instances,
+        n_items: u32,
+    ) -> Result<Self> {
+        let folder = dir.join(shards::epoch_dir(epoch));
+        if !folder.is_dir() {
+            return Err(Error::artifact(
+                &folder,
+                format!("epoch {epoch} should have hard negatives, but its folder is missing"),
+            )
+            .with_hint("rerun `gnno stage negatives --force`"));
+        }
+        let n = inst.len();
+        let mut e = Self {
+            n_hard,
+            items: vec![0; n * n_hard],
+            log_prob: vec![0.0; n * n_hard],
+        };
+        let mut seen = vec![false; n];
+        for path in shards::list(&folder)? {
+            let s = shards::read(&path)?;
+            for r in 0..s.instance.len() {
+                let id = usize::try_from(s.instance[r]).unwrap_or(usize::MAX);
+                if id >= n || s.target[r] != inst.target[id] || s.user[r] != inst.user[id] {
+                    return Err(Error::artifact(
+                        &path,
+                        format!(
+                            "row {r}: instance {} (user {}, target {}) is not an instance of this dataset",
+                            s.instance[r], s.user[r], s.target[r]
+                        ),
+                    )
+                    .with_hint("the shards belong to other ingest output; rerun `gnno run --from negatives`"));
+                }
+                let negs = &s.negatives[s.offsets[r]..s.offsets[r + 1]];
+                let lps = &s.log_prob[s.offsets[r]..s.offsets[r + 1]];
+                if negs.len() > n_hard {
+                    return Err(Error::artifact(
+                        &path,
+                        format!(
+                            "row {r}: {} negatives, the config asks for {n_hard}",
+                            negs.len()
+                        ),
+                    )
+                    .with_hint("rerun `gnno stage negatives --force`"));
+                }
+                for (k, (&j, &lp)) in negs.iter().zip(lps).enumerate() {
+                    if j == 0 || j > n_items {
+                        return Err(Error::artifact(
+                            &path,
+                            format!(
+                                "row {r}: negative {j} is not an item (items are 1..={n_items})"
+                            ),
+                        ));
+                    }
+                    if !lp.is_finite() || lp > 0.0 {
+                        return Err(Error::artifact(
+                            &path,
+                            format!("row {r}: negative {j} has log-probability {lp}"),
+                        ));
+                    }
+                    e.items[id * n_hard + k] = j;
+                    e.log_prob[id * n_hard + k] = lp;
+                }
+                seen[id] = true;
+            }
+        }
+        if let Some(missing) = seen.iter().position(|&s| !s) {
+            return Err(Error::artifact(
+                &folder,
+                format!(
+                    "instance {missing} has no row ({} of {n} instances missing)",
+                    seen.iter().filter(|&&s| !s).count()
+                ),
+            )
+            .with_hint("rerun `gnno stage negatives --force`"));
+        }
+        Ok(e)
+    }
+
+    fn row(&self, id: usize) -> (&[ItemIdx], &[f32]) {
+        let r = id * self.n_hard..(id + 1) * self.n_hard;
+        (&self.items[r.clone()], &self.log_prob[r])
+    }
+}
+
+/// Exact random negatives over the items a user never interacted with in train.
+pub struct RandomSampler {
+    n_items: u32,
+    /// Cumulative weights over items 0..=N (popularity), or None (uniform).
+    cum: Option<Vec<f64>>,
+}
+
+impl RandomSampler {
+    pub fn new(cfg: &TrainSettings, ds: &Dataset) -> Self {
+        let cum = (cfg.random_negatives == RandomNegatives::Popularity).then(|| {
+            let mut counts = vec![0u64; ds.n_items as usize + 1];
+            for &i in &ds.train_items {
+                counts[i as usize] += 1;
+            }
+            let mut acc = 0.0;
+            #[expect(clippy::cast_precision_loss, reason = "counts")]
+            counts
+                .iter()
+                .enumerate()
+                .map(|(j, &c)| {
+                    if j > 0 && c > 0 {
+                        acc += (c as f64).powf(cfg.random_alpha);
+                    }
+                    acc
+                })
+                .collect()
+        });
+        Self {
+            n_items: ds.n_items,
+            cum,
+        }
+    }
+
+    fn weight(cum: &[f64], j: ItemIdx) -> f64 {
+        cum[j as usize] - cum[j as usize - 1]
+    }
+
+    /// Draw `k` items not in `sorted_hist` (sorted, distinct) into `out`, with their
+    /// ln-probabilities into `log_q`. Nothing is drawn when no item is left.
+    pub fn draw(
+        &self,
+        sorted_hist: &[ItemIdx],
+        k: usize,
+        rng: &mut Xoshiro256PlusPlus,
+        out: &mut Vec<i64>,
+        log_q: &mut Vec<f32>,
+    ) {
+        let start = out.len();
+        match &self.cum {
+            None => {
+                let left = self.n_items as usize - sorted_hist.len();
+                if left == 0 {
+                    return;
+                }
+                #[expect(
+                    clippy::cast_precision_loss,
+                    clippy::cast_possible_truncation,
+                    reason = "counts"
+                )]
+                let lq = -(left as f64).ln() as f32;
+                for _ in 0..k {
+                    // The r-th item (0-based) outside the history, exactly.
+                    let mut j = rng.random_range(1..=left as u32);
+                    for &h in sorted_hist {
+                        if h <= j {
+                            j += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    out.push(i64::from(j));
+                    log_q.push(lq);
+                }
+            }
+            Some(cum) => {
+                let total = cum.last().copied().unwrap_or(0.0);
+                let removed: f64 = sorted_hist.iter().map(|&h| Self::weight(cum, h)).sum();
+                let left = total - removed;
+                if left <= total * 1e-12 {
+                    return;
+                }
+                let log_left = left.ln();
+                for _ in 0..k {
+                    let mut got = None;
+                    for _ in 0..64 {
+                        let u = rng.random::<f64>() * total;
+                        let j = cum.partition_point(|&c| c <= u).min(cum.len() - 1);
+                        let j = u32::try_from(j).unwrap_or(0);
+                        if j > 0 && sorted_hist.binary_search(&j).is_err() {
+                            got = Some(j);
+                            break;
+                        }
+                    }
+                    // The history holds most of the mass: draw exactly over the rest.
+                    let j = got.unwrap_or_else(|| {
+                        let mut u = rng.random::<f64>() * left;
+                        let mut last = 0;
+                        for j in 1..=self.n_items {
+                            if sorted_hist.binary_search(&j).is_ok() {
+                                continue;
+                            }
+                            let w = Self::weight(cum, j);
+                            if w <= 0.0 {
+                                continue;
+                            }
+                            last = j;
+                            if u < w {
+                                return j;
+                            }
+                            u -= w;
+                        }
+                        last
+                    });
+                    #[expect(clippy::cast_possible_truncation, reason = "stored as f32")]
+                    log_q.push((Self::weight(cum, j).ln() - log_left) as f32);
+                    out.push(i64::from(j));
+                }
+            }
+        }
+        debug_assert!(out.len() == start || out.len() == start + k);
+    }
+}
+
+/// A batch in host memory, ready to become tensors.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub rows: usize,
+    /// Input length L and target positions per row P (L for sequence rows, 1 for prefix rows).
+    pub len: usize,
+    pub positions: usize,
+    /// `[rows, len]` left-padded inputs.
+    pub hist: Vec<i64>,
+    /// `[rows, positions]` targets, 0 where a position has none.
+    pub targets: Vec<i64>,
+    /// `[rows, k_random]` random negatives and their ln q.
+    pub random: Vec<i64>,
+    pub random_log_q: Vec<f32>,
+    pub random_mask: Vec<bool>,
+    /// `[rows, positions, n_hard]` hard negatives (0 = none) and their ln q.
+    pub hard: Vec<i64>,
+    pub hard_log_q: Vec<f32>,
+    /// Trained positions (targets ≠ 0).
+    pub trained: usize,
+}
+
+/// Where each row's user and instances come from.
+pub struct Rows<'a> {
+    pub ds: &'a Dataset,
+    pub inst: &'a Instances,
+    /// First instance id of each user (instances are numbered user, then position).
+    pub first_instance: Vec<usize>,
+    /// Sequence rows (one per user with an instance) or prefix rows (one per instance).
+    pub sequence: bool,
+    pub len: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub fn new(ds: &'a Dataset, inst: &'a Instances, sequence: bool, len: usize) -> Self {
+        let mut first_instance = Vec::with_capacity(ds.n_users() + 1);
+        let mut acc = 0;
+        for u in 0..ds.n_users() {
+            first_instance.push(acc);
+            acc += ds
+                .train_seq(u32::try_from(u).unwrap_or(0))
+                .len()
+                .saturating_sub(1);
+        }
+        first_instance.push(acc);
+        Self {
+            ds,
+            inst,
+            first_instance,
+            sequence,
+            len,
+        }
+    }
+
+    /// Row ids: users with at least one instance, or instance ids.
+    pub fn ids(&self) -> Vec<u64> {
+        if self.sequence {
+            (0..self.ds.n_users())
+                .filter(|&u| self.first_instance[u + 1] > self.first_instance[u])
+                .map(|u| u as u64)
+                .collect()
+        } else {
+            (0..self.inst.len() as u64).collect()
+        }
+    }
+
+    /// Positions one epoch trains (instances within the window of each sequence row).
+    pub fn positions_per_epoch(&self) -> u64 {
+        if self.sequence {
+            (0..self.ds.n_users())
+                .map(|u| (self.first_instance[u + 1] - self.first_instance[u]).min(self.len) as u64)
+                .sum()
+        } else {
+            self.inst.len() as u64
+        }
+    }
+
+    fn user(&self, row: u64) -> u32 {
+        if self.sequence {
+            u32::try_from(row).unwrap_or(u32::MAX)
+        } else {
+            self.inst.user[usize::try_from(row).unwrap_or(usize::MAX)]
+        }
+    }
+
+    /// Build one batch of `rows`; `rng_for(row)` gives each row's random stream.
+    pub fn batch(
+        &self,
+        rows: &[u64],
+        k_random: usize,
+        random: &RandomSampler,
+        hard: Option<&EpochNegatives>,
+        mut rng_for: impl FnMut(u64) -> Xoshiro256PlusPlus,
+    ) -> Batch {
+        let l = self.len;
+        let p = if self.sequence { l } else { 1 };
+        let n_hard = hard.map_or(0, |h| h.n_hard);
+        let mut b = Batch {
+            rows: rows.len(),
+            len: l,
+            positions: p,
+            hist: Vec::with_capacity(rows.len() * l),
+            targets: Vec::with_capacity(rows.len() * p),
+            hard: Vec::with_capacity(rows.len() * p * n_hard),
+            hard_log_q: Vec::with_capacity(rows.len() * p * n_hard),
+            ..Batch::default()
+        };
+        let mut sorted = Vec::new();
+        let push_hard = |b: &mut Batch, id: Option<usize>| {
+            if let Some(h) = hard {
+                match id {
+                    Some(id) => {
+                        let (items, lq) = h.row(id);
+                        b.hard.extend(items.iter().map(|&j| i64::from(j)));
+                        b.hard_log_q.extend_from_slice(lq);
+                    }
+                    None => {
+                        b.hard.extend(std::iter::repeat_n(0, n_hard));
+                        b.hard_log_q.extend(std::iter::repeat_n(0.0, n_hard));
+                    }
+                }
+            }
+        };
+        for &row in rows {
+            let u = self.user(row);
+            let seq = self.ds.train_seq(u);
+            if self.sequence {
+                // The last l + 1 items: inputs w[..m-1], targets w[1..].
+                let from = seq.len().saturating_sub(l + 1);
+                let w = &seq[from..];
+                let m = w.len() - 1;
+                b.hist.extend(std::iter::repeat_n(0, l - m));
+                b.hist.extend(w[..m].iter().map(|&i| i64::from(i)));
+                b.targets.extend(std::iter::repeat_n(0, l - m));
+                b.targets.extend(w[1..].iter().map(|&i| i64::from(i)));
+                for _ in 0..l - m {
+                    push_hard(&mut b, None);
+                }
+                // Target w[q + 1] is train position from + q + 1, instance
+                // first_instance[u] + from + q.
+                let base = self.first_instance[u as usize] + from;
+                for q in 0..m {
+                    push_hard(&mut b, Some(base + q));
+                }
+                b.trained += m;
+            } else {
+                let id = usize::try_from(row).unwrap_or(usize::MAX);
+                let h = self.ds.history(u, self.inst.pos[id], l);
+                b.hist.extend(std::iter::repeat_n(0, l - h.len()));
+                b.hist.extend(h.iter().map(|&i| i64::from(i)));
+                b.targets.push(i64::from(self.inst.target[id]));
+                push_hard(&mut b, Some(id));
+                b.trained += 1;
+            }
+            sorted.clear();
+            sorted.extend_from_slice(seq);
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut rng = rng_for(row);
+            let before = b.random.len();
+            random.draw(
+                &sorted,
+                k_random,
+                &mut rng,
+                &mut b.random,
+                &mut b.random_log_q,
+            );
+            let got = b.random.len() - before;
+            b.random_mask.extend(std::iter::repeat_n(true, got));
+            // A user who interacted with every item has no random negative: pad.
+            b.random.extend(std::iter::repeat_n(0, k_random - got));
+            b.random_log_q
+                .extend(std::iter::repeat_n(0.0, k_random - got));
+            b.random_mask
+                .extend(std::iter::repeat_n(false, k_random - got));
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn ds() -> Dataset {
+        // User 0: 1 2 3 4 5 (4 instances), user 1: 6 (none), user 2: 7 8 (1).
+        Dataset {
+            n_items: 10,
+            train_offsets: vec![0, 5, 6, 8],
+            train_items: vec![1, 2, 3, 4, 5, 6, 7, 8],
+            dev: vec![9, 9, 9],
+            test: vec![10, 10, 10],
+            item_raw: vec![],
+            user_raw: vec!["a".into(), "b".into(), "c".into()],
+        }
+    }
+
+    fn hard_for(inst: &Instances) -> EpochNegatives {
+        // Instance i's hard negative is item 9 or 10 with ln q = -(i + 1).
+        let n = inst.len();
+        EpochNegatives {
+            n_hard: 1,
+            items: (0..n).map(|i| 9 + (i % 2) as u32).collect(),
+            #[expect(clippy::cast_precision_loss, reason = "test")]
+            log_prob: (0..n).map(|i| -((i + 1) as f32)).collect(),
+        }
+    }
+
+    #[test]
+    fn sequence_rows_align_targets_and_instances() {
+        let d = ds();
+        let inst = d.instances();
+        let rows = Rows::new(&d, &inst, true, 3);
+        assert_eq!(rows.ids(), vec![0, 2], "user 1 has no instance");
+        assert_eq!(rows.positions_per_epoch(), 3 + 1, "window of 3 on user 0");
+        let hard = hard_for(&inst);
+        let s = RandomSampler::new(&crate::tests::settings(), &d);
+        let b = rows.batch(&[0, 2], 2, &s, Some(&hard), |r| {
+            Xoshiro256PlusPlus::seed_from_u64(r)
+        });
+        // User 0: window 2 3 4 5 -> inputs 2 3 4, targets 3 4 5 (instances 1, 2, 3).
+        assert_eq!(&b.hist[..3], &[2, 3, 4]);
+        assert_eq!(&b.targets[..3], &[3, 4, 5]);
+        assert_eq!(&b.hard_log_q[..3], &[-2.0, -3.0, -4.0]);
+        // User 2: 7 8 -> input 0 0 7, target 0 0 8 (instance 4).
+        assert_eq!(&b.hist[3..], &[0, 0, 7]);
+        assert_eq!(&b.targets[3..], &[0, 0, 8]);
+        assert_eq!(&b.hard[3..], &[0, 0, 9]);
+        assert_eq!(b.trained, 4);
+        for (r, row) in b.random.chunks(2).enumerate() {
+            let seq = d.train_seq(if r == 0 { 0 } else { 2 });
+            assert!(row
+                .iter()
+                .all(|&j| j >= 1 && j <= 10 && !seq.contains(&(j as u32))));
+        }
+    }
+
+    #[test]
+    fn prefix_rows_are_instances() {
+        let d = ds();
+        let inst = d.instances();
+        let rows = Rows::new(&d, &inst, false, 2);
+        assert_eq!(rows.ids().len(), 5);
+        let s = RandomSampler::new(&crate::tests::settings(), &d);
+        let b = rows.batch(&[3, 4], 1, &s, None, |r| {
+            Xoshiro256PlusPlus::seed_from_u64(r)
+        });
+        assert_eq!(b.hist, vec![3, 4, 0, 7]);
+        assert_eq!(b.targets, vec![5, 8]);
+        assert!(b.hard.is_empty());
+    }
+
+    #[test]
+    fn random_negatives_are_exact_and_avoid_the_history() {
+        let mut d = ds();
+        let mut cfg = crate::tests::settings();
+        let s = RandomSampler::new(&cfg, &d);
+        let hist = [1u32, 2, 3, 4, 5, 6, 7, 8, 9];
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let (mut out, mut lq) = (Vec::new(), Vec::new());
+        s.draw(&hist, 50, &mut rng, &mut out, &mut lq);
+        assert!(out.iter().all(|&j| j == 10), "the only item left");
+        assert!(lq.iter().all(|&q| q.abs() < 1e-6), "probability 1");
+        // Uniform over 1..=10 minus {2, 5}: every other item, ln q = -ln 8.
+        let (mut out, mut lq) = (Vec::new(), Vec::new());
+        s.draw(&[2, 5], 8000, &mut rng, &mut out, &mut lq);
+        let mut counts = [0u32; 11];
+        for &j in &out {
+            counts[j as usize] += 1;
+        }
+        assert_eq!((counts[0], counts[2], counts[5]), (0, 0, 0));
+        assert!(
+            counts[1..]
+                .iter()
+                .enumerate()
+                .all(|(i, &c)| [1, 4].contains(&i) || (850..1150).contains(&c)),
+            "{counts:?}"
+        );
+        assert!((f64::from(lq[0]) + 8f64.ln()).abs() < 1e-6);
+        // Popularity with alpha 1: item 7 has count 2, the rest of 1..=8 count 1.
+        d.train_items.push(7);
+        d.train_offsets[3] += 1;
+        cfg.random_negatives = RandomNegatives::Popularity;
+        let s = RandomSampler::new(&cfg, &d);
+        let (mut out, mut lq) = (Vec::new(), Vec::new());
+        // Excluding everything but 7 and 8 (mass 2 and 1): q(7) = 2/3.
+        s.draw(&[1, 2, 3, 4, 5, 6], 3000, &mut rng, &mut out, &mut lq);
+        let sevens = out.iter().filter(|&&j| j == 7).count();
+        assert!(out.iter().all(|&j| j == 7 || j == 8));
+        assert!((1850..2150).contains(&sevens), "{sevens}");
+        let q7 = lq[out.iter().position(|&j| j == 7).expect("a 7")];
+        assert!((f64::from(q7) - (2f64 / 3.0).ln()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,247 @@
+//! The training objectives (docs/CONFIG.md, `train.loss`) over a batch of scored
+//! positions: every trained position has its target's score `pos [M]` and the scores
+//! of its negatives `neg [M, C]`, with `mask [M, C]` marking the negatives that exist
+//! (a shard row may hold fewer hard negatives than asked for).
+
+use gnno_core::config::{LogQ, Loss};
+use tch::{Kind, Tensor};
+
+/// BPR averaged over every (position, negative) pair: −mean log σ(s⁺ − s⁻) (GNNO.md §5).
+pub fn bpr(pos: &Tensor, neg: &Tensor, mask: &Tensor) -> Tensor {
+    let m = mask.to_kind(Kind::Float);
+    let per = (pos.unsqueeze(1) - neg).log_sigmoid() * &m;
+    -per.sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0)
+}
+
+/// Binary cross-entropy with the positive's log-likelihood weighted by `beta` (1 =
+/// BCE; gBCE otherwise): per position −[β·log σ(s⁺) + Σ log σ(−s⁻)] / (1 + n⁻), the
+/// mean over the positive and negative terms as gSASRec's BCEWithLogitsLoss takes it,
+/// then the mean over positions.
+pub fn bce(pos: &Tensor, neg: &Tensor, mask: &Tensor, beta: f64) -> Tensor {
+    let m = mask.to_kind(Kind::Float);
+    let negs = ((-neg).log_sigmoid() * &m).sum_dim_intlist(1i64, false, Kind::Float);
+    let n = m.sum_dim_intlist(1i64, false, Kind::Float) + 1.0;
+    (-(pos.log_sigmoid() * beta + negs) / n).mean(Kind::Float)
+}
+
+/// gSASRec's β = α·(t·(1 − 1/α) + 1/α) with α = k / (N − 1) the negative sampling
+/// rate (Petrov and Macdonald 2023); t = 0 gives β = 1 (BCE), t = 1 the fully
+/// calibrated β = α.
+pub fn gbce_beta(k: usize, n_items: u32, t: f64) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    let alpha = k as f64 / (f64::from(n_items) - 1.0).max(1.0);
+    alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+}
+
+/// Cross-entropy over the target and its sampled negatives. `correction [M, C]` is
+/// subtracted from the negatives' logits (the logQ correction: ln of each negative's
+/// expected count in the candidate set); the target's logit is left as it is, so the
+/// normaliser is an importance-sampling estimate of the full softmax's.
+pub fn sampled_softmax(
+    pos: &Tensor,
+    neg: &Tensor,
+    mask: &Tensor,
+    correction: Option<&Tensor>,
+) -> Tensor {
+    let neg = match correction {
+        Some(c) => neg - c,
+        None => neg.shallow_clone(),
+    };
+    let neg = neg.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+    let logits = Tensor::cat(&[pos.unsqueeze(1), neg], 1);
+    (logits.logsumexp([1i64].as_slice(), false) - pos).mean(Kind::Float)
+}
+
+/// Cross-entropy over every item: `logits [M, N + 2]` (columns 0 and N + 1, padding
+/// and the mask token, are never candidates), `targets [M]`.
+pub fn full_softmax(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let n = logits.size()[1];
+    let cols = Tensor::from_slice(&[0i64, n - 1]).to_device(logits.device());
+    let logits = logits.index_fill(1, &cols, f64::NEG_INFINITY);
+    (logits.logsumexp([1i64].as_slice(), false)
+        - logits
+            .gather(1, &targets.unsqueeze(1), false)
+            .squeeze_dim(1))
+    .mean(Kind::Float)
+}
+
+/// The logQ correction of the sampled softmax for `k_random` random and `k_hard`
+/// hard negatives per position, given ln q of each draw under the distribution that
+/// drew it (`log_q [M, k_random + k_hard]`, random columns first).
+///
+/// The candidate set mixes two proposals; each negative's correction is ln of its
+/// expected count under the proposal that drew it: ln(K·q) where K is the number of
+/// draws the correction counts (`random`: only the random draws are corrected, with
+/// K = k_random, and hard negatives keep their raw logits; `all`: both, with K =
+/// k_random + k_hard, which averages the two importance-sampling estimates of the
+/// normaliser with weights proportional to their draw counts).
+pub fn logq_correction(mode: LogQ, log_q: &Tensor, k_random: i64, k_hard: i64) -> Option<Tensor> {
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    match mode {
+        LogQ::Off => None,
+        LogQ::Random => {
+            let r = log_q.narrow(1, 0, k_random) + (k_random as f64).ln();
+            let h = log_q.narrow(1, k_random, k_hard).zeros_like();
+            Some(Tensor::cat(&[r, h], 1))
+        }
+        LogQ::All => Some(log_q + ((k_random + k_hard) as f64).ln()),
+    }
+}
+
+/// The loss of `kind` over sampled candidates (all but the full softmax).
+pub fn sampled(
+    kind: Loss,
+    pos: &Tensor,
+    neg: &Tensor,
+    mask: &Tensor,
+    correction: Option<&Tensor>,
+    gbce_beta: f64,
+) -> Tensor {
+    match kind {
+        Loss::Bpr => bpr(pos, neg, mask),
+        Loss::Bce => bce(pos, neg, mask, 1.0),
+        Loss::Gbce => bce(pos, neg, mask, gbce_beta),
+        Loss::SampledSoftmax | Loss::FullSoftmax => sampled_softmax(pos, neg, mask, correction),
+    }
+}
+
+/// Supervised contrastive loss over two views: rows with the same target are
+/// positives (ContraRec's context-context term).
+///
+/// Only the log-sum-exp needs the full `[2B, 2B]` similarity matrix; the positive
+/// part uses per-target sums of the features, Σ_{j∈P(i)} f_i·f_j = f_i·(S_{y_i} − f_i),
+/// so no `[2B, 2B]` mask or product is ever built.
+pub fn supcon(z1: &Tensor, z2: &Tensor, targets: &Tensor, temperature: f64) -> Tensor {
+    let f = Tensor::cat(&[z1, z2], 0);
+    let f = &f
+        / f.norm_scalaropt_dim(2, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
+    let n = f.size()[0];
+    let dev = f.device();
+    let mut sim = f.matmul(&f.transpose(0, 1)) / temperature;
+    let eye = Tensor::eye(n, (Kind::Bool, dev));
+    let _ = sim.masked_fill_(&eye, -1e9);
+    let lse = sim.logsumexp([1i64].as_slice(), false);
+    let labels = Tensor::cat(&[targets, targets], 0);
+    // Dense ids of the targets in this batch, per-target feature sums and counts.
+    let (uniq, inverse, counts) = labels.unique_dim(0, false, true, true);
+    let _ = uniq;
+    let d = f.size()[1];
+    let sums = Tensor::zeros([counts.size()[0], d], (f.kind(), dev)).index_add(0, &inverse, &f);
+    let pos_dot =
+        ((sums.index_select(0, &inverse) - &f) * &f).sum_dim_intlist(1i64, false, Kind::Float)
+            / temperature;
+    let n_pos = (counts.index_select(0, &inverse) - 1).to_kind(Kind::Float);
+    // mean over positives of (sim_ij − lse_i) = pos_dot_i / n_pos_i − lse_i.
+    let per = -(pos_dot / &n_pos - lse);
+    per.mean(Kind::Float)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(v).view(shape)
+    }
+    fn val(x: &Tensor) -> f64 {
+        x.double_value(&[])
+    }
+    fn sig(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+    const TOL: f64 = 1e-5;
+
+    // Two positions; the second has only one of its two negatives.
+    fn case() -> (Tensor, Tensor, Tensor) {
+        let pos = t(&[2.0, 0.5], &[2]);
+        let neg = t(&[1.0, -1.0, 0.0, 3.0], &[2, 2]);
+        let mask = Tensor::from_slice(&[true, true, true, false]).view([2, 2]);
+        (pos, neg, mask)
+    }
+
+    #[test]
+    fn bpr_matches_a_hand_computed_case() {
+        let (pos, neg, mask) = case();
+        let want = -(sig(1.0).ln() + sig(3.0).ln() + sig(0.5).ln()) / 3.0;
+        assert!((val(&bpr(&pos, &neg, &mask)) - want).abs() < TOL);
+    }
+
+    #[test]
+    fn bce_and_gbce_match_hand_computed_cases() {
+        let (pos, neg, mask) = case();
+        let row1 = |b: f64| -(b * sig(2.0).ln() + sig(-1.0).ln() + sig(1.0).ln()) / 3.0;
+        let row2 = |b: f64| -(b * sig(0.5).ln() + sig(0.0).ln()) / 2.0;
+        let want = (row1(1.0) + row2(1.0)) / 2.0;
+        assert!((val(&bce(&pos, &neg, &mask, 1.0)) - want).abs() < TOL);
+        let want = (row1(0.3) + row2(0.3)) / 2.0;
+        assert!((val(&bce(&pos, &neg, &mask, 0.3)) - want).abs() < TOL);
+    }
+
+    #[test]
+    fn gbce_beta_follows_gsasrec() {
+        // k = 256 negatives of N = 12,101 items, t = 0.75 (gSASRec's setting).
+        let alpha = 256.0 / 12_100.0;
+        let want = alpha * (0.75 * (1.0 - 1.0 / alpha) + 1.0 / alpha);
+        assert!((gbce_beta(256, 12_101, 0.75) - want).abs() < 1e-12);
+        assert!(
+            (gbce_beta(256, 12_101, 0.0) - 1.0).abs() < 1e-12,
+            "t = 0 is BCE"
+        );
+        assert!(
+            (gbce_beta(256, 12_101, 1.0) - alpha).abs() < 1e-12,
+            "t = 1: beta = alpha"
+        );
+    }
+
+    #[test]
+    fn sampled_softmax_with_and_without_logq() {
+        let (pos, neg, mask) = case();
+        let ce = |p: f64, ns: &[f64]| {
+            let z: f64 = ns.iter().map(|x| x.exp()).sum::<f64>() + p.exp();
+            z.ln() - p
+        };
+        let want = (ce(2.0, &[1.0, -1.0]) + ce(0.5, &[0.0])) / 2.0;
+        assert!((val(&sampled_softmax(&pos, &neg, &mask, None)) - want).abs() < TOL);
+        // One random and one hard negative per position: q_random = 0.1 for every
+        // draw, q_hard = 0.5 and 0.25 (the second row's hard slot is empty).
+        let lq = t(
+            &[0.1f32.ln(), 0.5f32.ln(), 0.1f32.ln(), 0.25f32.ln()],
+            &[2, 2],
+        );
+        // `all`: subtract ln(2·q) from every negative.
+        let c = logq_correction(LogQ::All, &lq, 1, 1).expect("correction");
+        let want =
+            (ce(2.0, &[1.0 - (0.2f64).ln(), -1.0 - 1f64.ln()]) + ce(0.5, &[-(0.2f64).ln()])) / 2.0;
+        assert!((val(&sampled_softmax(&pos, &neg, &mask, Some(&c))) - want).abs() < TOL);
+        // `random`: ln(1·q) on the random column only.
+        let c = logq_correction(LogQ::Random, &lq, 1, 1).expect("correction");
+        let want = (ce(2.0, &[1.0 - (0.1f64).ln(), -1.0]) + ce(0.5, &[-(0.1f64).ln()])) / 2.0;
+        assert!((val(&sampled_softmax(&pos, &neg, &mask, Some(&c))) - want).abs() < TOL);
+        assert!(logq_correction(LogQ::Off, &lq, 1, 1).is_none());
+    }
+
+    #[test]
+    fn sampled_softmax_with_logq_estimates_the_full_softmax() {
+        // With every item drawn exactly by its expected count under a uniform q, the
+        // corrected normaliser is the full one: 3 negatives, q = 1/3, K = 3.
+        let pos = t(&[1.0], &[1]);
+        let neg = t(&[0.5, -0.2, 2.0], &[1, 3]);
+        let mask = Tensor::from_slice(&[true, true, true]).view([1, 3]);
+        let lq = t(&[(1.0f32 / 3.0).ln(); 3], &[1, 3]);
+        let c = logq_correction(LogQ::All, &lq, 3, 0).expect("correction");
+        let full = sampled_softmax(&pos, &neg, &mask, None);
+        assert!((val(&sampled_softmax(&pos, &neg, &mask, Some(&c))) - val(&full)).abs() < TOL);
+    }
+
+    #[test]
+    fn full_softmax_ignores_padding_and_mask_token() {
+        // 3 items: columns 0 (padding) and 4 (mask token) carry large logits that
+        // must not count.
+        let logits = t(&[9.0, 1.0, 2.0, 0.0, 9.0], &[1, 5]);
+        let targets = Tensor::from_slice(&[2i64]);
+        let z: f64 = [1.0f64, 2.0, 0.0].iter().map(|x| x.exp()).sum();
+        let want = z.ln() - 2.0;
+        assert!((val(&full_softmax(&logits, &targets)) - want).abs() < TOL);
+    }
+}

@@ -1,0 +1,556 @@
+//! The training loop: epochs of shuffled rows, one optimiser step per batch, dev
+//! ranking after every epoch, early stopping on `train.early-stop-metric`, the best
+//! model saved as it appears, and a checkpoint after every epoch so a killed run
+//! resumes exactly where it stopped.
+
+use crate::adam::Adam;
+use crate::batches::{Batch, EpochNegatives, RandomSampler, Rows};
+use crate::checkpoint::{self, CheckpointState};
+use crate::evaluate::{self, Split};
+use crate::model::Model;
+use crate::objectives;
+use crate::{
+    alloc, augment, history_tensor, permutation, resolve_device, EpochRow, Job, BEST_MODEL,
+    CHECKPOINT_DIR, HISTORY_FILE, TAG_ORDER, TAG_RANDOM, TAG_VIEW,
+};
+use gnno_core::config::{Backbone, Loss, TrainSettings};
+use gnno_core::error::{Error, Result};
+use gnno_core::{fsutil, mix_seed};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use std::time::Instant;
+use tch::nn::Module;
+use tch::{nn, Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrainReport {
+    pub backbone: Backbone,
+    pub loss: Loss,
+    /// `sequence` (every position of a user's sequence per forward pass) or `prefix`.
+    pub rows: &'static str,
+    pub device: String,
+    pub epochs_run: u32,
+    pub best_epoch: Option<u32>,
+    pub early_stop_metric: String,
+    pub best_dev_metric: f64,
+    pub stopped_early: bool,
+    pub resumed_at_epoch: Option<u32>,
+    /// Positions trained per epoch.
+    pub instances: u64,
+    pub parameters: i64,
+    pub mean_instances_per_second: f64,
+    pub mean_train_seconds_per_epoch: f64,
+    pub epochs: Vec<EpochRow>,
+}
+
+/// A batch's tensors on the device.
+struct Tensors {
+    hist: Tensor,
+    /// `[rows, positions]`
+    targets: Tensor,
+    random: Tensor,
+    random_log_q: Tensor,
+    random_mask: Tensor,
+    /// `[rows, positions, n_hard]`, empty when the epoch has none.
+    hard: Option<(Tensor, Tensor)>,
+}
+
+impl Tensors {
+    fn new(b: &Batch, k: usize, n_hard: usize, device: Device) -> Self {
+        let (rows, p) = (b.rows as i64, b.positions as i64);
+        let hard = (n_hard > 0 && !b.hard.is_empty()).then(|| {
+            let h = i64::try_from(n_hard).unwrap_or(0);
+            (
+                Tensor::from_slice(&b.hard)
+                    .view([rows, p, h])
+                    .to_device(device),
+                Tensor::from_slice(&b.hard_log_q)
+                    .view([rows, p, h])
+                    .to_device(device),
+            )
+        });
+        let k = i64::try_from(k).unwrap_or(0);
+        Self {
+            hist: history_tensor(&b.hist, b.len, device),
+            targets: Tensor::from_slice(&b.targets)
+                .view([rows, p])
+                .to_device(device),
+            random: Tensor::from_slice(&b.random)
+                .view([rows, k])
+                .to_device(device),
+            random_log_q: Tensor::from_slice(&b.random_log_q)
+                .view([rows, k])
+                .to_device(device),
+            random_mask: Tensor::from_slice(&b.random_mask)
+                .view([rows, k])
+                .to_device(device),
+            hard,
+        }
+    }
+}
+
+/// The loss of one batch: representations at the trained positions scored against
+/// their candidates.
+fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> Tensor {
+    let rep_all = if model.is_causal() {
+        model.encode_all(&t.hist, true)
+    } else {
+        // Prefix rows: the one target is the last position.
+        model.encode(&t.hist, true).unsqueeze(1)
+    };
+    let p = t.targets.size()[1];
+    let rep_all = rep_all.narrow(1, rep_all.size()[1] - p, p); // [B, P, D]
+    let valid = t.targets.gt(0); // [B, P]
+    let idx = valid.view([-1]).nonzero().squeeze_dim(1); // [M] flat positions
+    let d = rep_all.size()[2];
+    let rep = rep_all.reshape([-1, d]).index_select(0, &idx); // [M, D]
+    let tgt = t.targets.view([-1]).index_select(0, &idx); // [M]
+    if cfg.loss == Loss::FullSoftmax {
+        return objectives::full_softmax(&model.score_all(&rep), &tgt);
+    }
+    let pos = (&rep * model.items.forward(&tgt)).sum_dim_intlist(1i64, false, Kind::Float);
+    // Random negatives are per row: [B, P, K] by one batched product, then the
+    // trained positions.
+    let k = t.random.size()[1];
+    let e_rand = model.items.forward(&t.random); // [B, K, D]
+    let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, &idx);
+    let rand_scores = flat(rep_all.matmul(&e_rand.transpose(1, 2)), k);
+    let rand_mask = flat(t.random_mask.unsqueeze(1).expand([-1, p, k], false), k);
+    let rand_lq = flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k);
+    let (neg, mask, log_q, k_hard) = match &t.hard {
+        Some((hard, hard_lq)) => {
+            let h = hard.size()[2];
+            let hard = flat(hard.shallow_clone(), h); // [M, H]
+            let hs = (model.items.forward(&hard) * rep.unsqueeze(1)).sum_dim_intlist(
+                -1i64,
+                false,
+                Kind::Float,
+            );
+            (
+                Tensor::cat(&[rand_scores, hs], 1),
+                Tensor::cat(&[rand_mask, hard.gt(0)], 1),
+                Tensor::cat(&[rand_lq, flat(hard_lq.shallow_clone(), h)], 1),
+                h,
+            )
+        }
+        None => (rand_scores, rand_mask, rand_lq, 0),
+    };
+    let correction = objectives::logq_correction(cfg.logq, &log_q, k, k_hard);
+    let beta = objectives::gbce_beta(
+        usize::try_from(k + k_hard).unwrap_or(0),
+        n_items,
+        cfg.gbce_t,
+    );
+    objectives::sampled(cfg.loss, &pos, &neg, &mask, correction.as_ref(), beta)
+}
+
+struct Trainer<'a> {
+    job: &'a Job<'a>,
+    rows: Rows<'a>,
+    random: RandomSampler,
+    device: Device,
+    model: Model,
+    vs: nn::VarStore,
+    opt: Adam,
+}
+
+impl Trainer<'_> {
+    /// One epoch over every row in a seeded order; returns (mean loss, trained positions).
+    fn epoch(&mut self, epoch: u32, hard: Option<&EpochNegatives>) -> Result<(f64, u64)> {
+        let (job, cfg) = (self.job, self.job.cfg);
+        let ids = self.rows.ids();
+        let order = permutation(
+            ids.len(),
+            mix_seed(&[job.seed, u64::from(epoch), TAG_ORDER]),
+        );
+        let k = cfg.n_random as usize;
+        let n_hard = hard.map_or(0, |h| h.n_hard);
+        let mut loss_sum = 0.0;
+        let mut batches = 0u64;
+        let mut trained = 0u64;
+        let mut chunk_ids = Vec::with_capacity(cfg.batch_size as usize);
+        for (bi, chunk) in order.chunks(cfg.batch_size as usize).enumerate() {
+            chunk_ids.clear();
+            chunk_ids.extend(chunk.iter().map(|&r| ids[r]));
+            let b = self.rows.batch(&chunk_ids, k, &self.random, hard, |row| {
+                Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
+                    job.seed,
+                    u64::from(epoch),
+                    row,
+                    TAG_RANDOM,
+                ]))
+            });
+            let t = Tensors::new(&b, k, n_hard, self.device);
+            let mut loss = batch_loss(&self.model, cfg, &t, job.ds.n_items);
+            if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
+                loss += self.contrastive(epoch, &b, &chunk_ids) * cfg.gamma;
+            }
+            if fault_nan(epoch) {
+                // Test hook: a diverged model.
+                loss = loss * f64::NAN;
+            }
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(Error::usage(format!(
+                    "training diverged: epoch {epoch}, batch {bi}: the loss is {value}"
+                ))
+                .with_hint("nothing of this epoch was kept; lower train.lr (or check the data)"));
+            }
+            self.opt.zero_grad();
+            loss.backward();
+            self.opt.step();
+            loss_sum += value;
+            batches += 1;
+            trained += b.trained as u64;
+            job.progress.advance(b.trained as u64);
+        }
+        #[expect(clippy::cast_precision_loss, reason = "batch counts")]
+        Ok((loss_sum / batches.max(1) as f64, trained))
+    }
+
+    /// ContraRec's context-context term over two augmented views of each history.
+    fn contrastive(&self, epoch: u32, b: &Batch, ids: &[u64]) -> Tensor {
+        let (job, l) = (self.job, b.len);
+        let mask_token = self.model.n_items + 1;
+        let views: Vec<Tensor> = (0..2u64)
+            .map(|v| {
+                let mut h = b.hist.clone();
+                for (row, &id) in h.chunks_mut(l).zip(ids) {
+                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
+                        job.seed,
+                        u64::from(epoch),
+                        id,
+                        TAG_VIEW,
+                        v,
+                    ]));
+                    augment(row, mask_token, &mut rng);
+                }
+                self.model.encode(&history_tensor(&h, l, self.device), true)
+            })
+            .collect();
+        let tt = Tensor::from_slice(&b.targets).to_device(self.device);
+        objectives::supcon(&views[0], &views[1], &tt, job.cfg.cl_temperature)
+    }
+}
+
+fn fault_nan(epoch: u32) -> bool {
+    std::env::var("GNNO_FAULT_NAN_LOSS_EPOCH")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        == Some(epoch)
+}
+
+fn new_model(
+    cfg: &TrainSettings,
+    n_items: u32,
+    device: Device,
+) -> (nn::VarStore, Model, Adam, i64) {
+    let vs = nn::VarStore::new(device);
+    let model = Model::new(&vs.root(), cfg, n_items);
+    let params: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
+    let opt = Adam::new(params, cfg.lr, cfg.weight_decay);
+    (vs, model, opt, n_params)
+}
+
+/// Train a model; writes `best.ot`, `history.json` and checkpoints into `out`.
+pub fn train(job: &Job) -> Result<TrainReport> {
+    let device = resolve_device(job.device)?;
+    alloc::keep_large_blocks();
+    tch::set_num_threads(i32::try_from(job.threads).unwrap_or(1));
+    #[expect(clippy::cast_possible_wrap, reason = "seed bits")]
+    tch::manual_seed(mix_seed(&[job.seed, 0x494E_4954]) as i64);
+    let (cfg, ds) = (job.cfg, job.ds);
+    let inst = ds.instances();
+    if inst.is_empty() {
+        return Err(Error::usage(
+            "no training instances: every user has fewer than two train items",
+        ));
+    }
+    let (vs, model, opt, n_params) = new_model(cfg, ds.n_items, device);
+    let sequence = model.is_causal();
+    let mut tr = Trainer {
+        job,
+        rows: Rows::new(ds, &inst, sequence, cfg.history_len as usize),
+        random: RandomSampler::new(cfg, ds),
+        device,
+        model,
+        vs,
+        opt,
+    };
+
+    // Resume from the last checkpoint of a killed run with the same settings.
+    let ckpt_dir = job.out.join(CHECKPOINT_DIR);
+    fsutil::create_dir_all(&ckpt_dir)?;
+    let state_path = ckpt_dir.join("state.json");
+    let mut st = CheckpointState::fresh();
+    let mut resumed = None;
+    if let Some(saved) = CheckpointState::read(&state_path)? {
+        let tpath = ckpt_dir.join(&saved.tensors);
+        let named = checkpoint::load_named(&tpath)?;
+        checkpoint::load_model_tensors(&mut tr.vs, &named, &tpath)?;
+        tr.opt.restore(&named);
+        tracing::info!(epoch = saved.next_epoch, "resuming from checkpoint");
+        resumed = Some(saved.next_epoch);
+        st = saved;
+    }
+    let per_epoch = tr.rows.positions_per_epoch();
+    let total_epochs = cfg.epochs;
+    job.progress.start(
+        "train",
+        u64::from(total_epochs.saturating_sub(st.next_epoch)) * per_epoch,
+    );
+    let dev_ks = evaluate::dev_ks(&cfg.early_stop_metric);
+    let mut stopped_early = false;
+    let mut epoch = st.next_epoch;
+    while epoch < total_epochs {
+        if st.bad_epochs >= cfg.patience {
+            stopped_early = true;
+            break;
+        }
+        #[expect(clippy::cast_possible_wrap, reason = "seed bits")]
+        tch::manual_seed(mix_seed(&[job.seed, u64::from(epoch), 0x4452_4F50]) as i64);
+        let t0 = Instant::now();
+        let hard = if epoch >= job.hard_from && cfg.loss != Loss::FullSoftmax {
+            Some(EpochNegatives::load(
+                job.input,
+                epoch,
+                job.n_hard as usize,
+                &inst,
+                ds.n_items,
+            )?)
+        } else {
+            None
+        };
+        let (loss, trained) = tr.epoch(epoch, hard.as_ref())?;
+        let train_s = t0.elapsed().as_secs_f64();
+        let dev = evaluate::rank_users(
+            &tr.model,
+            ds,
+            device,
+            Split::Dev,
+            job.eval.batch_size as usize,
+            cfg.history_len as usize,
+            &dev_ks,
+            &format!("epoch {epoch}"),
+        )?;
+        let m = dev.protocol(job.eval.exclude_history);
+        let score = evaluate::metric_value(m, &cfg.early_stop_metric);
+        #[expect(clippy::cast_precision_loss, reason = "rates")]
+        let row = EpochRow {
+            epoch,
+            loss,
+            hard_negatives: hard.is_some(),
+            dev_metric: score,
+            dev_ndcg10: evaluate::metric_value(m, "NDCG@10"),
+            dev_hr10: evaluate::metric_value(m, "HR@10"),
+            train_seconds: train_s,
+            seconds: t0.elapsed().as_secs_f64(),
+            instances_per_second: trained as f64 / train_s.max(1e-9),
+        };
+        tracing::info!(
+            epoch,
+            loss = format!("{:.5}", row.loss),
+            dev = format!("{}={score:.5}", cfg.early_stop_metric),
+            seconds = format!("{:.1}", row.seconds),
+            "epoch done"
+        );
+        st.history.push(row);
+        if score > st.best_score {
+            st.best_score = score;
+            st.best_epoch = Some(epoch);
+            st.bad_epochs = 0;
+            checkpoint::save_named(
+                &job.out.join(BEST_MODEL),
+                &checkpoint::model_tensors(&tr.vs),
+            )?;
+        } else {
+            st.bad_epochs += 1;
+        }
+        // Checkpoint: tensors first, then the state that names them.
+        epoch += 1;
+        st.next_epoch = epoch;
+        let name = format!("epoch-{epoch:04}.ot");
+        let mut named = checkpoint::model_tensors(&tr.vs);
+        named.extend(tr.opt.state());
+        checkpoint::save_named(&ckpt_dir.join(&name), &named)?;
+        let old = std::mem::replace(&mut st.tensors, name);
+        st.write(&state_path)?;
+        if !old.is_empty() && old != st.tensors {
+            let _ = std::fs::remove_file(ckpt_dir.join(old));
+        }
+        if std::env::var("GNNO_FAULT_AFTER_EPOCH")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            == Some(epoch)
+        {
+            // Test hook: die like a killed process right after a checkpoint.
+            std::process::abort();
+        }
+    }
+    job.progress.finish();
+    if st.bad_epochs >= cfg.patience && epoch < total_epochs {
+        stopped_early = true;
+    }
+    if st.best_epoch.is_none() {
+        return Err(Error::usage("training ended without a usable epoch"));
+    }
+    fsutil::write_atomic(
+        &job.out.join(HISTORY_FILE),
+        &serde_json::to_vec_pretty(&st.history).map_err(|e| Error::internal(e.to_string()))?,
+    )?;
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    let n_rows = st.history.len().max(1) as f64;
+    Ok(TrainReport {
+        backbone: cfg.backbone,
+        loss: cfg.loss,
+        rows: if sequence { "sequence" } else { "prefix" },
+        device: format!("{device:?}"),
+        epochs_run: u32::try_from(st.history.len()).unwrap_or(0),
+        best_epoch: st.best_epoch,
+        early_stop_metric: cfg.early_stop_metric.clone(),
+        best_dev_metric: st.best_score,
+        stopped_early,
+        resumed_at_epoch: resumed,
+        instances: per_epoch,
+        parameters: n_params,
+        mean_instances_per_second: st
+            .history
+            .iter()
+            .map(|r| r.instances_per_second)
+            .sum::<f64>()
+            / n_rows,
+        mean_train_seconds_per_epoch: st.history.iter().map(|r| r.train_seconds).sum::<f64>()
+            / n_rows,
+        epochs: st.history,
+    })
+}
+
+/// Training throughput on synthetic batches (benchmarks): positions per second of
+/// forward, backward and Adam step for `cfg` on `rows` of length `history-len`
+/// (every row full), with `n_hard` hard negatives per position.
+pub fn throughput(
+    cfg: &TrainSettings,
+    n_items: u32,
+    n_hard: u32,
+    batches: usize,
+    device: &str,
+    threads: usize,
+) -> Result<f64> {
+    let device = resolve_device(device)?;
+    alloc::keep_large_blocks();
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
+    tch::manual_seed(1);
+    let (_vs, model, mut opt, _) = new_model(cfg, n_items, device);
+    let (b, l) = (cfg.batch_size as usize, cfg.history_len as usize);
+    let p = if model.is_causal() { l } else { 1 };
+    let (k, h) = (cfg.n_random as usize, n_hard as usize);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let mut step = |rng: &mut Xoshiro256PlusPlus| {
+        let mut item = |n: usize| -> Vec<i64> {
+            (0..n)
+                .map(|_| i64::from(rng.random_range(1..=n_items)))
+                .collect()
+        };
+        let batch = Batch {
+            rows: b,
+            len: l,
+            positions: p,
+            hist: item(b * l),
+            targets: item(b * p),
+            random: item(b * k),
+            random_log_q: vec![-(f64::from(n_items).ln() as f32); b * k],
+            random_mask: vec![true; b * k],
+            hard: item(b * p * h),
+            hard_log_q: vec![-(f64::from(n_items).ln() as f32); b * p * h],
+            trained: b * p,
+        };
+        let t = Tensors::new(&batch, k, h, device);
+        let mut loss = batch_loss(&model, cfg, &t, n_items);
+        if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
+            let views: Vec<Tensor> = (0..2)
+                .map(|_| {
+                    let mut hh = batch.hist.clone();
+                    for row in hh.chunks_mut(l) {
+                        augment(row, model.n_items + 1, rng);
+                    }
+                    model.encode(&history_tensor(&hh, l, device), true)
+                })
+                .collect();
+            let tt = Tensor::from_slice(&batch.targets).to_device(device);
+            loss += objectives::supcon(&views[0], &views[1], &tt, cfg.cl_temperature) * cfg.gamma;
+        }
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+        loss.double_value(&[])
+    };
+    step(&mut rng);
+    let t0 = Instant::now();
+    for _ in 0..batches {
+        step(&mut rng);
+    }
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    Ok((batches * b * p) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Training throughput on a real dataset's rows (benchmarks): trained positions per
+/// second over `batches` batches of the first epoch's row order, with `n_hard` hard
+/// negatives per instance drawn uniformly here (the cost, not the values, is
+/// measured). Includes building the batches, as an epoch does.
+pub fn dataset_throughput(
+    cfg: &TrainSettings,
+    ds: &gnno_core::dataset::Dataset,
+    n_hard: usize,
+    batches: usize,
+    device: &str,
+    threads: usize,
+) -> Result<f64> {
+    let device = resolve_device(device)?;
+    alloc::keep_large_blocks();
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
+    tch::manual_seed(1);
+    let (_vs, model, mut opt, _) = new_model(cfg, ds.n_items, device);
+    let inst = ds.instances();
+    let rows = Rows::new(ds, &inst, model.is_causal(), cfg.history_len as usize);
+    let random = RandomSampler::new(cfg, ds);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    let hard = (n_hard > 0).then(|| EpochNegatives {
+        n_hard,
+        items: (0..inst.len() * n_hard)
+            .map(|_| rng.random_range(1..=ds.n_items))
+            .collect(),
+        log_prob: vec![-(f64::from(ds.n_items).ln() as f32); inst.len() * n_hard],
+    });
+    let ids = rows.ids();
+    let order = permutation(ids.len(), 3);
+    let k = cfg.n_random as usize;
+    let mut step = |chunk: &[usize]| -> Result<usize> {
+        let chunk: Vec<u64> = chunk.iter().map(|&r| ids[r]).collect();
+        let b = rows.batch(&chunk, k, &random, hard.as_ref(), |row| {
+            Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[row, TAG_RANDOM]))
+        });
+        let t = Tensors::new(&b, k, n_hard, device);
+        let loss = batch_loss(&model, cfg, &t, ds.n_items);
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+        Ok(b.trained)
+    };
+    let mut chunks = order.chunks(cfg.batch_size as usize);
+    if let Some(c) = chunks.next() {
+        step(c)?;
+    }
+    let t0 = Instant::now();
+    let mut n = 0;
+    for c in chunks.take(batches) {
+        n += step(c)?;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "rates")]
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}

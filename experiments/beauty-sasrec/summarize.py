@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Prints the docs/RESULTS.md tables of the SASRec objectives comparison from
+experiments/beauty-sasrec/*.result.json (run.sh writes them)."""
+import glob
+import json
+import os
+import re
+import statistics
+
+here = os.path.dirname(os.path.abspath(__file__))
+rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(here, "*.result.json")))]
+
+
+def base(arm):
+    return re.sub(r"-s\d+$", "", arm)
+
+
+def seed(arm):
+    m = re.search(r"-s(\d+)$", arm)
+    return int(m.group(1)) if m else 42
+
+
+def cfg(arm):
+    text = open(os.path.join(here, arm + ".toml")).read()
+    get = lambda k: re.search(rf"^{k} = (.*)$", text, re.M).group(1).strip('"')
+    return {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup"]}
+
+
+print("| arm | loss | negatives | logQ | seed | test NDCG@10 | HR@10 | NDCG@20 | HR@20 | NDCG@10, history in | best epoch / run | train s/epoch | wall |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+rows.sort(key=lambda r: (base(r["arm"]), seed(r["arm"]) != 42, seed(r["arm"])))
+for r in rows:
+    e, t = r["evaluate"]["report"], r["train"]["report"]
+    c = cfg(r["arm"])
+    if c["loss"] == "full-softmax":
+        negs = "all items"
+    else:
+        hard = f"{c['n-hard']} {c['sampler']}" + (f" τ={c['temperature']}" if c["sampler"] == "gnno" else "")
+        negs = f"{c['n-random']} uniform + {hard} from epoch {c['warmup']}"
+    f, o = e["test_full"], e["test_full_other_protocol"]
+    print(
+        f"| {r['arm']} | {c['loss']} | {negs} | {c['logq']} | {seed(r['arm'])} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "
+        f"{o['NDCG@10']:.4f} | {t['best_epoch']} / {t['epochs_run']} | {t['mean_train_seconds_per_epoch']:.1f} | {r['wall_s'] / 60:.0f} min |"
+    )
+
+groups = {}
+for r in rows:
+    groups.setdefault(base(r["arm"]), []).append(r)
+multi = {k: v for k, v in groups.items() if len(v) > 1}
+if multi:
+    print()
+    print("| arm | seeds | test NDCG@10 mean ± sd | HR@10 mean ± sd | train s/epoch |")
+    print("|---|---|---|---|---|")
+    for k, v in multi.items():
+        n = [r["evaluate"]["report"]["test_full"]["NDCG@10"] for r in v]
+        h = [r["evaluate"]["report"]["test_full"]["HR@10"] for r in v]
+        s = [r["train"]["report"]["mean_train_seconds_per_epoch"] for r in v]
+        sd = lambda x: statistics.stdev(x) if len(x) > 1 else 0.0
+        print(f"| {k} | {', '.join(str(seed(r['arm'])) for r in v)} | {statistics.mean(n):.4f} ± {sd(n):.4f} | {statistics.mean(h):.4f} ± {sd(h):.4f} | {statistics.mean(s):.1f} |")

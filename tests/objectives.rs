@@ -1,0 +1,152 @@
+//! Training objectives and row layouts end to end: every loss trains every backbone,
+//! training does not depend on the shard size, and the failures a nightly job must
+//! not pass over (a missing epoch of negatives, a diverged loss) stop the stage.
+
+use crate::common::{run_dir, small_config, stderr, synthetic_log, Project};
+
+fn project(extra: &str) -> Project {
+    let p = Project::new();
+    p.write("data.tsv", &synthetic_log(300, 120, 11));
+    p.config(&small_config(extra));
+    p
+}
+
+fn set_train(p: &Project, keys: &str) {
+    let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
+    let base = cfg.split("#train-extra").next().expect("config").to_owned();
+    p.config(&base.replace(
+        "[train]\n",
+        &format!("[train]\n#train-extra\n{keys}\n#train-extra\n"),
+    ));
+}
+
+fn losses(p: &Project) -> Vec<f64> {
+    let t = p.json(&["report", "train", "--json"])["report"].clone();
+    t["epochs"]
+        .as_array()
+        .expect("epochs")
+        .iter()
+        .map(|e| e["loss"].as_f64().expect("loss"))
+        .collect()
+}
+
+#[test]
+fn every_loss_trains_every_backbone() {
+    let p = project("");
+    p.ok(&["run", "--to", "negatives"]);
+    let n_items = p.json(&["report", "ingest", "--json"])["report"]["items"]
+        .as_f64()
+        .expect("items");
+    for backbone in ["encoder", "sasrec", "gru4rec"] {
+        for loss in ["bpr", "bce", "gbce", "sampled-softmax", "full-softmax"] {
+            let logq = if loss == "sampled-softmax" {
+                "logq = \"all\""
+            } else {
+                ""
+            };
+            set_train(
+                &p,
+                &format!("backbone = \"{backbone}\"\nloss = \"{loss}\"\ngamma = 0.0\n{logq}"),
+            );
+            p.ok(&["run"]);
+            let t = p.json(&["report", "train", "--json"])["report"].clone();
+            assert_eq!(t["loss"], loss);
+            let rows = if backbone == "encoder" {
+                "prefix"
+            } else {
+                "sequence"
+            };
+            assert_eq!(t["rows"], rows, "{backbone}");
+            let l = losses(&p);
+            assert_eq!(l.len(), 3);
+            assert!(
+                l.iter().all(|x| x.is_finite() && *x > 0.0),
+                "{backbone}/{loss}: {l:?}"
+            );
+            assert!(l[2] < l[0], "{backbone}/{loss}: the loss falls: {l:?}");
+            if loss == "full-softmax" {
+                // An untrained model's cross-entropy over N items is about ln N.
+                assert!(
+                    l[0] < n_items.ln() + 0.1,
+                    "{backbone}: {l:?} vs ln N {}",
+                    n_items.ln()
+                );
+            }
+            if loss == "bpr" {
+                assert!(l[0] < std::f64::consts::LN_2 + 0.01, "{l:?}");
+            }
+            let e = p.json(&["report", "evaluate", "--json"])["report"].clone();
+            assert_eq!(e["exclude_history"], true, "the headline protocol");
+            let ex = e["test_full"]["HR@10"].as_f64().expect("hr");
+            let inc = e["test_full_other_protocol"]["HR@10"].as_f64().expect("hr");
+            assert!(
+                ex >= inc,
+                "removing the history only lifts the target: {ex} < {inc}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sequence_rows_train_every_position_per_user() {
+    let p = project("");
+    set_train(&p, "backbone = \"sasrec\"\nhistory-len = 4");
+    p.ok(&["run"]);
+    let t = p.json(&["report", "train", "--json"])["report"].clone();
+    let ingest = p.json(&["report", "ingest", "--json"])["report"].clone();
+    let instances = ingest["training_instances"].as_u64().expect("n");
+    let trained = t["instances"].as_u64().expect("n");
+    // A window of 4 positions per user: fewer than every instance, at most 4 per user.
+    assert!(trained < instances, "{trained} vs {instances}");
+    assert!(trained <= 4 * ingest["users"].as_u64().expect("users"));
+}
+
+#[test]
+fn training_does_not_depend_on_the_shard_size() {
+    let a = project("");
+    let b = project("");
+    let cfg = std::fs::read_to_string(b.path().join("pipeline.toml")).expect("read");
+    b.config(&cfg.replace("shard-rows = 500", "shard-rows = 77"));
+    for p in [&a, &b] {
+        set_train(p, "backbone = \"sasrec\"\nloss = \"sampled-softmax\"");
+        p.ok(&["run"]);
+    }
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la, lb, "per-epoch losses with shard-rows 500 and 77");
+    let t = a.json(&["report", "train", "--json"])["report"].clone();
+    assert_eq!(t["epochs"][1]["hard_negatives"], true);
+}
+
+#[test]
+fn a_missing_epoch_of_negatives_is_an_error_naming_the_folder() {
+    let p = project("");
+    p.ok(&["run", "--to", "negatives"]);
+    let epoch = run_dir(&p.workdir(), "negatives").join("epoch-0002");
+    assert!(epoch.is_dir());
+    std::fs::remove_dir_all(&epoch).expect("remove");
+    let o = p.gnno(&["run"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("epoch-0002") && err.contains("missing"),
+        "{err}"
+    );
+    let st = p.json(&["status", "--json"]);
+    assert_eq!(st[3]["status"]["state"], "missing", "no train manifest");
+}
+
+#[test]
+fn a_diverged_loss_stops_training_and_publishes_nothing() {
+    let p = project("");
+    p.ok(&["run"]);
+    let before = p.json(&["report", "evaluate", "--json"]);
+    set_train(&p, "lr = 0.004");
+    let o = p.gnno_env(&["run"], &[("GNNO_FAULT_NAN_LOSS_EPOCH", "1")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("epoch 1") && err.contains("NaN"), "{err}");
+    // The last good results stay published; train is stale, not replaced.
+    let st = p.json(&["status", "--json"]);
+    assert_eq!(st[3]["status"]["state"], "stale", "{st}");
+    assert_eq!(p.json(&["report", "evaluate", "--json"]), before);
+}
