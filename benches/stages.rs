@@ -432,7 +432,7 @@ fn bench_ingest(tmp: &Path) {
 /// next to the same model and loss in PyTorch eager (benches/torch_objectives.py)
 /// run in the same bench run.
 fn bench_objectives(tmp: &Path) {
-    use gnno_core::config::{Backbone, LogQ, Loss};
+    use gnno_core::config::{Backbone, Batching, LogQ, Loss};
     let ds = beauty(tmp);
     let beauty = shared().join("data/s3rec/Beauty.txt");
     let mut cfg = Config::defaults(Path::new("/")).train;
@@ -486,14 +486,19 @@ fn bench_objectives(tmp: &Path) {
             LogQ::Off
         };
         let hard = if loss == Loss::FullSoftmax { 0 } else { n_hard };
-        let ours =
-            gnno_train::trainer::dataset_throughput(&cfg, &ds, hard, batches, "cpu", threads)
-                .expect("throughput");
+        let mut ours = Vec::new();
+        for batching in [Batching::Random, Batching::Length] {
+            cfg.batching = batching;
+            let (s, _) =
+                gnno_train::trainer::dataset_throughput(&cfg, &ds, hard, batches, "cpu", threads)
+                    .expect("throughput");
+            ours.push(s);
+        }
         let t = theirs[name].as_f64().unwrap_or(f64::NAN);
-        let (eo, et) = (per_epoch as f64 / ours, per_epoch as f64 / t);
+        let et = per_epoch as f64 / t;
         println!(
-            "  {name:16} gnno {eo:7.1} s/epoch ({ours:8.0} positions/s)   PyTorch eager {et:7.1} s/epoch ({t:8.0}/s)   ratio {:.2}x",
-            et / eo
+            "  {name:16} gnno {:7.1} s/epoch (random batches), {:6.1} s/epoch (length batches)   PyTorch eager {et:7.1} s/epoch (random)   ratio {:.2}x, {:.2}x",
+            ours[0], ours[1], et / ours[0], et / ours[1]
         );
     }
 }

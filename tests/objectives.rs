@@ -11,13 +11,38 @@ fn project(extra: &str) -> Project {
     p
 }
 
+/// The project's config as first written, with `keys` set in its [train] table
+/// (replacing what it sets for them).
 fn set_train(p: &Project, keys: &str) {
-    let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
-    let base = cfg.split("#train-extra").next().expect("config").to_owned();
-    p.config(&base.replace(
-        "[train]\n",
-        &format!("[train]\n#train-extra\n{keys}\n#train-extra\n"),
-    ));
+    let base = p.path().join("base.toml");
+    if !base.exists() {
+        std::fs::copy(p.path().join("pipeline.toml"), &base).expect("copy");
+    }
+    let cfg = std::fs::read_to_string(&base).expect("read");
+    let names: Vec<&str> = keys
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
+    let mut out = String::new();
+    let mut in_train = false;
+    for line in cfg.lines() {
+        if line.starts_with('[') {
+            in_train = line == "[train]";
+        }
+        let key = line.split('=').next().unwrap_or("").trim();
+        if in_train && names.contains(&key) {
+            continue;
+        }
+        out += line;
+        out += "\n";
+        if line == "[train]" {
+            out += keys;
+            out += "\n";
+        }
+    }
+    p.config(&out);
 }
 
 fn losses(p: &Project) -> Vec<f64> {
@@ -37,8 +62,17 @@ fn every_loss_trains_every_backbone() {
     let n_items = p.json(&["report", "ingest", "--json"])["report"]["items"]
         .as_f64()
         .expect("items");
-    for backbone in ["encoder", "sasrec", "gru4rec"] {
-        for loss in ["bpr", "bce", "gbce", "sampled-softmax", "full-softmax"] {
+    // Every loss on SASRec (sequence rows); the other backbones with the paper's
+    // loss and the sampled softmax.
+    let all = ["bpr", "bce", "gbce", "sampled-softmax", "full-softmax"];
+    let arms = all.iter().map(|&l| ("sasrec", l)).chain([
+        ("encoder", "bpr"),
+        ("encoder", "sampled-softmax"),
+        ("gru4rec", "bpr"),
+        ("gru4rec", "full-softmax"),
+    ]);
+    for (backbone, loss) in arms {
+        {
             let logq = if loss == "sampled-softmax" {
                 "logq = \"all\""
             } else {
@@ -46,7 +80,9 @@ fn every_loss_trains_every_backbone() {
             };
             set_train(
                 &p,
-                &format!("backbone = \"{backbone}\"\nloss = \"{loss}\"\ngamma = 0.0\n{logq}"),
+                &format!(
+                    "backbone = \"{backbone}\"\nloss = \"{loss}\"\ngamma = 0.0\nlr = 0.02\n{logq}"
+                ),
             );
             p.ok(&["run"]);
             let t = p.json(&["report", "train", "--json"])["report"].clone();
@@ -63,17 +99,21 @@ fn every_loss_trains_every_backbone() {
                 l.iter().all(|x| x.is_finite() && *x > 0.0),
                 "{backbone}/{loss}: {l:?}"
             );
-            assert!(l[2] < l[0], "{backbone}/{loss}: the loss falls: {l:?}");
+            // What an untrained model (every score 0) would give: ln 2 for the
+            // sigmoid losses; about ln N for the softmaxes (with the logQ
+            // correction the sampled normaliser estimates the full one).
+            let untrained = if loss.ends_with("softmax") {
+                n_items.ln()
+            } else {
+                std::f64::consts::LN_2
+            };
+            assert!(
+                l[0] < untrained + 0.1 && l[2] < untrained - 0.02,
+                "{backbone}/{loss}: {l:?} vs untrained {untrained}"
+            );
             if loss == "full-softmax" {
-                // An untrained model's cross-entropy over N items is about ln N.
-                assert!(
-                    l[0] < n_items.ln() + 0.1,
-                    "{backbone}: {l:?} vs ln N {}",
-                    n_items.ln()
-                );
-            }
-            if loss == "bpr" {
-                assert!(l[0] < std::f64::consts::LN_2 + 0.01, "{l:?}");
+                // No hard negatives enter it: the loss falls epoch by epoch.
+                assert!(l[2] < l[1] && l[1] < l[0], "{backbone}: {l:?}");
             }
             let e = p.json(&["report", "evaluate", "--json"])["report"].clone();
             assert_eq!(e["exclude_history"], true, "the headline protocol");
@@ -124,7 +164,9 @@ fn a_missing_epoch_of_negatives_is_an_error_naming_the_folder() {
     let epoch = run_dir(&p.workdir(), "negatives").join("epoch-0002");
     assert!(epoch.is_dir());
     std::fs::remove_dir_all(&epoch).expect("remove");
-    let o = p.gnno(&["run"]);
+    // `gnno run` would redraw the damaged negatives output; the train stage alone
+    // must not train the epoch as warm-up.
+    let o = p.gnno(&["stage", "train", "--force"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -140,7 +182,7 @@ fn a_diverged_loss_stops_training_and_publishes_nothing() {
     let p = project("");
     p.ok(&["run"]);
     let before = p.json(&["report", "evaluate", "--json"]);
-    set_train(&p, "lr = 0.004");
+    set_train(&p, "random-alpha = 0.9");
     let o = p.gnno_env(&["run"], &[("GNNO_FAULT_NAN_LOSS_EPOCH", "1")]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);

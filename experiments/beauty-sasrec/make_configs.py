@@ -48,6 +48,9 @@ batch-size = 512
 epochs = 200
 patience = 20
 early-stop-metric = "NDCG@10"
+# Users of similar length share a batch, padded to its longest row (exact for
+# SASRec; 2 CPU cores cannot afford 87% padding at L = 50). See RESULTS.md.
+batching = "length"
 
 [evaluate]
 ks = [5, 10, 20, 50]

@@ -166,6 +166,17 @@ pub enum RandomNegatives {
     Popularity,
 }
 
+/// How an epoch's rows are grouped into batches.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Batching {
+    /// A seeded permutation of all rows, cut into batches.
+    Random,
+    /// Rows of similar length share a batch (random among equal lengths, batches
+    /// in a random order), so a batch pads only to its longest row.
+    Length,
+}
+
 /// Which sampled logits of the sampled softmax get the logQ correction.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -188,6 +199,7 @@ pub struct TrainSettings {
     pub gbce_t: f64,
     /// Dev metric that picks the best epoch and drives early stopping, e.g. `NDCG@10`.
     pub early_stop_metric: String,
+    pub batching: Batching,
     /// Epochs drawn by the negatives stage and trained at most.
     pub epochs: u32,
     pub history_len: u32,
@@ -731,6 +743,11 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         ],
     );
     let early_stop_metric = s.string("early-stop-metric", "NDCG@10");
+    let batching = s.choice(
+        "batching",
+        Batching::Random,
+        &[("random", Batching::Random), ("length", Batching::Length)],
+    );
     let t = TrainSettings {
         backbone,
         loss,
@@ -739,6 +756,7 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         logq,
         gbce_t: s.float("gbce-t", 0.75, 0.0, 1.0),
         early_stop_metric,
+        batching,
         epochs: s.uint("epochs", 200, 1, 100_000),
         history_len: s.uint("history-len", 20, 1, 10_000),
         dim: s.uint("dim", 64, 1, 65_536),

@@ -278,6 +278,9 @@ pub struct Rows<'a> {
     /// Sequence rows (one per user with an instance) or prefix rows (one per instance).
     pub sequence: bool,
     pub len: usize,
+    /// Pad each batch to its longest row rather than to `len` (exact for models
+    /// whose outputs at real items ignore padding; see `Model::trims_padding`).
+    pub trim: bool,
 }
 
 impl<'a> Rows<'a> {
@@ -298,7 +301,19 @@ impl<'a> Rows<'a> {
             first_instance,
             sequence,
             len,
+            trim: false,
         }
+    }
+
+    /// Input length of a row: its trained positions (sequence rows) or its
+    /// history (prefix rows), at most `len`.
+    pub fn row_len(&self, row: u64) -> usize {
+        let n = if self.sequence {
+            self.ds.train_seq(self.user(row)).len().saturating_sub(1)
+        } else {
+            self.inst.pos[usize::try_from(row).unwrap_or(usize::MAX)] as usize
+        };
+        n.min(self.len)
     }
 
     /// Row ids: users with at least one instance, or instance ids.
@@ -341,7 +356,15 @@ impl<'a> Rows<'a> {
         hard: Option<&EpochNegatives>,
         mut rng_for: impl FnMut(u64) -> Xoshiro256PlusPlus,
     ) -> Batch {
-        let l = self.len;
+        let l = if self.trim {
+            rows.iter()
+                .map(|&r| self.row_len(r))
+                .max()
+                .unwrap_or(1)
+                .max(1)
+        } else {
+            self.len
+        };
         let p = if self.sequence { l } else { 1 };
         let n_hard = hard.map_or(0, |h| h.n_hard);
         let mut b = Batch {
@@ -481,7 +504,7 @@ mod tests {
             let seq = d.train_seq(if r == 0 { 0 } else { 2 });
             assert!(row
                 .iter()
-                .all(|&j| j >= 1 && j <= 10 && !seq.contains(&(j as u32))));
+                .all(|&j| (1..=10).contains(&j) && !seq.contains(&(j as u32))));
         }
     }
 

@@ -6,7 +6,7 @@
 
 use crate::metrics::RankMetrics;
 use crate::model::Model;
-use crate::{history_tensor, pad_histories, torch, Job, TAG_SAMPLED};
+use crate::{batch_width, history_tensor, pad_histories, torch, Job, TAG_SAMPLED};
 use gnno_core::config::parse_metric;
 use gnno_core::dataset::Dataset;
 use gnno_core::error::{Error, IoContext, Result};
@@ -95,6 +95,12 @@ pub fn rank_users(
             users.push(u);
         }
     }
+    // Users of similar history length share a batch, so a batch pads only to its
+    // longest history (the metrics do not depend on the order users are ranked in).
+    let trim = model.trims_padding();
+    if trim {
+        users.sort_by_key(|&u| eval_history(ds, u, split).len().min(l));
+    }
     tch::no_grad(|| -> Result<()> {
         for chunk in users.chunks(batch.max(1)) {
             let hists: Vec<Vec<ItemIdx>> =
@@ -103,9 +109,10 @@ pub fn rank_users(
                 .iter()
                 .map(|&u| i64::from(target(ds, u, split)))
                 .collect();
+            let w = batch_width(hists.iter().map(Vec::as_slice), l, trim);
             let ht = history_tensor(
-                &pad_histories(hists.iter().map(Vec::as_slice), l),
-                l,
+                &pad_histories(hists.iter().map(Vec::as_slice), w),
+                w,
                 device,
             );
             let scores = model.score_all(&model.encode(&ht, false));
@@ -298,9 +305,13 @@ fn sampled_metrics(
     l: usize,
     ks: &[u32],
 ) -> Result<RankMetrics> {
-    let users: Vec<usize> = (0..ds.n_users())
+    let mut users: Vec<usize> = (0..ds.n_users())
         .filter(|&u| ds.test[u] != 0 && !eval_history(ds, u, Split::Test).is_empty())
         .collect();
+    let trim = model.trims_padding();
+    if trim {
+        users.sort_by_key(|&u| eval_history(ds, u, Split::Test).len().min(l));
+    }
     let mut m = RankMetrics::new(ks);
     tch::no_grad(|| -> Result<()> {
         for chunk in users.chunks(batch.max(1)) {
@@ -308,9 +319,10 @@ fn sampled_metrics(
                 .iter()
                 .map(|&u| eval_history(ds, u, Split::Test))
                 .collect();
+            let w = batch_width(hists.iter().map(Vec::as_slice), l, trim);
             let ht = history_tensor(
-                &pad_histories(hists.iter().map(Vec::as_slice), l),
-                l,
+                &pad_histories(hists.iter().map(Vec::as_slice), w),
+                w,
                 device,
             );
             let scores = model.score_all(&model.encode(&ht, false));

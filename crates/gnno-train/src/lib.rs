@@ -126,6 +126,16 @@ fn pad_histories<'h>(hists: impl Iterator<Item = &'h [ItemIdx]>, l: usize) -> Ve
     out
 }
 
+/// Width to pad a batch of histories to: `l`, or (`trim`) the longest history in the
+/// batch, capped at `l` (left padding, so the dropped columns are padding only).
+fn batch_width<'h>(hists: impl Iterator<Item = &'h [ItemIdx]>, l: usize, trim: bool) -> usize {
+    if trim {
+        hists.map(<[ItemIdx]>::len).max().unwrap_or(1).clamp(1, l)
+    } else {
+        l
+    }
+}
+
 /// Flattened rows of length `l` (padded histories, candidate lists) as a `[B, l]` tensor on `device`.
 fn history_tensor(rows: &[i64], l: usize, device: Device) -> Tensor {
     let l = i64::try_from(l).unwrap_or(1);

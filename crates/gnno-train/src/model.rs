@@ -211,6 +211,20 @@ impl Model {
         !matches!(self.body, Body::Encoder { .. })
     }
 
+    /// Whether a batch may drop leading all-padding columns without changing any
+    /// output at a real item: true for the transformers (padding is masked and
+    /// positions count from the right), false for the GRU (its state runs through
+    /// the padding).
+    pub fn trims_padding(&self) -> bool {
+        !matches!(self.body, Body::Gru(_))
+    }
+
+    /// Position ids of a left-padded input of width `w` ≤ L: counted so that the
+    /// last column is always position L − 1, whatever the width.
+    fn positions(&self, w: i64, dev: tch::Device) -> Tensor {
+        Tensor::arange_start(self.max_len - w, self.max_len, (Kind::Int64, dev))
+    }
+
     /// Representation of each history: the output at the last position (histories
     /// are left-padded, so the last position is always a real item).
     pub fn encode(&self, hist: &Tensor, train: bool) -> Tensor {
@@ -227,7 +241,7 @@ impl Model {
         let pad = || hist.eq(0).to_kind(Kind::Float).unsqueeze(1).unsqueeze(1) * -1e9;
         match &self.body {
             Body::Encoder { pos, blocks } => {
-                let positions = Tensor::arange(l, (Kind::Int64, dev));
+                let positions = self.positions(l, dev);
                 let mut x = (x + pos.forward(&positions).unsqueeze(0)).dropout(self.dropout, train);
                 let bias = pad();
                 for b in blocks {
@@ -240,7 +254,7 @@ impl Model {
                 blocks,
                 last_ln,
             } => {
-                let positions = Tensor::arange(l, (Kind::Int64, dev));
+                let positions = self.positions(l, dev);
                 #[expect(clippy::cast_precision_loss, reason = "embedding size")]
                 let scale = (self.items.ws.size()[1] as f64).sqrt();
                 let keep = hist.ne(0).to_kind(Kind::Float).unsqueeze(-1);

@@ -13,7 +13,7 @@ use crate::{
     alloc, augment, history_tensor, permutation, resolve_device, EpochRow, Job, BEST_MODEL,
     CHECKPOINT_DIR, HISTORY_FILE, TAG_ORDER, TAG_RANDOM, TAG_VIEW,
 };
-use gnno_core::config::{Backbone, Loss, TrainSettings};
+use gnno_core::config::{Backbone, Batching, Loss, TrainSettings};
 use gnno_core::error::{Error, Result};
 use gnno_core::{fsutil, mix_seed};
 use rand::rngs::Xoshiro256PlusPlus;
@@ -169,10 +169,10 @@ impl Trainer<'_> {
         let mut loss_sum = 0.0;
         let mut batches = 0u64;
         let mut trained = 0u64;
-        let mut chunk_ids = Vec::with_capacity(cfg.batch_size as usize);
-        for (bi, chunk) in order.chunks(cfg.batch_size as usize).enumerate() {
-            chunk_ids.clear();
-            chunk_ids.extend(chunk.iter().map(|&r| ids[r]));
+        for (bi, chunk_ids) in batch_order(&self.rows, cfg, &ids, &order, epoch, job.seed)
+            .into_iter()
+            .enumerate()
+        {
             let b = self.rows.batch(&chunk_ids, k, &self.random, hard, |row| {
                 Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
                     job.seed,
@@ -188,7 +188,7 @@ impl Trainer<'_> {
             }
             if fault_nan(epoch) {
                 // Test hook: a diverged model.
-                loss = loss * f64::NAN;
+                loss *= f64::NAN;
             }
             let value = loss.double_value(&[]);
             if !value.is_finite() {
@@ -234,6 +234,33 @@ impl Trainer<'_> {
     }
 }
 
+/// The epoch's batches of row ids: the seeded permutation cut into batches, or
+/// (`batching = "length"`) the permutation sorted by row length (stable, so rows of
+/// equal length stay in random order), cut, and the batches shuffled.
+fn batch_order(
+    rows: &Rows,
+    cfg: &TrainSettings,
+    ids: &[u64],
+    order: &[usize],
+    epoch: u32,
+    seed: u64,
+) -> Vec<Vec<u64>> {
+    let mut ordered: Vec<u64> = order.iter().map(|&r| ids[r]).collect();
+    let bs = cfg.batch_size as usize;
+    if cfg.batching == Batching::Random {
+        return ordered.chunks(bs).map(<[u64]>::to_vec).collect();
+    }
+    ordered.sort_by_key(|&r| rows.row_len(r));
+    let batches: Vec<Vec<u64>> = ordered.chunks(bs).map(<[u64]>::to_vec).collect();
+    permutation(
+        batches.len(),
+        mix_seed(&[seed, u64::from(epoch), TAG_ORDER, 2]),
+    )
+    .into_iter()
+    .map(|i| batches[i].clone())
+    .collect()
+}
+
 fn fault_nan(epoch: u32) -> bool {
     std::env::var("GNNO_FAULT_NAN_LOSS_EPOCH")
         .ok()
@@ -274,9 +301,14 @@ pub fn train(job: &Job) -> Result<TrainReport> {
     }
     let (vs, model, opt, n_params) = new_model(cfg, ds.n_items, device);
     let sequence = model.is_causal();
+    let trim = model.trims_padding();
     let mut tr = Trainer {
         job,
-        rows: Rows::new(ds, &inst, sequence, cfg.history_len as usize),
+        rows: {
+            let mut r = Rows::new(ds, &inst, sequence, cfg.history_len as usize);
+            r.trim = trim;
+            r
+        },
         random: RandomSampler::new(cfg, ds),
         device,
         model,
@@ -499,10 +531,12 @@ pub fn throughput(
     Ok((batches * b * p) as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// Training throughput on a real dataset's rows (benchmarks): trained positions per
-/// second over `batches` batches of the first epoch's row order, with `n_hard` hard
+/// Training time of one epoch on a real dataset's rows (benchmarks), estimated from
+/// `batches` of the first epoch's batches (in their random order, so a uniform
+/// sample) as (all batches / timed batches) × their time; with `n_hard` hard
 /// negatives per instance drawn uniformly here (the cost, not the values, is
-/// measured). Includes building the batches, as an epoch does.
+/// measured). Includes building the batches, as an epoch does. Returns (seconds per
+/// epoch, trained positions per second over the timed batches).
 pub fn dataset_throughput(
     cfg: &TrainSettings,
     ds: &gnno_core::dataset::Dataset,
@@ -510,14 +544,15 @@ pub fn dataset_throughput(
     batches: usize,
     device: &str,
     threads: usize,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let device = resolve_device(device)?;
     alloc::keep_large_blocks();
     tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
     tch::manual_seed(1);
     let (_vs, model, mut opt, _) = new_model(cfg, ds.n_items, device);
     let inst = ds.instances();
-    let rows = Rows::new(ds, &inst, model.is_causal(), cfg.history_len as usize);
+    let mut rows = Rows::new(ds, &inst, model.is_causal(), cfg.history_len as usize);
+    rows.trim = model.trims_padding();
     let random = RandomSampler::new(cfg, ds);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
     let hard = (n_hard > 0).then(|| EpochNegatives {
@@ -529,10 +564,10 @@ pub fn dataset_throughput(
     });
     let ids = rows.ids();
     let order = permutation(ids.len(), 3);
+    let all = batch_order(&rows, cfg, &ids, &order, 0, 3);
     let k = cfg.n_random as usize;
-    let mut step = |chunk: &[usize]| -> Result<usize> {
-        let chunk: Vec<u64> = chunk.iter().map(|&r| ids[r]).collect();
-        let b = rows.batch(&chunk, k, &random, hard.as_ref(), |row| {
+    let mut step = |chunk: &[u64]| -> Result<usize> {
+        let b = rows.batch(chunk, k, &random, hard.as_ref(), |row| {
             Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[row, TAG_RANDOM]))
         });
         let t = Tensors::new(&b, k, n_hard, device);
@@ -542,15 +577,15 @@ pub fn dataset_throughput(
         opt.step();
         Ok(b.trained)
     };
-    let mut chunks = order.chunks(cfg.batch_size as usize);
-    if let Some(c) = chunks.next() {
-        step(c)?;
-    }
+    // One warm-up batch, then the timed ones.
+    step(&all[all.len() - 1])?;
+    let timed = batches.min(all.len());
     let t0 = Instant::now();
     let mut n = 0;
-    for c in chunks.take(batches) {
+    for c in &all[..timed] {
         n += step(c)?;
     }
+    let s = t0.elapsed().as_secs_f64();
     #[expect(clippy::cast_precision_loss, reason = "rates")]
-    Ok(n as f64 / t0.elapsed().as_secs_f64())
+    Ok((s * all.len() as f64 / timed.max(1) as f64, n as f64 / s))
 }
