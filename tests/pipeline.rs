@@ -154,7 +154,8 @@ fn audit_reports_each_epoch_and_names_a_damaged_shard() {
     .expect("copy");
     let e = gnno_core::shards::read(&shard).expect_err("not a shard");
     assert!(
-        e.to_string().contains("part-00000.parquet") && e.to_string().contains("missing column"),
+        e.to_string().contains("part-00000.parquet")
+            && e.to_string().contains("shard version missing"),
         "{e}"
     );
 }
@@ -262,30 +263,4 @@ fn training_killed_after_a_checkpoint_resumes_to_the_same_metrics() {
     let exp = clean.json(&["report", "evaluate", "--json"])["report"].clone();
     assert_eq!(got["test_full"], exp["test_full"]);
     assert_eq!(got["test_sampled"], exp["test_sampled"]);
-}
-
-#[test]
-fn every_backbone_trains_and_evaluates() {
-    for backbone in ["sasrec", "gru4rec"] {
-        let p = project("");
-        let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
-        p.config(
-            &cfg.replace(
-                "[train]\n",
-                &format!("[train]\nbackbone = \"{backbone}\"\n"),
-            )
-            .replace("epochs = 3", "epochs = 2"),
-        );
-        p.ok(&["run"]);
-        let t = p.json(&["report", "train", "--json"])["report"].clone();
-        assert_eq!(t["backbone"], backbone);
-        // BPR starts at ln 2 = 0.693 for an untrained model; training must get below it.
-        let last = t["epochs"][1]["loss"].as_f64().expect("loss");
-        assert!(last > 0.0 && last < 0.69, "{backbone}: loss {last}: {t}");
-        let e = p.json(&["report", "evaluate", "--json"])["report"].clone();
-        assert!(
-            e["test_full"]["HR@50"].as_f64().expect("hr") > 0.0,
-            "{backbone}: {e}"
-        );
-    }
 }
