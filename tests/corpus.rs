@@ -7,8 +7,13 @@ use std::path::Path;
 
 /// Ingest-only config over `input` with the given extra [ingest] lines.
 fn ingest_cfg(input: &str, extra: &str) -> String {
+    let cores = if extra.contains("-core") {
+        ""
+    } else {
+        "user-core = 0\nitem-core = 0\n"
+    };
     format!(
-        "[run]\nworkdir = \"work\"\nthreads = 1\n[ingest]\ninputs = [\"{input}\"]\nuser-core = 0\nitem-core = 0\n{extra}\n"
+        "[run]\nworkdir = \"work\"\nthreads = 1\n[ingest]\ninputs = [\"{input}\"]\n{cores}{extra}\n"
     )
 }
 

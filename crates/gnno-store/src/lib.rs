@@ -469,22 +469,6 @@ mod tests {
         .expect("iterate");
         assert_eq!(seen, vec![1, 2]);
         drop(s);
-        let err = Store::open(&p, Some("other")).err().expect("refused");
-        assert!(err.to_string().contains("other ingest output"), "{err}");
-        // A store written by another layout version is refused too.
-        {
-            let db = open_sled(&p, 1 << 20, sled::Mode::LowSpace).expect("sled");
-            let meta = db.open_tree(keys::TREE_META).expect("meta");
-            meta.insert(keys::META_VERSION, &(STORE_VERSION + 1).to_be_bytes())
-                .expect("insert");
-            db.flush().expect("flush");
-        }
-        let err = Store::open(&p, None).err().expect("refused");
-        assert!(
-            err.to_string()
-                .contains(&format!("store format version {}", STORE_VERSION + 1)),
-            "{err}"
-        );
         // A snapshot reads the same content and leaves the published files alone.
         let files = |d: &Path| {
             let mut v: Vec<(PathBuf, Vec<u8>)> = gnno_core::fsutil::list_files(d)
@@ -507,6 +491,22 @@ mod tests {
             files(&p),
             before,
             "a snapshot never writes to the published store"
+        );
+        let err = Store::open(&p, Some("other")).err().expect("refused");
+        assert!(err.to_string().contains("other ingest output"), "{err}");
+        // A store written by another layout version is refused too.
+        {
+            let db = open_sled(&p, 1 << 20, sled::Mode::LowSpace).expect("sled");
+            let meta = db.open_tree(keys::TREE_META).expect("meta");
+            meta.insert(keys::META_VERSION, &(STORE_VERSION + 1).to_be_bytes())
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        let err = Store::open(&p, None).err().expect("refused");
+        assert!(
+            err.to_string()
+                .contains(&format!("store format version {}", STORE_VERSION + 1)),
+            "{err}"
         );
         // Not a store at all.
         let err = Store::open(dir.path(), None).err().expect("refused");
