@@ -789,10 +789,10 @@ impl Batch {
             let line = self.lines[k];
             let mut got = [""; 4];
             let mut utf8 = true;
-            for slot in 0..4 {
-                if c.idx[slot].is_some() {
-                    match self.field(self.spans[k][slot]).map(std::str::from_utf8) {
-                        Some(Ok(s)) => got[slot] = s,
+            for ((g, ci), &span) in got.iter_mut().zip(&c.idx).zip(&self.spans[k]) {
+                if ci.is_some() {
+                    match self.field(span).map(std::str::from_utf8) {
+                        Some(Ok(s)) => *g = s,
                         _ => utf8 = false,
                     }
                 }
