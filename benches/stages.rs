@@ -1,4 +1,5 @@
 //! Whole-stage benchmarks (`cargo bench --bench stages -- [graph|negatives|ingest|all]`).
+#![expect(clippy::print_stdout, reason = "a benchmark prints its table")]
 //!
 //! Each section times our code next to a baseline run in the same process or the
 //! same run (python/scipy, polars reading the file) and prints the ratio, because
@@ -328,33 +329,6 @@ fn bench_scale(tmp: &Path) {
     }
 }
 
-/// A raw TSV log of `rows` interactions with Zipf-like item popularity.
-fn write_raw_log(path: &Path, rows: u64) -> u64 {
-    use std::io::Write;
-    let mut w =
-        std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(path).expect("create"));
-    writeln!(w, "user_id\titem_id\ttimestamp").expect("write");
-    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let (users, items) = (1_000_000u64, 200_000u64);
-    let mut t = 1_300_000_000u64;
-    for r in 0..rows {
-        let u = r * users / rows; // users are contiguous runs, as logs usually are
-                                  // Zipf-ish: item = floor(items^x) for uniform x.
-        let x = (next() % 1_000_000) as f64 / 1_000_000.0;
-        let i = (items as f64).powf(x) as u64;
-        t += next() % 100;
-        writeln!(w, "u{u}\ti{i}\t{t}").expect("write");
-    }
-    w.flush().expect("flush");
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
 /// Runs in a child process so each side's peak memory is its own.
 fn ingest_child(which: &str, path: &Path, out: &Path) {
     let t = Instant::now();
@@ -362,17 +336,15 @@ fn ingest_child(which: &str, path: &Path, out: &Path) {
         use polars::prelude::*;
         let df = CsvReadOptions::default()
             .with_has_header(true)
-            .map_parse_options(|o| o.with_separator(b'\t'))
             .try_into_reader_with_file_path(Some(path.to_path_buf()))
             .and_then(SerReader::finish)
             .expect("polars reads the file");
         df.height() as u64
     } else {
+        // The same cleaning as ../shared/bench/ref_ingest.py: nulls, exact duplicates,
+        // 5-core users and items, leave-one-out.
         let mut cfg = Config::defaults(Path::new("/"));
         cfg.ingest.inputs = vec![path.display().to_string()];
-        cfg.ingest.separator = "\t".into();
-        cfg.ingest.user_core = 0;
-        cfg.ingest.item_core = 0;
         std::fs::create_dir_all(out).expect("mkdir");
         let rep = gnno_ingest::run(&cfg.ingest, Path::new("/"), out, &NoProgress).expect("ingest");
         eprintln!("gnno ingest steps (s): {:?}", rep.step_seconds);
@@ -386,16 +358,32 @@ fn bench_ingest(tmp: &Path) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000_000);
-    let path = tmp.join("raw.tsv");
+    // The Python with polars and numpy that runs ../shared/bench/*.py.
+    let py = std::env::var("GNNO_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let bench = shared().join("bench");
+    let path = tmp.join("raw.csv");
     let t = Instant::now();
-    let bytes = write_raw_log(&path, rows);
+    let gen = Command::new(&py)
+        .arg(bench.join("gen_log.py"))
+        .arg(&path)
+        .arg(rows.to_string())
+        .output();
+    if !gen.as_ref().is_ok_and(|o| o.status.success()) {
+        println!(
+            "ingest: {py} could not run ../shared/bench/gen_log.py (needs numpy; set GNNO_BENCH_PYTHON): {}",
+            gen.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_else(|e| e.to_string())
+        );
+        return;
+    }
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
-        "ingest: generated {rows} rows ({:.0} MiB) in {:.1} s",
+        "ingest: generated {rows} rows ({:.0} MiB, gen_log.py) in {:.1} s",
         bytes as f64 / 1048576.0,
         t.elapsed().as_secs_f64()
     );
     let exe = std::env::current_exe().expect("exe");
-    let run = |which: &str| -> Option<(u64, f64, f64)> {
+    let ours = |which: &str| -> Option<(u64, f64, f64)> {
         let o = Command::new(&exe)
             .args(["__child", which, path.to_str()?, tmp.join("out").to_str()?])
             .output()
@@ -407,25 +395,53 @@ fn bench_ingest(tmp: &Path) {
             .collect();
         (v.len() == 3).then(|| (v[0] as u64, v[1], v[2]))
     };
-    let (Some((pr, ps, pm)), Some((or, os, om))) = (run("polars"), run("ours")) else {
-        println!("  a child run failed");
+    let Some((or, os, om)) = ours("ours") else {
+        println!("  the gnno ingest child failed");
         return;
     };
+    // The script, timed around it and with its own peak RSS (getrusage, KiB on Linux).
+    let wrapper =
+        "import resource, runpy, sys, time; sys.argv = sys.argv[1:]; t = time.perf_counter(); \
+         runpy.run_path(sys.argv[0], run_name='__main__'); \
+         print('PEAK', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)";
+    let ro = Command::new(&py)
+        .args(["-c", wrapper])
+        .arg(bench.join("ref_ingest.py"))
+        .arg(&path)
+        .arg(tmp.join("ref-out"))
+        .output();
+    let Some(ro) = ro.ok().filter(|o| o.status.success()) else {
+        println!("  ref_ingest.py failed (needs polars; set GNNO_BENCH_PYTHON)");
+        return;
+    };
+    let text = String::from_utf8_lossy(&ro.stdout).into_owned();
+    let Some((rs, rm)) = text.lines().find_map(|l| {
+        let mut w = l.strip_prefix("PEAK ")?.split_whitespace();
+        Some((
+            w.next()?.parse::<f64>().ok()?,
+            w.next()?.parse::<f64>().ok()?,
+        ))
+    }) else {
+        println!("  ref_ingest.py printed no figures: {text}");
+        return;
+    };
+    let ref_line = text.lines().next().unwrap_or_default().to_owned();
     println!(
-        "  polars CsvReader alone: {pr} rows in {ps:.2} s = {:.2} M rows/s, peak {pm:.0} MiB",
-        pr as f64 / ps / 1e6
+        "  gnno ingest (parse, dedup, 5-core, sort, split, write Parquet): {or} rows out in {os:.2} s, peak {om:.0} MiB"
     );
     println!(
-        "  gnno ingest (parse, dedup, sort, split, write Parquet): {or} rows out in {os:.2} s = {:.2} M rows/s, peak {om:.0} MiB; {:.2}x polars' read time",
-        rows as f64 / os / 1e6,
-        os / ps
+        "  ref_ingest.py (Python polars, same cleaning): {rs:.2} s, peak {rm:.0} MiB; {ref_line}"
     );
     println!(
-        "  memory: raw text {:.0} MiB; final table in memory {:.0} MiB (24 B/row); peak / table = {:.1}",
-        bytes as f64 / 1048576.0,
-        or as f64 * 24.0 / 1048576.0,
-        om / (or as f64 * 24.0 / 1048576.0)
+        "  ratio gnno / Python: time {:.2}x, memory {:.2}x (goal <= 0.5x both)",
+        os / rs,
+        om / rm
     );
+    if let Some((pr, ps, pm)) = ours("polars") {
+        println!(
+            "  polars CsvReader alone (Rust, reading only): {pr} rows in {ps:.2} s, peak {pm:.0} MiB"
+        );
+    }
 }
 
 /// Each objective's per-epoch training time for SASRec on Beauty's sequence rows,

@@ -1,6 +1,7 @@
 //! The command line, in one place (clap derive).
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::stages::StageName;
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -104,50 +105,4 @@ pub enum Audit {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
-pub enum StageName {
-    Ingest,
-    Graph,
-    Negatives,
-    Train,
-    Evaluate,
-}
-
-impl StageName {
-    pub const ALL: [Self; 5] = [
-        Self::Ingest,
-        Self::Graph,
-        Self::Negatives,
-        Self::Train,
-        Self::Evaluate,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ingest => "ingest",
-            Self::Graph => "graph",
-            Self::Negatives => "negatives",
-            Self::Train => "train",
-            Self::Evaluate => "evaluate",
-        }
-    }
-
-    /// The stages whose outputs this one reads.
-    pub fn upstream(self) -> &'static [Self] {
-        match self {
-            Self::Ingest => &[],
-            Self::Graph => &[Self::Ingest],
-            Self::Negatives => &[Self::Ingest, Self::Graph],
-            Self::Train => &[Self::Ingest, Self::Negatives],
-            Self::Evaluate => &[Self::Ingest, Self::Train],
-        }
-    }
-}
-
-impl std::fmt::Display for StageName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }

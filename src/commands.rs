@@ -1,8 +1,9 @@
 //! One function per subcommand. Data goes to stdout, logs to stderr.
 
-use crate::cli::{Audit, Cli, Command, Inspect, StageName};
-use crate::runner::{Pipeline, State};
-use crate::stages::{self, STORE_DIR};
+use crate::cli::{Audit, Cli, Command, Inspect};
+use crate::pipeline::Pipeline;
+use crate::runner::State;
+use crate::stages::StageName;
 use crate::ui::Bars;
 use anyhow::Result;
 use gnno_core::error::IoContext;
@@ -14,7 +15,7 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         return validate(cli);
     }
     let p = Pipeline::load(&cli.config)?;
-    set_threads(p.cfg.threads());
+    set_threads(p.cfg.threads())?;
     let bars = Bars::new(cli.quiet);
     match &cli.command {
         Command::Validate => unreachable!("handled above"),
@@ -38,12 +39,29 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
 }
 
 /// One `threads` setting sizes rayon, polars and (in the train stage) libtorch.
-fn set_threads(n: usize) {
+///
+/// `set_var` is only sound while no other thread can read the environment, so it
+/// runs first, while the process has one thread: before the rayon pool starts its
+/// workers and before polars (which reads the variable once) is touched.
+fn set_threads(n: usize) -> Result<()> {
+    if let Some(t) = os_threads().filter(|&t| t > 1) {
+        return Err(gnno_core::Error::internal(format!(
+            "POLARS_MAX_THREADS must be set while the process has one thread, it has {t}"
+        ))
+        .into());
+    }
+    std::env::set_var("POLARS_MAX_THREADS", n.to_string());
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global();
-    // polars reads this once, at its first use; nothing has used it yet.
-    std::env::set_var("POLARS_MAX_THREADS", n.to_string());
+    Ok(())
+}
+
+/// Threads of this process (Linux; None elsewhere).
+fn os_threads() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(Iterator::count)
 }
 
 fn out() -> std::io::StdoutLock<'static> {
@@ -169,9 +187,8 @@ fn summary(p: &Pipeline, done: &[(StageName, bool)]) -> Result<()> {
 }
 
 fn inspect_item(p: &Pipeline, id: &str, top: usize, json: bool) -> Result<()> {
-    let (ds, fp) = stages::dataset(p)?;
-    let (_, gdir) = p.require(StageName::Graph)?;
-    let store = gnno_store::Store::open(&gdir.join(STORE_DIR), Some(&fp))?;
+    let (ds, fp) = p.dataset()?;
+    let store = p.graph_store(Some(&fp))?;
     let idx = if let Some(n) = id.strip_prefix('#') {
         n.parse::<u32>().ok().filter(|&i| i >= 1 && i <= ds.n_items)
     } else {
@@ -224,16 +241,15 @@ fn audit(
     json: bool,
     plot: Option<&std::path::Path>,
 ) -> Result<()> {
-    let (ds, _) = stages::dataset(p)?;
+    let (ds, _) = p.dataset()?;
     let (m, _) = p.require(StageName::Negatives)?;
     let dir = p.stage_dir(StageName::Negatives);
     // Checksums first: a damaged shard is named before any statistic is computed.
     m.verify_outputs(&dir, true)?;
     let run = m.run_path(&dir);
     // J of every drawn negative comes from the graph store, whatever the sampler.
-    let (_, gdir) = p.require(StageName::Graph)?;
-    let store = gnno_store::Store::open(&gdir.join(STORE_DIR), None)?;
-    let index = gnno_negatives::sampler::OverlapIndex::load(&store, 1.0)?;
+    let store = p.graph_store(None)?;
+    let index = gnno_negatives::sampler::OverlapIndex::load(store.store(), 1.0)?;
     drop(store);
     let epochs = m
         .report

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod pipeline;
 mod runner;
 mod stages;
 mod ui;
@@ -25,6 +26,8 @@ fn main() -> ExitCode {
     ui::init_logging(cli.verbose, cli.quiet);
     match commands::dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`gnno report | head`) is a normal end.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let (code, hint) = classify(&e);
             eprintln!("error: {e:#}");
@@ -34,6 +37,15 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Was the error a write to a closed stdout? (Rust ignores SIGPIPE, so the write
+/// returns EPIPE instead of killing the process.)
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Map an error to its exit code and hint.

@@ -7,10 +7,9 @@
 //! rerun with the same key reuses the folder, which lets the negatives stage keep
 //! the shards a killed run finished.
 
-use crate::cli::StageName;
-use crate::stages::{self, StageOutput};
+use crate::pipeline::Pipeline;
+use crate::stages::{StageName, StageOutput};
 use anyhow::{Context, Result};
-use gnno_core::config::Config;
 use gnno_core::error::IoContext;
 use gnno_core::fsutil;
 use gnno_core::manifest::{self, InputRef, Manifest};
@@ -36,7 +35,7 @@ pub struct Lock {
 
 impl Lock {
     pub fn acquire(workdir: &Path) -> Result<Self> {
-        fsutil::create_dir_all(workdir)?;
+        fsutil::create_dir_durable(workdir)?;
         let path = workdir.join(".lock");
         let mut f = std::fs::OpenOptions::new()
             .read(true)
@@ -45,7 +44,7 @@ impl Lock {
             .truncate(false)
             .open(&path)
             .at(&path)?;
-        if f.try_lock().is_err() {
+        if lock_is_busy(f.try_lock(), &path)? {
             let pid = std::fs::read_to_string(&path)
                 .unwrap_or_default()
                 .trim()
@@ -64,6 +63,16 @@ impl Lock {
     }
 }
 
+/// Only "would block" means another holder; any other failure (ENOLCK on NFS, EIO,
+/// ...) is an error naming the lock file, never reported as "busy".
+fn lock_is_busy(r: Result<(), std::fs::TryLockError>, path: &Path) -> gnno_core::Result<bool> {
+    match r {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(gnno_core::Error::io(path, e)),
+    }
+}
+
 /// Where a stage stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -73,60 +82,10 @@ pub enum State {
     Missing,
 }
 
-pub struct Pipeline {
-    pub cfg: Config,
-    pub config_dir: PathBuf,
-}
-
 impl Pipeline {
-    pub fn load(config: &Path) -> Result<Self> {
-        let cfg = Config::load(config)?;
-        let config_dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(Self { cfg, config_dir })
-    }
-
-    pub fn workdir(&self) -> &Path {
-        &self.cfg.run.workdir
-    }
-
-    pub fn stage_dir(&self, s: StageName) -> PathBuf {
-        self.workdir().join(s.as_str())
-    }
-
-    pub fn manifest(&self, s: StageName) -> Result<Option<Manifest>> {
-        Ok(Manifest::read(&self.stage_dir(s))?)
-    }
-
-    /// The published manifest of an upstream stage, or a usage error.
-    pub fn require(&self, s: StageName) -> Result<(Manifest, PathBuf)> {
-        let dir = self.stage_dir(s);
-        let m = Manifest::read(&dir)?.ok_or_else(|| {
-            gnno_core::Error::usage(format!(
-                "stage {s} has no published output in {}",
-                self.workdir().display()
-            ))
-            .with_hint(format!("run `gnno run --to {s}` first"))
-        })?;
-        let run = m.run_path(&dir);
-        Ok((m, run))
-    }
-
-    /// Settings of a stage that its output depends on.
+    /// Settings of a stage that its output depends on (declared by the stage).
     pub fn settings(&self, s: StageName) -> serde_json::Value {
-        let c = &self.cfg;
-        match s {
-            StageName::Ingest => serde_json::json!({ "ingest": c.ingest }),
-            StageName::Graph => serde_json::json!({ "graph": c.graph }),
-            StageName::Negatives => {
-                serde_json::json!({ "negatives": c.negatives, "epochs": c.train.epochs, "seed": c.run.seed })
-            }
-            StageName::Train => {
-                serde_json::json!({ "train": c.train, "seed": c.run.seed, "evaluate.batch-size": c.evaluate.batch_size })
-            }
-            StageName::Evaluate => {
-                serde_json::json!({ "evaluate": c.evaluate, "seed": c.run.seed })
-            }
-        }
+        s.stage().settings(&self.cfg)
     }
 
     /// Current fingerprints of a stage's inputs. `previous` lets unchanged raw files
@@ -224,7 +183,7 @@ impl Pipeline {
     /// Run one stage and publish its manifest.
     pub fn execute(&self, s: StageName, progress: &dyn Progress) -> Result<Manifest> {
         let dir = self.stage_dir(s);
-        fsutil::create_dir_all(&dir)?;
+        fsutil::create_dir_durable(&dir)?;
         let previous = self.manifest(s).ok().flatten();
         let settings = self.settings(s);
         let settings_hash = manifest::settings_hash(&settings);
@@ -256,7 +215,7 @@ impl Pipeline {
             run_dir = format!("run-{key}-{nanos}");
         }
         let out = dir.join(&run_dir);
-        fsutil::create_dir_all(&out)?;
+        fsutil::create_dir_durable(&out)?;
         // A killed run of the same key may have left temporary files behind.
         let stale = fsutil::remove_temp_files(&out)?;
         if stale > 0 {
@@ -274,7 +233,10 @@ impl Pipeline {
             rows,
             mut timings,
             opaque,
-        } = stages::run(self, s, &out, progress).with_context(|| format!("stage {s} failed"))?;
+        } = s
+            .stage()
+            .run(self, &out, progress)
+            .with_context(|| format!("stage {s} failed"))?;
         let elapsed = t0.elapsed().as_secs_f64();
         timings.insert("total".into(), elapsed);
         let outputs = manifest::describe_outputs(&dir, &run_dir, &rows, &opaque)?;
@@ -311,6 +273,17 @@ impl Pipeline {
         if std::env::var("GNNO_FAULT_BEFORE_PUBLISH").is_ok_and(|v| v == s.as_str()) {
             // Test hook: die like a killed process between writing data and publishing.
             std::process::abort();
+        }
+        if let Some(marker) = std::env::var("GNNO_FAULT_PAUSE_BEFORE_PUBLISH")
+            .ok()
+            .and_then(|v| v.strip_prefix(&format!("{s}:")).map(PathBuf::from))
+        {
+            // Test hook: say so in `marker`, then wait to be killed (SIGKILL at a
+            // known point, not after a guessed delay).
+            std::fs::write(&marker, std::process::id().to_string()).at(&marker)?;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
         }
         m.publish(&dir)?;
         // Older run folders are no longer referenced: remove them.
@@ -410,5 +383,22 @@ fn diff_settings(old: &serde_json::Value, new: &serde_json::Value, path: &str) -
             "setting {} changed: {a} -> {b}",
             path.replace('_', "-")
         )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_would_block_means_busy_and_other_lock_errors_name_the_file() {
+        let p = Path::new("/w/.lock");
+        assert!(!lock_is_busy(Ok(()), p).expect("free"));
+        assert!(lock_is_busy(Err(std::fs::TryLockError::WouldBlock), p).expect("busy"));
+        let enolck = std::io::Error::from_raw_os_error(libc::ENOLCK);
+        let e = lock_is_busy(Err(std::fs::TryLockError::Error(enolck)), p)
+            .expect_err("ENOLCK is not busy");
+        assert!(e.to_string().starts_with("/w/.lock: "), "{e}");
+        assert!(!e.is_user_error(), "an internal error (exit 1): {e}");
     }
 }

@@ -197,3 +197,26 @@ pub fn assert_same_files(
         }
     }
 }
+
+/// HR@k of ranking every item by its train popularity (ties pessimistic, as the
+/// evaluate stage ranks), on the test users of the published ingest output: the
+/// baseline a trained model must beat.
+pub fn popularity_hr(workdir: &Path, k: u64) -> f64 {
+    let ds = gnno_core::dataset::Dataset::load(&run_dir(workdir, "ingest")).expect("ingest");
+    let mut count = vec![0u64; ds.n_items as usize + 1];
+    for &i in &ds.train_items {
+        count[i as usize] += 1;
+    }
+    let (mut hits, mut users) = (0u64, 0u64);
+    for &t in ds.test.iter().filter(|&&t| t != 0) {
+        let ahead = (1..=ds.n_items as usize)
+            .filter(|&j| j != t as usize && count[j] >= count[t as usize])
+            .count() as u64;
+        users += 1;
+        hits += u64::from(ahead < k);
+    }
+    assert!(users > 0, "no test user");
+    #[expect(clippy::cast_precision_loss, reason = "small counts")]
+    let hr = hits as f64 / users as f64;
+    hr
+}

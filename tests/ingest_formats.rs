@@ -222,3 +222,64 @@ fn unknown_columns_and_empty_input_are_clear_errors() {
     let o = p.gnno(&["run", "--to", "ingest"]);
     assert!(stderr(&o).contains("matches no file"), "{}", stderr(&o));
 }
+
+#[test]
+fn without_a_time_column_file_order_then_line_order_is_time_order() {
+    // Issue 11, item 3: the row counter that stands in for time ran per file (and
+    // per sequence line), so A's rows from b.csv interleaved with those of a.csv.
+    let p = Project::new();
+    p.write("in/a.csv", "user_id,item_id\nA,x\nA,y\nB,x\nB,w\n");
+    p.write("in/b.csv", "user_id,item_id\nA,z\nB,y\nA,v\n");
+    p.config(&cfg(
+        "inputs = [\"in/*.csv\"]\ntime-col = \"\"\nuser-core = 0\nitem-core = 0",
+    ));
+    let (_, ds) = ingest(&p);
+    assert_eq!(seq(&ds, "A"), ["x", "y", "z", "v"]);
+    assert_eq!(seq(&ds, "B"), ["x", "w", "y"]);
+    // Files listed explicitly keep the listed order, whatever their names.
+    p.config(&cfg(
+        "inputs = [\"in/b.csv\", \"in/a.csv\"]\ntime-col = \"\"\nuser-core = 0\nitem-core = 0",
+    ));
+    let (_, ds) = ingest(&p);
+    assert_eq!(seq(&ds, "A"), ["z", "v", "x", "y"]);
+    // A user on two lines of a sequence file.
+    p.write("s.txt", "u1 10 11\nu2 10 12\nu1 12 13\n");
+    p.config(&cfg(
+        "inputs = [\"s.txt\"]\nformat = \"sequences\"\nuser-core = 0\nitem-core = 0",
+    ));
+    let (_, ds) = ingest(&p);
+    assert_eq!(seq(&ds, "u1"), ["10", "11", "12", "13"]);
+}
+
+#[test]
+fn rfc4180_quoted_fields_bom_and_crlf() {
+    let p = Project::new();
+    p.write(
+        "q.csv",
+        "\u{feff}user_id,item_id,timestamp\r\n\
+         \"Smith, J.\",\"the \"\"best\"\" pan\",1\r\n\
+         \"Smith, J.\",\"multi\nline\",2\r\n\
+         \"Smith, J.\",plain,3\r\n\
+         bob,plain,\"4\"\r\n",
+    );
+    p.config(&cfg("inputs = [\"q.csv\"]\nuser-core = 0\nitem-core = 0"));
+    let (rep, ds) = ingest(&p);
+    assert_eq!(rep["rows_read"], 4, "{rep}");
+    assert_eq!(
+        seq(&ds, "Smith, J."),
+        ["the \"best\" pan", "multi\nline", "plain"]
+    );
+    assert_eq!(seq(&ds, "bob"), ["plain"]);
+    // A bad row after a quoted line break is reported at its own line.
+    p.write(
+        "q.csv",
+        "user_id,item_id,timestamp\n\"a\",\"multi\nline\",1\na,x,soon\n",
+    );
+    let o = p.gnno(&["run", "--to", "ingest"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("q.csv:4: unparseable timestamp \"soon\""),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -3,6 +3,7 @@
 mod common;
 
 mod cli;
+mod corpus;
 mod crash;
 mod depcheck;
 mod ingest_formats;

@@ -2,7 +2,7 @@
 //! training does not depend on the shard size, and the failures a nightly job must
 //! not pass over (a missing epoch of negatives, a diverged loss) stop the stage.
 
-use crate::common::{run_dir, small_config, stderr, synthetic_log, Project};
+use crate::common::{popularity_hr, run_dir, small_config, stderr, synthetic_log, Project};
 
 fn project(extra: &str) -> Project {
     let p = Project::new();
@@ -117,6 +117,13 @@ fn every_loss_trains_every_backbone() {
             }
             let e = p.json(&["report", "evaluate", "--json"])["report"].clone();
             assert_eq!(e["exclude_history"], true, "the headline protocol");
+            if backbone == "sasrec" {
+                // A random model scores HR@50 > 0 too: require a margin over
+                // ranking by popularity (history included, as that baseline ranks).
+                let hr = e["test_full_other_protocol"]["HR@50"].as_f64().expect("hr");
+                let pop = popularity_hr(&p.workdir(), 50);
+                assert!(hr > pop + 0.05, "{loss}: HR@50 {hr} vs popularity {pop}");
+            }
             let ex = e["test_full"]["HR@10"].as_f64().expect("hr");
             let inc = e["test_full_other_protocol"]["HR@10"].as_f64().expect("hr");
             assert!(

@@ -179,6 +179,7 @@ fn inspect_item_shows_neighbours_with_raw_ids() {
         "sorted by weight: {w:?}"
     );
     let ov = v["overlap"].as_array().expect("overlap");
+    assert!(!ov.is_empty(), "item 1 overlaps other items: {v}");
     assert!(ov
         .iter()
         .all(|x| x["item"] != 1 && x["raw_id"].as_str().is_some_and(|r| r.starts_with('i'))));
@@ -263,4 +264,56 @@ fn training_killed_after_a_checkpoint_resumes_to_the_same_metrics() {
     let exp = clean.json(&["report", "evaluate", "--json"])["report"].clone();
     assert_eq!(got["test_full"], exp["test_full"]);
     assert_eq!(got["test_sampled"], exp["test_sampled"]);
+}
+
+#[test]
+fn readers_work_while_a_run_holds_the_workdir_and_never_change_published_artifacts() {
+    // Issue 11, item 11: inspect and audit opened the sled store read-write.
+    let p = project("");
+    p.ok(&["run", "--to", "negatives"]);
+    let work = p.workdir();
+    let published = |w: &std::path::Path| {
+        let mut all = std::collections::BTreeMap::new();
+        for stage in ["ingest", "graph", "negatives"] {
+            let dir = w.join(stage);
+            all.insert(
+                format!("{stage}/manifest.json"),
+                std::fs::read(dir.join("manifest.json")).expect("manifest"),
+            );
+            for (f, b) in snapshot(&run_dir(w, stage)) {
+                all.insert(format!("{stage}/{f}"), b);
+            }
+        }
+        all
+    };
+    let before = published(&work);
+    // Another process holds the workdir lock, as a running `gnno run` does.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(work.join(".lock"))
+        .expect("lock file");
+    lock.try_lock().expect("take the lock");
+    let st = p.ok(&["status"]);
+    assert!(st.contains("negatives  up to date"), "{st}");
+    let v = p.json(&["inspect", "item", "#1", "--json"]);
+    assert_eq!(v["item"], 1);
+    p.ok(&["audit", "negatives", "--json"]);
+    p.ok(&["inspect", "item", "#2"]);
+    drop(lock);
+    let after = published(&work);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &before {
+        assert!(v == &after[k], "{k} changed by a reader");
+    }
+    // The manifests' checksums still hold, the store's files included.
+    for stage in ["ingest", "negatives"] {
+        let m = gnno_core::manifest::Manifest::read(&work.join(stage))
+            .expect("read")
+            .expect("manifest");
+        m.verify_outputs(&work.join(stage), true)
+            .expect("checksums");
+    }
 }

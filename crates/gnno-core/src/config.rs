@@ -413,7 +413,13 @@ impl<'a> Section<'a> {
 impl Config {
     /// Read and validate a config file; relative paths are resolved against its folder.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => Error::Config {
+                file: Some(path.to_path_buf()),
+                problems: vec!["the file is not valid UTF-8".into()],
+            },
+            _ => Error::io(path, e),
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse(&text, &base).map_err(|e| match e {
             Error::Config { problems, .. } => Error::Config {

@@ -81,6 +81,48 @@ pub fn create_dir_all(path: &Path) -> Result<()> {
     fs::create_dir_all(path).at(path)
 }
 
+/// Create a directory and its parents durably: every folder created here is fsynced
+/// together with the folder holding its entry, so a crash cannot lose a folder whose
+/// files were synced (a new file is durable only once its directory is). Returns
+/// the folders it created, outermost first.
+pub fn create_dir_durable(path: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut p = Some(path);
+    while let Some(d) = p {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    missing.reverse();
+    fs::create_dir_all(path).at(path)?;
+    for d in &missing {
+        sync_dir(d)?;
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(missing)
+}
+
+/// Write `path` through `write` (which gets a file open on a temp name next to it),
+/// fsync, and publish by rename. On any error the temp file is removed and a file
+/// already at `path` stays as it was.
+pub fn write_with(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    let tmp = tmp_path(path);
+    let res = (|| {
+        let mut f = File::create(&tmp).at(&tmp)?;
+        write(&mut f)?;
+        f.sync_all().at(&tmp)
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    publish(&tmp, path)
+}
+
 /// Every regular file under `dir`, relative paths sorted, recursively.
 pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -130,4 +172,46 @@ pub fn remove_temp_files(dir: &Path) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_dir_durable_reports_the_folders_it_created() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let deep = t.path().join("a/b/c");
+        let made = create_dir_durable(&deep).expect("create");
+        assert_eq!(
+            made,
+            vec![t.path().join("a"), t.path().join("a/b"), deep.clone()]
+        );
+        assert!(deep.is_dir());
+        assert!(create_dir_durable(&deep).expect("again").is_empty());
+    }
+
+    #[test]
+    fn write_with_publishes_only_a_complete_file() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let p = t.path().join("x.parquet");
+        write_with(&p, |f| f.write_all(b"old").at("x")).expect("write");
+        let err = write_with(&p, |f| {
+            f.write_all(b"half").at("x")?;
+            Err(crate::Error::internal("writer failed"))
+        });
+        assert!(err.is_err());
+        assert_eq!(
+            fs::read(&p).expect("read"),
+            b"old",
+            "the old file is intact"
+        );
+        assert_eq!(
+            list_files(t.path()).expect("list").len(),
+            1,
+            "no temp file left"
+        );
+        write_with(&p, |f| f.write_all(b"new").at("x")).expect("write");
+        assert_eq!(fs::read(&p).expect("read"), b"new");
+    }
 }

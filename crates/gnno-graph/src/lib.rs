@@ -13,7 +13,7 @@ use gnno_store::{StoreInfo, StoreWriter};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// The WITG in CSR form: neighbours of item i are `nbr[off[i]..off[i+1]]`, sorted by id.
 #[derive(Debug, Clone, Default)]
@@ -70,21 +70,22 @@ pub fn build_witg(seqs: &[&[ItemIdx]], n_items: u32, hops: u32) -> Witg {
     for i in 0..n {
         start[i + 1] = start[i] + counts[i].load(Ordering::Relaxed) as usize;
     }
-    // Pass 2: scatter (target << 4 | hop) into per-source buckets.
+    // Pass 2: scatter (target << 8 | hop) into per-source buckets. u64, so every
+    // u32 target and every hop up to 255 fit (4 bits of a u32 held neither
+    // hop 16 nor ids from 2^28 on: issue 11).
     let cursor: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
-    let slots: Vec<AtomicU32> = (0..start[n]).map(|_| AtomicU32::new(0)).collect();
+    let slots: Vec<AtomicU64> = (0..start[n]).map(|_| AtomicU64::new(0)).collect();
     seqs.par_iter().for_each(|s| {
         visit(s, &mut |a, b, k| {
             let c = cursor[a as usize].fetch_add(1, Ordering::Relaxed) as usize;
-            #[expect(clippy::cast_possible_truncation, reason = "hops <= 16")]
-            slots[start[a as usize] + c].store((b << 4) | k as u32, Ordering::Relaxed);
+            slots[start[a as usize] + c].store(pack(b, k), Ordering::Relaxed);
         });
     });
-    let mut slots: Vec<u32> = slots.into_iter().map(AtomicU32::into_inner).collect();
+    let mut slots: Vec<u64> = slots.into_iter().map(AtomicU64::into_inner).collect();
     // Pass 3: per source, sort and merge into (neighbour, Σ c_k / k).
     let rows: Vec<(Vec<ItemIdx>, Vec<f64>)> = {
-        let mut chunks: Vec<&mut [u32]> = Vec::with_capacity(n);
-        let mut rest: &mut [u32] = &mut slots;
+        let mut chunks: Vec<&mut [u64]> = Vec::with_capacity(n);
+        let mut rest: &mut [u64] = &mut slots;
         for i in 0..n {
             let (head, tail) = rest.split_at_mut(start[i + 1] - start[i]);
             chunks.push(head);
@@ -97,11 +98,12 @@ pub fn build_witg(seqs: &[&[ItemIdx]], n_items: u32, hops: u32) -> Witg {
                 let mut ids = Vec::new();
                 let mut w = Vec::new();
                 let mut r = 0;
+                let mut per_hop = vec![0u32; hops + 1];
                 while r < row.len() {
-                    let b = row[r] >> 4;
-                    let mut per_hop = [0u32; 17];
-                    while r < row.len() && row[r] >> 4 == b {
-                        per_hop[(row[r] & 15) as usize] += 1;
+                    let (b, _) = unpack(row[r]);
+                    per_hop.fill(0);
+                    while r < row.len() && unpack(row[r]).0 == b {
+                        per_hop[unpack(row[r]).1] += 1;
                         r += 1;
                     }
                     let sum: f64 = per_hop
@@ -139,6 +141,16 @@ pub fn build_witg(seqs: &[&[ItemIdx]], n_items: u32, hops: u32) -> Witg {
         }
     }
     g
+}
+
+/// A (target, hop) occurrence as one sortable integer: target in the high bits.
+fn pack(target: ItemIdx, hop: usize) -> u64 {
+    (u64::from(target) << 8) | (hop as u64 & 0xff)
+}
+
+fn unpack(x: u64) -> (ItemIdx, usize) {
+    #[expect(clippy::cast_possible_truncation, reason = "the high 32 bits of 40")]
+    ((x >> 8) as ItemIdx, (x & 0xff) as usize)
 }
 
 /// One item's overlap row: (j, J(i,j)) for every j with J > 0, sorted by J

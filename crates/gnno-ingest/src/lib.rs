@@ -9,12 +9,13 @@ pub mod parse;
 
 use gnno_core::config::{IngestSettings, ShortUsers, SplitMode};
 use gnno_core::dataset::{col, INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE};
-use gnno_core::error::{Error, IoContext, Result};
+use gnno_core::error::{Error, Result};
 use gnno_core::progress::Progress;
 use gnno_core::Split;
 use polars::prelude::*;
+use rayon::prelude::*;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Figures of one ingest run, stored in the manifest's report.
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
@@ -71,56 +72,39 @@ pub fn run(
         dropped_rating: raw.below_rating,
         ..IngestReport::default()
     };
-    let n_raw = raw.user.len();
-    let row: Vec<u32> =
-        (0..u32::try_from(n_raw).map_err(|_| Error::internal("more than 2^32 rows"))?).collect();
-    let mut df = DataFrame::new_infer_height(vec![
-        Column::new("u".into(), raw.user),
-        Column::new("i".into(), raw.item),
-        Column::new("t".into(), raw.ts),
-        Column::new("r".into(), raw.rating),
-        Column::new("row".into(), row),
-    ])
-    .map_err(pl)?;
-
-    // Per user by time; ties keep raw-log order (polars, multi-threaded).
-    df = df
-        .lazy()
-        .sort(
-            ["u", "t", "row"],
-            SortMultipleOptions::default().with_maintain_order(true),
-        )
-        .select([col("u"), col("i"), col("t"), col("r")])
-        .collect()
-        .map_err(pl)?;
-    df.rechunk_mut();
-    lap("sort");
-
     let n_users = raw.users.names.len();
     let n_items = raw.items.names.len();
-    let mut keep = {
-        let users = slice_u32(&df, "u")?;
-        let items = slice_u32(&df, "i")?;
-        let ts = slice_i64(&df, "t")?;
-        let ratings = df
-            .column("r")
-            .and_then(|c| c.f32())
-            .and_then(|c| c.cont_slice())
-            .map_err(pl)?;
+    u32::try_from(raw.user.len())
+        .map_err(|_| Error::input(report.files.join(", "), "more than 2^32 - 1 interactions"))?;
+    // Per user by time; ties keep raw-log order. Each column is gathered into the
+    // new order and its raw copy freed before the next, to keep the peak low.
+    let order = sort_rows(&raw.user, &raw.ts, n_users);
+    fn gather<T: Copy + Send + Sync>(order: &[u32], v: Vec<T>) -> Vec<T> {
+        order.par_iter().map(|&r| v[r as usize]).collect()
+    }
+    let (user_names, item_names) = (raw.users.into_names(), raw.items.into_names());
+    let mut users = gather(&order, raw.user);
+    let mut items = gather(&order, raw.item);
+    let mut ts = gather(&order, raw.ts);
+    let ratings = gather(&order, raw.rating);
+    drop(order);
+    lap("sort");
+
+    let keep = {
         let mut keep = vec![true; users.len()];
         // Exact duplicates share (user, time), so they sit in one run of the sorted table.
-        report.dropped_duplicates = mark_duplicates(&mut keep, users, ts, |a, b| {
+        report.dropped_duplicates = mark_duplicates(&mut keep, &users, &ts, |a, b| {
             items[a] == items[b] && ratings[a].to_bits() == ratings[b].to_bits()
         });
         if cfg.dedup_pairs {
-            report.dropped_repeat_pairs = mark_repeat_pairs(&mut keep, users, items);
+            report.dropped_repeat_pairs = mark_repeat_pairs(&mut keep, &users, &items);
         }
         lap("dedup");
         let before = keep.iter().filter(|k| **k).count();
         let rounds = kcore_masked(
             &mut keep,
-            users,
-            items,
+            &users,
+            &items,
             n_users,
             n_items,
             cfg.user_core,
@@ -130,10 +114,10 @@ pub fn run(
         report.dropped_kcore = (before - keep.iter().filter(|k| **k).count()) as u64;
         if cfg.split == SplitMode::LeaveOneOut && cfg.short_users == ShortUsers::Drop {
             let mut ucount = vec![0u32; n_users];
-            for (k, &u) in keep.iter().zip(users) {
+            for (k, &u) in keep.iter().zip(&users) {
                 ucount[u as usize] += u32::from(*k);
             }
-            for (k, &u) in keep.iter_mut().zip(users) {
+            for (k, &u) in keep.iter_mut().zip(&users) {
                 if *k && ucount[u as usize] < 3 {
                     *k = false;
                     report.dropped_short_users += 1;
@@ -142,10 +126,12 @@ pub fn run(
         }
         keep
     };
-    let mask: BooleanChunked = keep.drain(..).collect();
-    df = df.filter(&mask).map_err(pl)?;
-    df.rechunk_mut();
-    if df.height() == 0 {
+    retain(&mut users, &keep);
+    retain(&mut items, &keep);
+    retain(&mut ts, &keep);
+    drop(ratings);
+    drop(keep);
+    if users.is_empty() {
         return Err(Error::input(
             report.files.join(", "),
             "no interaction is left after cleaning",
@@ -155,14 +141,11 @@ pub fn run(
 
     // Dense re-indexing that keeps first-appearance order: the interner numbered ids
     // by first appearance, so ranking the surviving codes preserves it.
-    let users = slice_u32(&df, "u")?;
-    let items = slice_u32(&df, "i")?;
-    let ts = slice_i64(&df, "t")?.to_vec();
-    let umap = compact(users, n_users, 0);
-    let imap = compact(items, n_items, 1);
-    let new_u: Vec<u32> = users.iter().map(|&u| umap[u as usize]).collect();
-    let new_i: Vec<u32> = items.iter().map(|&i| imap[i as usize]).collect();
-    drop(df);
+    let umap = compact(&users, n_users, 0);
+    let imap = compact(&items, n_items, 1);
+    let new_u: Vec<u32> = users.par_iter().map(|&u| umap[u as usize]).collect();
+    let new_i: Vec<u32> = items.par_iter().map(|&i| imap[i as usize]).collect();
+    drop((users, items));
 
     // Positions and splits. Rows are sorted by (old user, time, row); old and new
     // user ids have the same order, so each user's rows are contiguous.
@@ -224,9 +207,9 @@ pub fn run(
     .map_err(pl)?;
     write_parquet(&mut inter, &out.join(INTERACTIONS_FILE))?;
 
-    let mut items_df = id_map_frame(col::ITEM, &imap, &raw.items.names, &new_i, 1)?;
+    let mut items_df = id_map_frame(col::ITEM, &imap, &item_names, &new_i, 1)?;
     write_parquet(&mut items_df, &out.join(ITEMS_FILE))?;
-    let mut users_df = id_map_frame(col::USER, &umap, &raw.users.names, &new_u, 0)?;
+    let mut users_df = id_map_frame(col::USER, &umap, &user_names, &new_u, 0)?;
     write_parquet(&mut users_df, &out.join(USERS_FILE))?;
     report.users = users_df.height() as u64;
     report.items = items_df.height() as u64;
@@ -235,18 +218,44 @@ pub fn run(
     Ok(report)
 }
 
-fn slice_u32<'a>(df: &'a DataFrame, name: &str) -> Result<&'a [u32]> {
-    df.column(name)
-        .and_then(|c| c.u32())
-        .and_then(|c| c.cont_slice())
-        .map_err(pl)
+/// Row indices ordered by (user, time, row): a stable counting sort by user, then
+/// each user's rows sorted by time in parallel (a stable sort keeps raw-log order
+/// on ties). O(n) plus small per-user sorts, where a general multi-column sort
+/// of the whole table took most of the stage's time.
+fn sort_rows(users: &[u32], ts: &[i64], n_users: usize) -> Vec<u32> {
+    let mut start = vec![0usize; n_users + 1];
+    for &u in users {
+        start[u as usize + 1] += 1;
+    }
+    for u in 0..n_users {
+        start[u + 1] += start[u];
+    }
+    let mut order = vec![0u32; users.len()];
+    let mut cursor = start.clone();
+    for (r, &u) in users.iter().enumerate() {
+        // `run` checked that the row count fits in u32.
+        order[cursor[u as usize]] = u32::try_from(r).unwrap_or(u32::MAX);
+        cursor[u as usize] += 1;
+    }
+    let mut chunks: Vec<&mut [u32]> = Vec::with_capacity(n_users);
+    let mut rest: &mut [u32] = &mut order;
+    for u in 0..n_users {
+        let (head, tail) = rest.split_at_mut(start[u + 1] - start[u]);
+        chunks.push(head);
+        rest = tail;
+    }
+    chunks.into_par_iter().for_each(|c| {
+        if !c.windows(2).all(|w| ts[w[0] as usize] <= ts[w[1] as usize]) {
+            c.sort_by_key(|&r| ts[r as usize]);
+        }
+    });
+    order
 }
 
-fn slice_i64<'a>(df: &'a DataFrame, name: &str) -> Result<&'a [i64]> {
-    df.column(name)
-        .and_then(|c| c.i64())
-        .and_then(|c| c.cont_slice())
-        .map_err(pl)
+/// Keep the elements whose `keep` flag is set, in order.
+fn retain<T: Copy>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut k = keep.iter();
+    v.retain(|_| k.next().copied().unwrap_or(false));
 }
 
 /// Runs of equal (user, time) in a table sorted by (user, time, row).
@@ -388,14 +397,17 @@ fn id_map_frame(
     .map_err(pl)
 }
 
-fn write_parquet(df: &mut DataFrame, path: &PathBuf) -> Result<()> {
-    let f = std::fs::File::create(path).at(path)?;
-    ParquetWriter::new(f)
-        .with_compression(ParquetCompression::Snappy)
-        .with_row_group_size(Some(1 << 20))
-        .finish(df)
-        .map_err(|e| Error::internal(format!("{}: writing Parquet: {e}", path.display())))?;
-    gnno_core::fsutil::sync_file(path)
+/// Written under a temporary name and published by rename, like every other stage's
+/// files: a crash never leaves a truncated table under the final name.
+fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
+    gnno_core::fsutil::write_with(path, |f| {
+        ParquetWriter::new(f)
+            .with_compression(ParquetCompression::Snappy)
+            .with_row_group_size(Some(1 << 20))
+            .finish(df)
+            .map_err(|e| Error::internal(format!("{}: writing Parquet: {e}", path.display())))?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use gnno_core::config::{BadRowPolicy, IngestSettings, InputFormat, TimeFormat};
 use gnno_core::error::{Error, IoContext, Result};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufRead, BufReader, Read};
@@ -42,29 +43,48 @@ pub struct Interner {
     /// The last code returned: logs are often grouped by user, so the same id
     /// repeats on consecutive rows.
     last: Option<u32>,
+    /// A lower id limit than [`MAX_IDS`] (tests reach it this way).
+    pub max_ids: Option<usize>,
 }
 
+/// Codes are u32 and `u32::MAX` marks "unused" downstream, so at most this many
+/// distinct ids fit; one more is an error, never a silent merge.
+pub const MAX_IDS: usize = u32::MAX as usize;
+
 impl Interner {
-    pub fn code(&mut self, s: &str) -> u32 {
+    /// The code of `s`; `None` once [`MAX_IDS`] distinct ids are taken.
+    pub fn code(&mut self, s: &str) -> Option<u32> {
         if let Some(c) = self.last {
             if &*self.names[c as usize] == s {
-                return c;
+                return Some(c);
             }
         }
-        let c = self.lookup(s);
+        let c = self.lookup(s)?;
         self.last = Some(c);
-        c
+        Some(c)
     }
 
-    fn lookup(&mut self, s: &str) -> u32 {
+    fn lookup(&mut self, s: &str) -> Option<u32> {
         if let Some(&c) = self.map.get(s) {
-            return c;
+            return Some(c);
         }
-        let c = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        if self.names.len() >= self.limit() {
+            return None;
+        }
+        let c = u32::try_from(self.names.len()).ok()?;
         let b: Box<str> = s.into();
         self.names.push(b.clone());
         self.map.insert(b, c);
-        c
+        Some(c)
+    }
+
+    /// The names by code, freeing the lookup table.
+    pub fn into_names(self) -> Vec<Box<str>> {
+        self.names
+    }
+
+    fn limit(&self) -> usize {
+        self.max_ids.unwrap_or(MAX_IDS)
     }
 }
 
@@ -88,17 +108,31 @@ pub struct RawTable {
 }
 
 impl RawTable {
-    fn push(&mut self, user: &str, item: &str, ts: i64, rating: f32) {
+    /// The stand-in for time when the log has no time column: the number of the
+    /// current data row over every file, in file then line order (one order for
+    /// all files, so a user's rows from two files never interleave).
+    fn next_order(&self) -> i64 {
+        i64::try_from(self.rows_read).unwrap_or(i64::MAX)
+    }
+
+    fn push(&mut self, user: &str, item: &str, ts: i64, rating: f32) -> Result<(), &'static str> {
         if self.min_rating.is_some_and(|m| rating < m) {
             self.below_rating += 1;
-            return;
+            return Ok(());
         }
-        let u = self.users.code(user);
-        let i = self.items.code(item);
+        let u = self
+            .users
+            .code(user)
+            .ok_or("more than 4294967295 distinct user ids")?;
+        let i = self
+            .items
+            .code(item)
+            .ok_or("more than 4294967295 distinct item ids")?;
         self.user.push(u);
         self.item.push(i);
         self.ts.push(ts);
         self.rating.push(rating);
+        Ok(())
     }
 }
 
@@ -146,9 +180,9 @@ pub fn resolve_inputs(patterns: &[String], base: &Path) -> Result<Vec<PathBuf>> 
     Ok(files)
 }
 
-fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+fn open(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     let f = std::fs::File::open(path).at(path)?;
-    let r: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+    let r: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::MultiGzDecoder::new(f))
     } else {
         Box::new(f)
@@ -236,11 +270,13 @@ pub fn parse_iso(s: &str) -> Option<i64> {
 pub fn parse_time(s: &str, fmt: TimeFormat) -> Option<i64> {
     let unix = |s: &str| -> Option<i64> {
         if let Ok(v) = s.parse::<i64>() {
-            return Some(v);
+            return (v.unsigned_abs() < 1 << 62).then_some(v);
         }
         let f: f64 = s.parse().ok()?;
-        #[expect(clippy::cast_possible_truncation, reason = "seconds fit in i64")]
-        f.is_finite().then(|| f.floor() as i64)
+        // Beyond ±2^62 s (far past any calendar) is a broken value, not a time:
+        // the cast would silently saturate it.
+        #[expect(clippy::cast_possible_truncation, reason = "range checked above")]
+        (f.is_finite() && f.abs() < 4.6e18).then(|| f.floor() as i64)
     };
     match fmt {
         TimeFormat::Unix => unix(s),
@@ -255,9 +291,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn loc(&self, line: u64) -> String {
+        format!("{}:{line}", self.path.display())
+    }
+
     /// Record a bad row; under `error` policy, fail with file and line.
     fn bad(&self, t: &mut RawTable, line: u64, msg: &str) -> Result<()> {
-        let loc = format!("{}:{line}", self.path.display());
+        let loc = self.loc(line);
         if self.cfg.on_bad_row == BadRowPolicy::Error {
             return Err(Error::input(loc, msg.to_owned()).with_hint(
                 "fix the row, or set ingest.on-bad-row = \"skip\" to count and skip such rows",
@@ -268,6 +308,12 @@ impl Ctx<'_> {
             t.bad_examples.push(format!("{loc}: {msg}"));
         }
         Ok(())
+    }
+
+    /// Add a row; running out of ids is an input error at this line.
+    fn push(&self, t: &mut RawTable, line: u64, row: (&str, &str, i64, f32)) -> Result<()> {
+        t.push(row.0, row.1, row.2, row.3)
+            .map_err(|m| Error::input(self.loc(line), m))
     }
 }
 
@@ -312,26 +358,557 @@ pub fn read_all(
     Ok(t)
 }
 
-/// Lines of a file with their 1-based numbers, without line endings.
-fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<()>) -> Result<()> {
+const BOM: &str = "\u{feff}";
+
+/// Lines of a file with their 1-based numbers, without line endings or a leading
+/// UTF-8 byte order mark. A line that is not UTF-8 is passed as `Err(())`.
+fn for_each_line(
+    path: &Path,
+    mut f: impl FnMut(u64, std::result::Result<&str, ()>) -> Result<()>,
+) -> Result<()> {
     let mut r = open(path)?;
-    let mut buf = String::new();
+    let mut buf = Vec::new();
     let mut n = 0u64;
     loop {
         buf.clear();
-        let got = r.read_line(&mut buf).map_err(|e| {
-            Error::input(
-                format!("{}:{}", path.display(), n + 1),
-                format!("unreadable line: {e}"),
-            )
-        })?;
+        let got = r
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| unreadable(path, n + 1, &e))?;
         if got == 0 {
             return Ok(());
         }
         n += 1;
-        let line = buf.trim_end_matches(['\n', '\r']);
-        f(n, line)?;
+        match std::str::from_utf8(&buf) {
+            Ok(line) => {
+                let line = line.trim_end_matches(['\n', '\r']);
+                let line = if n == 1 {
+                    line.strip_prefix(BOM).unwrap_or(line)
+                } else {
+                    line
+                };
+                f(n, Ok(line))?;
+            }
+            Err(_) => f(n, Err(()))?,
+        }
     }
+}
+
+/// A read failure (truncated gzip, I/O error) at a line: the file is bad input.
+fn unreadable(path: &Path, line: u64, e: &dyn std::fmt::Display) -> Error {
+    Error::input(
+        format!("{}:{line}", path.display()),
+        format!("unreadable input: {e}"),
+    )
+    .with_hint("check that the file is complete (a truncated .gz fails here)")
+}
+
+const NOT_UTF8: &str = "the line is not valid UTF-8";
+
+/// Index of a configured column in a header; RecBole's typed headers
+/// (`user_id:token`) match on the part before the colon. A name that matches
+/// twice is ambiguous and refused.
+fn find_col(names: &[String], want: &str, key: &str, path: &Path) -> Result<usize> {
+    let matches = |n: &String| n == want || n.split(':').next() == Some(want);
+    let mut hits = names.iter().enumerate().filter(|(_, n)| matches(n));
+    let first = hits.next().map(|(k, _)| k).ok_or_else(|| {
+        Error::input(
+            path.display().to_string(),
+            format!(
+                "unknown column {want:?} (ingest.{key}); the columns are: {}",
+                names.join(", ")
+            ),
+        )
+        .with_hint(format!("set ingest.{key} to one of the columns above"))
+    })?;
+    if let Some((second, _)) = hits.next() {
+        return Err(Error::input(
+            path.display().to_string(),
+            format!(
+                "column {want:?} (ingest.{key}) appears twice in the header, as columns {} and {}",
+                first + 1,
+                second + 1
+            ),
+        ));
+    }
+    Ok(first)
+}
+
+/// The positions of the user, item, time and rating columns, and how many fields a
+/// row needs.
+#[derive(Clone, Copy)]
+struct Cols {
+    idx: [Option<usize>; 4],
+    need: usize,
+}
+
+impl Cols {
+    fn resolve(ctx: &Ctx, names: &[String]) -> Result<Self> {
+        let cfg = ctx.cfg;
+        let opt = |c: &str, key: &str| -> Result<Option<usize>> {
+            if c.is_empty() {
+                Ok(None)
+            } else {
+                find_col(names, c, key, ctx.path).map(Some)
+            }
+        };
+        let idx = [
+            Some(find_col(names, &cfg.user_col, "user-col", ctx.path)?),
+            Some(find_col(names, &cfg.item_col, "item-col", ctx.path)?),
+            opt(&cfg.time_col, "time-col")?,
+            opt(&cfg.rating_col, "rating-col")?,
+        ];
+        let need = idx.iter().flatten().max().copied().unwrap_or(0) + 1;
+        Ok(Self { idx, need })
+    }
+}
+
+/// What one data row turned into.
+enum Parsed<'a> {
+    Row(&'a str, &'a str, i64, f32),
+    Missing,
+    Bad(String),
+}
+
+/// Convert one delimited row's needed fields (`got`, in user, item, time, rating
+/// order, out of `found` fields); `order` stands in for time without a time column.
+fn parse_fields<'a>(
+    cfg: &IngestSettings,
+    c: Cols,
+    got: [&'a str; 4],
+    found: usize,
+    order: i64,
+) -> Parsed<'a> {
+    if found < c.need {
+        return Parsed::Bad(format!(
+            "expected at least {} fields separated by {:?}, found {found}",
+            c.need, cfg.separator
+        ));
+    }
+    let (user, item) = (got[0], got[1]);
+    let time = c.idx[2].map(|_| got[2]);
+    if is_missing(user) || is_missing(item) || time.is_some_and(is_missing) {
+        return Parsed::Missing;
+    }
+    let ts = match time {
+        None => order,
+        Some(s) => match parse_time(s, cfg.time_format) {
+            Some(v) => v,
+            None => {
+                return Parsed::Bad(format!(
+                    "unparseable timestamp {s:?} in column {:?}",
+                    cfg.time_col
+                ))
+            }
+        },
+    };
+    let rating = match c.idx[3].map(|_| got[3]) {
+        None => f32::NAN,
+        Some("") => return Parsed::Missing,
+        Some(s) => match s.parse::<f32>() {
+            Ok(v) if v.is_finite() => v,
+            _ => {
+                return Parsed::Bad(format!(
+                    "unparseable rating {s:?} in column {:?}",
+                    cfg.rating_col
+                ))
+            }
+        },
+    };
+    Parsed::Row(user, item, ts, rating)
+}
+
+/// One delimited data row, read sequentially.
+fn delimited_row(
+    ctx: &Ctx,
+    t: &mut RawTable,
+    c: Cols,
+    n: u64,
+    got: [&str; 4],
+    found: usize,
+) -> Result<()> {
+    t.rows_read += 1;
+    match parse_fields(ctx.cfg, c, got, found, t.next_order()) {
+        Parsed::Row(u, i, ts, r) => ctx.push(t, n, (u, i, ts, r)),
+        Parsed::Missing => {
+            t.missing += 1;
+            Ok(())
+        }
+        Parsed::Bad(m) => ctx.bad(t, n, &m),
+    }
+}
+
+fn read_delimited(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
+    let cols = if ctx.cfg.header {
+        None
+    } else {
+        Some(Cols::resolve(ctx, &ctx.cfg.columns)?)
+    };
+    let cols = match ctx.cfg.separator.as_bytes() {
+        &[sep] => read_csv(ctx, t, sep, cols)?,
+        _ => read_split(ctx, t, cols)?,
+    };
+    if cols.is_none() {
+        return Err(Error::input(
+            ctx.path.display().to_string(),
+            "the file is empty (no header line)",
+        ));
+    }
+    Ok(())
+}
+
+/// Single-byte separators: RFC 4180 (quoted fields may hold the separator, doubled
+/// quotes and line breaks), through the `csv` crate, which reports each record's line.
+///
+/// One thread splits records (csv-core is a byte DFA, the cheap part) into batches
+/// that hold only the needed fields; the rayon pool converts batches in parallel
+/// (UTF-8, times, ratings, interning within the batch); batches are then merged in
+/// order, so ids are numbered by first appearance and the first bad row is the one
+/// reported, exactly as a sequential read would.
+fn read_csv(ctx: &Ctx, t: &mut RawTable, sep: u8, mut cols: Option<Cols>) -> Result<Option<Cols>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(sep)
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(open(ctx.path)?);
+    let mut rec = csv::ByteRecord::new();
+    // The header (when the file has one), on this thread.
+    if cols.is_none() {
+        loop {
+            if !read_record(ctx, &mut rdr, &mut rec)? {
+                return Ok(None);
+            }
+            strip_bom(&mut rec);
+            if rec.len() == 1 && rec[0].is_empty() {
+                continue;
+            }
+            let n = rec.position().map_or(1, csv::Position::line);
+            let names = rec
+                .iter()
+                .map(|f| std::str::from_utf8(f).map(str::to_owned))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| Error::input(ctx.loc(n), "the header is not valid UTF-8"))?;
+            cols = Some(Cols::resolve(ctx, &names)?);
+            break;
+        }
+    }
+    let Some(c) = cols else {
+        return Ok(None);
+    };
+    let threads = rayon::current_num_threads().max(1);
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2 * threads);
+        let mut base = t.rows_read;
+        let reader = scope.spawn(move || {
+            // With a header the BOM was handled above.
+            let mut bom_done = ctx.cfg.header;
+            loop {
+                let mut b = Batch::new(base);
+                let res = (|| -> Result<bool> {
+                    while b.len() < BATCH_ROWS {
+                        if !read_record(ctx, &mut rdr, &mut rec)? {
+                            return Ok(false);
+                        }
+                        if !bom_done {
+                            // Without a header, the first record may carry the BOM.
+                            strip_bom(&mut rec);
+                            bom_done = true;
+                        }
+                        if rec.len() == 1 && rec[0].is_empty() {
+                            continue;
+                        }
+                        b.push(&rec, c);
+                    }
+                    Ok(true)
+                })();
+                base += b.len() as u64;
+                let more = matches!(res, Ok(true));
+                let sent = match res {
+                    Ok(_) => tx.send(Ok(b)),
+                    Err(e) => tx.send(Ok(b)).and_then(|()| tx.send(Err(e))),
+                };
+                if sent.is_err() || !more {
+                    return;
+                }
+            }
+        });
+        let min_rating = t.min_rating;
+        let mut result = Ok(());
+        let mut pending: Vec<Batch> = Vec::with_capacity(threads);
+        let mut late_error = None;
+        loop {
+            let msg = rx.recv().ok();
+            let done = match msg {
+                Some(Ok(b)) => {
+                    pending.push(b);
+                    false
+                }
+                Some(Err(e)) => {
+                    late_error = Some(e);
+                    true
+                }
+                None => true,
+            };
+            if pending.len() >= threads || (done && !pending.is_empty()) {
+                let converted: Vec<Converted> = pending
+                    .par_iter()
+                    .map(|b| b.convert(ctx.cfg, c, min_rating))
+                    .collect();
+                for (b, conv) in pending.drain(..).zip(converted) {
+                    if let Err(e) = merge(ctx, t, &b, conv) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if done || result.is_err() {
+                break;
+            }
+        }
+        drop(rx);
+        let _ = reader.join();
+        result?;
+        match late_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    })?;
+    Ok(cols)
+}
+
+/// Records per batch: large enough to amortise the merge, small enough to stream.
+const BATCH_ROWS: usize = 1 << 16;
+
+/// The next record; `false` at the end. A read failure names the line.
+fn read_record(
+    ctx: &Ctx,
+    rdr: &mut csv::Reader<Box<dyn BufRead + Send>>,
+    rec: &mut csv::ByteRecord,
+) -> Result<bool> {
+    let line = rdr.position().line();
+    rdr.read_byte_record(rec).map_err(|e| {
+        let at = e.position().map_or(line, csv::Position::line);
+        unreadable(ctx.path, at, &e)
+    })
+}
+
+/// Drop a UTF-8 byte order mark from the first field.
+fn strip_bom(rec: &mut csv::ByteRecord) {
+    if let Some(rest) = rec.get(0).and_then(|f| f.strip_prefix(BOM.as_bytes())) {
+        let mut r = csv::ByteRecord::new();
+        r.push_field(rest);
+        for x in rec.iter().skip(1) {
+            r.push_field(x);
+        }
+        r.set_position(rec.position().cloned());
+        *rec = r;
+    }
+}
+
+/// Needed fields of up to [`BATCH_ROWS`] records, as bytes.
+struct Batch {
+    /// Data rows read before this batch, over every file.
+    base: u64,
+    data: Vec<u8>,
+    /// Per record, the (start, end) in `data` of the user, item, time and rating fields.
+    spans: Vec<[(u32, u32); 4]>,
+    found: Vec<u32>,
+    lines: Vec<u64>,
+}
+
+/// A converted batch: rows with batch-local id codes and the local names.
+struct Converted {
+    users: Vec<u32>,
+    items: Vec<u32>,
+    ts: Vec<i64>,
+    rating: Vec<f32>,
+    user_names: Vec<Box<str>>,
+    item_names: Vec<Box<str>>,
+    missing: u64,
+    below_rating: u64,
+    /// Bad rows in order: (line, problem). Under `error`, conversion stops at the first.
+    bad: Vec<(u64, String)>,
+}
+
+impl Batch {
+    fn new(base: u64) -> Self {
+        Self {
+            base,
+            data: Vec::new(),
+            spans: Vec::with_capacity(BATCH_ROWS),
+            found: Vec::with_capacity(BATCH_ROWS),
+            lines: Vec::with_capacity(BATCH_ROWS),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn push(&mut self, rec: &csv::ByteRecord, c: Cols) {
+        let mut spans = [(0u32, 0u32); 4];
+        for (slot, ci) in c.idx.iter().enumerate() {
+            if let Some(f) = ci.and_then(|k| rec.get(k)) {
+                let start = self.data.len();
+                self.data.extend_from_slice(f);
+                // A batch holds at most 2^16 records of needed fields: far below 4 GiB
+                // unless fields are gigantic, and then the cast saturates harmlessly
+                // into an empty span that fails as a bad row.
+                spans[slot] = (
+                    u32::try_from(start).unwrap_or(u32::MAX),
+                    u32::try_from(self.data.len()).unwrap_or(u32::MAX),
+                );
+            }
+        }
+        self.spans.push(spans);
+        self.found
+            .push(u32::try_from(rec.len()).unwrap_or(u32::MAX));
+        self.lines
+            .push(rec.position().map_or(0, csv::Position::line));
+    }
+
+    fn field(&self, (a, b): (u32, u32)) -> Option<&[u8]> {
+        self.data.get(a as usize..b as usize)
+    }
+
+    fn convert(&self, cfg: &IngestSettings, c: Cols, min_rating: Option<f32>) -> Converted {
+        let mut out = Converted {
+            users: Vec::with_capacity(self.len()),
+            items: Vec::with_capacity(self.len()),
+            ts: Vec::with_capacity(self.len()),
+            rating: Vec::with_capacity(self.len()),
+            user_names: Vec::new(),
+            item_names: Vec::new(),
+            missing: 0,
+            below_rating: 0,
+            bad: Vec::new(),
+        };
+        let mut users: HashMap<&str, u32, BuildHasherDefault<FxHasher>> = HashMap::default();
+        let mut items: HashMap<&str, u32, BuildHasherDefault<FxHasher>> = HashMap::default();
+        for k in 0..self.len() {
+            let line = self.lines[k];
+            let mut got = [""; 4];
+            let mut utf8 = true;
+            for ((g, ci), &span) in got.iter_mut().zip(&c.idx).zip(&self.spans[k]) {
+                if ci.is_some() {
+                    match self.field(span).map(std::str::from_utf8) {
+                        Some(Ok(s)) => *g = s,
+                        _ => utf8 = false,
+                    }
+                }
+            }
+            let order = i64::try_from(self.base + k as u64 + 1).unwrap_or(i64::MAX);
+            let parsed = if utf8 {
+                parse_fields(cfg, c, got, self.found[k] as usize, order)
+            } else {
+                Parsed::Bad(NOT_UTF8.to_owned())
+            };
+            match parsed {
+                Parsed::Row(u, i, ts, r) => {
+                    if min_rating.is_some_and(|m| r < m) {
+                        out.below_rating += 1;
+                        continue;
+                    }
+                    let next = u32::try_from(out.user_names.len()).unwrap_or(u32::MAX);
+                    let uc = *users.entry(u).or_insert_with(|| {
+                        out.user_names.push(u.into());
+                        next
+                    });
+                    let next = u32::try_from(out.item_names.len()).unwrap_or(u32::MAX);
+                    let ic = *items.entry(i).or_insert_with(|| {
+                        out.item_names.push(i.into());
+                        next
+                    });
+                    out.users.push(uc);
+                    out.items.push(ic);
+                    out.ts.push(ts);
+                    out.rating.push(r);
+                }
+                Parsed::Missing => out.missing += 1,
+                Parsed::Bad(m) => {
+                    out.bad.push((line, m));
+                    if cfg.on_bad_row == BadRowPolicy::Error {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Append a converted batch to the table: local codes become global ones, in
+/// first-appearance order; the batch's first bad row fails under `error`.
+fn merge(ctx: &Ctx, t: &mut RawTable, b: &Batch, conv: Converted) -> Result<()> {
+    if ctx.cfg.on_bad_row == BadRowPolicy::Error {
+        if let Some((line, m)) = conv.bad.first() {
+            return ctx.bad(t, *line, m);
+        }
+    }
+    t.rows_read += b.len() as u64;
+    t.missing += conv.missing;
+    t.below_rating += conv.below_rating;
+    for (line, m) in &conv.bad {
+        ctx.bad(t, *line, m)?;
+    }
+    let map = |names: &[Box<str>], interner: &mut Interner, what: &str| -> Result<Vec<u32>> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                interner.code(n).ok_or_else(|| {
+                    // The first row that used this local code.
+                    Error::input(
+                        ctx.path.display().to_string(),
+                        format!("more than 4294967295 distinct {what} ids (at local id {k})"),
+                    )
+                })
+            })
+            .collect()
+    };
+    let umap = map(&conv.user_names, &mut t.users, "user")?;
+    let imap = map(&conv.item_names, &mut t.items, "item")?;
+    t.user.extend(conv.users.iter().map(|&u| umap[u as usize]));
+    t.item.extend(conv.items.iter().map(|&i| imap[i as usize]));
+    t.ts.extend_from_slice(&conv.ts);
+    t.rating.extend_from_slice(&conv.rating);
+    Ok(())
+}
+
+/// Multi-byte separators (MovieLens' `::`): plain splitting, as such files have no
+/// quoting; a field wrapped in quotes is unwrapped.
+fn read_split(ctx: &Ctx, t: &mut RawTable, mut cols: Option<Cols>) -> Result<Option<Cols>> {
+    let sep = ctx.cfg.separator.as_str();
+    for_each_line(ctx.path, |n, line| {
+        let Ok(line) = line else {
+            t.rows_read += 1;
+            return ctx.bad(t, n, NOT_UTF8);
+        };
+        if line.trim().is_empty() {
+            return Ok(());
+        }
+        let Some(c) = cols else {
+            let names: Vec<String> = line.split(sep).map(|s| unquote(s).to_owned()).collect();
+            cols = Some(Cols::resolve(ctx, &names)?);
+            return Ok(());
+        };
+        // Pick the needed fields without collecting the line.
+        let mut got = [""; 4];
+        let mut found = 0;
+        for (k, f) in line.split(sep).enumerate() {
+            found = k + 1;
+            for (slot, ci) in c.idx.iter().enumerate() {
+                if *ci == Some(k) {
+                    got[slot] = unquote(f);
+                }
+            }
+            if found >= c.need {
+                break;
+            }
+        }
+        delimited_row(ctx, t, c, n, got, found)
+    })?;
+    Ok(cols)
 }
 
 fn unquote(s: &str) -> &str {
@@ -341,126 +918,6 @@ fn unquote(s: &str) -> &str {
     } else {
         s
     }
-}
-
-/// Index of a configured column in a header; RecBole's typed headers
-/// (`user_id:token`) match on the part before the colon.
-fn find_col(names: &[String], want: &str, key: &str, path: &Path) -> Result<usize> {
-    names
-        .iter()
-        .position(|n| n == want || n.split(':').next() == Some(want))
-        .ok_or_else(|| {
-            Error::input(
-                path.display().to_string(),
-                format!(
-                    "unknown column {want:?} (ingest.{key}); the columns are: {}",
-                    names.join(", ")
-                ),
-            )
-            .with_hint(format!("set ingest.{key} to one of the columns above"))
-        })
-}
-
-fn read_delimited(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
-    let cfg = ctx.cfg;
-    let sep = cfg.separator.as_str();
-    let mut cols: Option<[Option<usize>; 4]> = None;
-    let mut need = 0usize;
-    let resolve = |names: &[String]| -> Result<[Option<usize>; 4]> {
-        let opt = |c: &str, key: &str| -> Result<Option<usize>> {
-            if c.is_empty() {
-                Ok(None)
-            } else {
-                find_col(names, c, key, ctx.path).map(Some)
-            }
-        };
-        Ok([
-            Some(find_col(names, &cfg.user_col, "user-col", ctx.path)?),
-            Some(find_col(names, &cfg.item_col, "item-col", ctx.path)?),
-            opt(&cfg.time_col, "time-col")?,
-            opt(&cfg.rating_col, "rating-col")?,
-        ])
-    };
-    if !cfg.header {
-        let c = resolve(&cfg.columns)?;
-        need = c.iter().flatten().max().copied().unwrap_or(0) + 1;
-        cols = Some(c);
-    }
-    let mut seq_pos = 0i64;
-    for_each_line(ctx.path, |n, line| {
-        if line.trim().is_empty() {
-            return Ok(());
-        }
-        let Some(c) = cols else {
-            let names: Vec<String> = line.split(sep).map(|s| unquote(s).to_owned()).collect();
-            let c = resolve(&names)?;
-            need = c.iter().flatten().max().copied().unwrap_or(0) + 1;
-            cols = Some(c);
-            return Ok(());
-        };
-        t.rows_read += 1;
-        // Pick the needed fields without collecting the line.
-        let mut got = [""; 4];
-        let mut found = 0;
-        for (k, f) in line.split(sep).enumerate() {
-            found = k + 1;
-            for (slot, ci) in c.iter().enumerate() {
-                if *ci == Some(k) {
-                    got[slot] = unquote(f);
-                }
-            }
-            if found >= need {
-                break;
-            }
-        }
-        if found < need {
-            let msg =
-                format!("expected at least {need} fields separated by {sep:?}, found {found}");
-            return ctx.bad(t, n, &msg);
-        }
-        let (user, item) = (got[0], got[1]);
-        let time = c[2].map(|_| got[2]);
-        if is_missing(user) || is_missing(item) || time.is_some_and(is_missing) {
-            t.missing += 1;
-            return Ok(());
-        }
-        let ts = match time {
-            None => {
-                seq_pos += 1;
-                seq_pos
-            }
-            Some(s) => match parse_time(s, cfg.time_format) {
-                Some(v) => v,
-                None => {
-                    let msg = format!("unparseable timestamp {s:?} in column {:?}", cfg.time_col);
-                    return ctx.bad(t, n, &msg);
-                }
-            },
-        };
-        let rating = match c[3].map(|_| got[3]) {
-            None => f32::NAN,
-            Some("") => {
-                t.missing += 1;
-                return Ok(());
-            }
-            Some(s) => match s.parse::<f32>() {
-                Ok(v) if v.is_finite() => v,
-                _ => {
-                    let msg = format!("unparseable rating {s:?} in column {:?}", cfg.rating_col);
-                    return ctx.bad(t, n, &msg);
-                }
-            },
-        };
-        t.push(user, item, ts, rating);
-        Ok(())
-    })?;
-    if cols.is_none() {
-        return Err(Error::input(
-            ctx.path.display().to_string(),
-            "the file is empty (no header line)",
-        ));
-    }
-    Ok(())
 }
 
 fn json_text(v: &serde_json::Value) -> Option<String> {
@@ -473,8 +930,11 @@ fn json_text(v: &serde_json::Value) -> Option<String> {
 
 fn read_jsonl(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
     let cfg = ctx.cfg;
-    let mut seq_pos = 0i64;
     for_each_line(ctx.path, |n, line| {
+        let Ok(line) = line else {
+            t.rows_read += 1;
+            return ctx.bad(t, n, NOT_UTF8);
+        };
         if line.trim().is_empty() {
             return Ok(());
         }
@@ -492,8 +952,7 @@ fn read_jsonl(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
             return Ok(());
         };
         let ts = if cfg.time_col.is_empty() {
-            seq_pos += 1;
-            seq_pos
+            t.next_order()
         } else {
             let Some(v) = field(&cfg.time_col) else {
                 t.missing += 1;
@@ -517,6 +976,7 @@ fn read_jsonl(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
             match field(&cfg.rating_col).map(|v| {
                 v.as_f64()
                     .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|r| r.is_finite())
             }) {
                 None => {
                     t.missing += 1;
@@ -532,25 +992,31 @@ fn read_jsonl(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
                 }
             }
         };
-        t.push(&user, &item, ts, rating);
-        Ok(())
+        ctx.push(t, n, (&user, &item, ts, rating))
     })
 }
 
+/// `user item item …` per line; a line's order is time order, and the global row
+/// counter orders lines (and files) so a user on two lines keeps file order.
 fn read_sequences(ctx: &Ctx, t: &mut RawTable) -> Result<()> {
     for_each_line(ctx.path, |n, line| {
+        let Ok(line) = line else {
+            t.rows_read += 1;
+            return ctx.bad(t, n, NOT_UTF8);
+        };
         let mut parts = line.split_whitespace();
         let Some(user) = parts.next() else {
             return Ok(());
         };
         let user = user.to_owned();
-        let mut pos = 0i64;
+        let mut any = false;
         for item in parts {
+            any = true;
             t.rows_read += 1;
-            t.push(&user, item, pos, f32::NAN);
-            pos += 1;
+            let ts = t.next_order();
+            ctx.push(t, n, (&user, item, ts, f32::NAN))?;
         }
-        if pos == 0 {
+        if !any {
             t.rows_read += 1;
             return ctx.bad(t, n, "a user with no items");
         }
@@ -586,5 +1052,28 @@ mod tests {
             Some(881_250_949)
         );
         assert_eq!(parse_time("2016-05-09", TimeFormat::Unix), None);
+        // Issue 11: a 23-digit "timestamp" saturated to i64::MAX and was accepted.
+        assert_eq!(
+            parse_time("12345678901234567890123", TimeFormat::Auto),
+            None
+        );
+        assert_eq!(parse_time("9223372036854775807", TimeFormat::Unix), None);
+    }
+
+    #[test]
+    fn ids_beyond_the_code_space_are_refused_not_merged() {
+        let mut i = Interner {
+            max_ids: Some(2),
+            ..Interner::default()
+        };
+        assert_eq!(i.code("a"), Some(0));
+        assert_eq!(i.code("b"), Some(1));
+        assert_eq!(i.code("a"), Some(0));
+        assert_eq!(
+            i.code("c"),
+            None,
+            "a third id would have merged into u32::MAX"
+        );
+        assert_eq!(i.into_names().len(), 2);
     }
 }

@@ -314,7 +314,7 @@ pub fn run(
         .collect();
     progress.start("negatives: drawing", n * hard.len() as u64);
     for &(e, _) in &hard {
-        gnno_core::fsutil::create_dir_all(&out.join(shard::epoch_dir(e)))?;
+        gnno_core::fsutil::create_dir_durable(&out.join(shard::epoch_dir(e)))?;
     }
     // One task per (shard, block of hard epochs).
     let tasks: Vec<(u64, &[(u32, f64)])> = (0..n_shards)

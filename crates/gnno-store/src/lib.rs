@@ -300,17 +300,97 @@ impl Store {
         })
     }
 
+    /// Open a private copy of the store. sled opens its files read-write (it may
+    /// rewrite them and holds an exclusive lock), so readers that must never change a
+    /// published store, nor wait for a run that has it open, read a snapshot. The
+    /// copy is removed when the snapshot is dropped.
+    pub fn open_snapshot(path: &Path, expect_input: Option<&str>) -> Result<Snapshot> {
+        if !path.join("conf").exists() && !path.join("db").exists() {
+            return Err(Error::artifact(path, "no graph store here")
+                .with_hint("run `gnno stage graph` first"));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("gnno-store-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let copy = dir.path().join("store");
+        copy_dir(path, &copy)?;
+        let store = Self::open(&copy, expect_input).map_err(|e| match e {
+            // Name the published store, not the private copy.
+            Error::Artifact { message, hint, .. } => Error::Artifact {
+                path: path.to_path_buf(),
+                message,
+                hint,
+            },
+            other => other,
+        })?;
+        Ok(Snapshot {
+            store: Self {
+                path: path.to_path_buf(),
+                ..store
+            },
+            _dir: dir,
+        })
+    }
+
     fn get<T: codec::Scalar>(&self, tree: &sled::Tree, name: &str, item: u32) -> Result<List<T>> {
         match tree
             .get(keys::item(item))
             .map_err(|e| sled_err(&self.path, &e))?
         {
             None => Ok((Vec::new(), Vec::new())),
-            Some(v) => codec::decode(&v).map_err(|m| {
-                Error::artifact(&self.path, format!("{name} value of item {item}: {m}"))
-            }),
+            Some(v) => self.decode(name, item, &v),
         }
     }
+
+    /// Decode a list and check every id against the item count the store records.
+    fn decode<T: codec::Scalar>(&self, name: &str, item: u32, v: &[u8]) -> Result<List<T>> {
+        let n = self.info.n_items;
+        let bad =
+            |m: String| Error::artifact(&self.path, format!("{name} value of item {item}: {m}"));
+        if item == 0 || item > n {
+            return Err(bad(format!("key outside the items 1..={n}")));
+        }
+        let list: List<T> = codec::decode(v).map_err(bad)?;
+        if let Some(&j) = list.0.iter().find(|&&j| j == 0 || j > n) {
+            return Err(bad(format!("neighbour id {j} outside the items 1..={n}")));
+        }
+        Ok(list)
+    }
+}
+
+/// A store opened from a private copy (see [`Store::open_snapshot`]).
+pub struct Snapshot {
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+impl Snapshot {
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let entry = entry.map_err(|e| Error::io(from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let ft = entry.file_type().map_err(|e| Error::io(&src, e))?;
+        if ft.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
+        }
+    }
+    Ok(())
 }
 
 impl GraphRead for Store {
@@ -328,9 +408,7 @@ impl GraphRead for Store {
             let (k, v) = kv.map_err(|e| sled_err(&self.path, &e))?;
             let item = keys::decode_item(&k)
                 .ok_or_else(|| Error::artifact(&self.path, "malformed overlap key"))?;
-            let list = codec::decode(&v).map_err(|m| {
-                Error::artifact(&self.path, format!("overlap value of item {item}: {m}"))
-            })?;
+            let list = self.decode(keys::TREE_OVERLAP, item, &v)?;
             f(item, list)?;
         }
         Ok(())
@@ -391,6 +469,29 @@ mod tests {
         .expect("iterate");
         assert_eq!(seen, vec![1, 2]);
         drop(s);
+        // A snapshot reads the same content and leaves the published files alone.
+        let files = |d: &Path| {
+            let mut v: Vec<(PathBuf, Vec<u8>)> = gnno_core::fsutil::list_files(d)
+                .expect("list")
+                .into_iter()
+                .map(|f| (f.clone(), std::fs::read(d.join(&f)).expect("read")))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(&p);
+        {
+            let s = Store::open_snapshot(&p, None).expect("snapshot");
+            assert_eq!(s.overlap(2).expect("get"), (vec![2, 1], vec![1.0, 0.4]));
+            // The published store stays openable while a snapshot is open.
+            let s2 = Store::open_snapshot(&p, None).expect("second snapshot");
+            assert_eq!(s2.info().n_items, 2);
+        }
+        assert_eq!(
+            files(&p),
+            before,
+            "a snapshot never writes to the published store"
+        );
         let err = Store::open(&p, Some("other")).err().expect("refused");
         assert!(err.to_string().contains("other ingest output"), "{err}");
         // A store written by another layout version is refused too.
@@ -410,5 +511,32 @@ mod tests {
         // Not a store at all.
         let err = Store::open(dir.path(), None).err().expect("refused");
         assert!(err.to_string().contains("no graph store here"), "{err}");
+    }
+
+    #[test]
+    fn ids_outside_the_recorded_item_count_are_refused_naming_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("store");
+        let mut w = StoreWriter::create(&p).expect("create");
+        w.put_overlap(1, &[1, 3], &[1.0, 0.5]).expect("put");
+        let info = StoreInfo {
+            format_version: 0,
+            n_items: 2,
+            input_fingerprint: String::new(),
+            options: serde_json::json!({}),
+            counts: serde_json::json!({}),
+            content_fingerprint: String::new(),
+        };
+        w.finish(info).expect("finish");
+        let s = Store::open(&p, None).expect("open");
+        let err = s.overlap(1).expect_err("id 3 > n_items 2");
+        assert!(
+            err.to_string().contains("store") && err.to_string().contains("neighbour id 3"),
+            "{err}"
+        );
+        let err = s
+            .for_each_overlap(&mut |_, _| Ok(()))
+            .expect_err("refused while iterating too");
+        assert!(err.to_string().contains("neighbour id 3"), "{err}");
     }
 }

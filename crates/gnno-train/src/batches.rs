@@ -465,6 +465,7 @@ mod tests {
             test: vec![10, 10, 10],
             item_raw: vec![],
             user_raw: vec!["a".into(), "b".into(), "c".into()],
+            ..Dataset::default()
         }
     }
 

@@ -47,13 +47,15 @@ impl Ranked {
     }
 }
 
-/// A user's evaluation history: train items, plus the dev item for test.
+/// A user's evaluation history (`Dataset::eval_history`: train items, plus the dev
+/// items for test); empty when the user has nothing to rank from.
 fn eval_history(ds: &Dataset, u: usize, split: Split) -> Vec<ItemIdx> {
-    let mut h = ds.train_seq(u32::try_from(u).unwrap_or(u32::MAX)).to_vec();
-    if split == Split::Test && ds.dev[u] != 0 {
-        h.push(ds.dev[u]);
-    }
-    h
+    let s = match split {
+        Split::Dev => gnno_core::Split::Dev,
+        Split::Test => gnno_core::Split::Test,
+    };
+    ds.eval_history(u32::try_from(u).unwrap_or(u32::MAX), s)
+        .unwrap_or_default()
 }
 
 fn target(ds: &Dataset, u: usize, split: Split) -> ItemIdx {
@@ -218,6 +220,8 @@ pub struct EvalReport {
     pub test_users: u64,
     /// Users with a held-out item but no history, left out of the metrics.
     pub users_without_history: u64,
+    /// Users with held-out rows but no train row (time-cutoff split), not evaluated.
+    pub users_without_train: u64,
     pub dev_full: BTreeMap<String, f64>,
     pub test_full: BTreeMap<String, f64>,
     pub dev_full_other_protocol: BTreeMap<String, f64>,
@@ -415,6 +419,7 @@ pub fn evaluate(job: &Job) -> Result<EvalReport> {
         dev_users: dev.history_excluded.users,
         test_users: test.history_excluded.users,
         users_without_history: test.users_without_history,
+        users_without_train: ds.users_without_train,
         dev_full: dev.protocol(ex).finish(),
         test_full: test.protocol(ex).finish(),
         dev_full_other_protocol: dev.protocol(!ex).finish(),
@@ -460,6 +465,7 @@ mod tests {
             test: vec![5],
             item_raw: vec![],
             user_raw: vec!["u".into()],
+            ..Dataset::default()
         };
         let c = sampled_candidates(&ds, 20, 7);
         assert_eq!(c[0].len(), 20);

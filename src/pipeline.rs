@@ -1,0 +1,66 @@
+//! The workdir as the stages see it: the config, where each stage's folder is, and
+//! the published outputs of upstream stages. Both the runner and the stages depend
+//! on this module; it depends on neither.
+
+use crate::stages::{StageName, STORE_DIR};
+use anyhow::Result;
+use gnno_core::config::Config;
+use gnno_core::dataset::Dataset;
+use gnno_core::manifest::Manifest;
+use std::path::{Path, PathBuf};
+
+pub struct Pipeline {
+    pub cfg: Config,
+    pub config_dir: PathBuf,
+}
+
+impl Pipeline {
+    pub fn load(config: &Path) -> Result<Self> {
+        let cfg = Config::load(config)?;
+        let config_dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Self { cfg, config_dir })
+    }
+
+    pub fn workdir(&self) -> &Path {
+        &self.cfg.run.workdir
+    }
+
+    pub fn stage_dir(&self, s: StageName) -> PathBuf {
+        self.workdir().join(s.as_str())
+    }
+
+    pub fn manifest(&self, s: StageName) -> Result<Option<Manifest>> {
+        Ok(Manifest::read(&self.stage_dir(s))?)
+    }
+
+    /// The published manifest of an upstream stage, or a usage error.
+    pub fn require(&self, s: StageName) -> Result<(Manifest, PathBuf)> {
+        let dir = self.stage_dir(s);
+        let m = Manifest::read(&dir)?.ok_or_else(|| {
+            gnno_core::Error::usage(format!(
+                "stage {s} has no published output in {}",
+                self.workdir().display()
+            ))
+            .with_hint(format!("run `gnno run --to {s}` first"))
+        })?;
+        let run = m.run_path(&dir);
+        Ok((m, run))
+    }
+
+    /// The ingest output, loaded, with its fingerprint.
+    pub fn dataset(&self) -> Result<(Dataset, String)> {
+        let (m, dir) = self.require(StageName::Ingest)?;
+        Ok((Dataset::load(&dir)?, m.fingerprint))
+    }
+
+    /// The published graph store, opened from a private snapshot so that reading it
+    /// never changes the published files (sled writes to a database it opens) and
+    /// never waits for a run that holds it.
+    pub fn graph_store(&self, expect_input: Option<&str>) -> Result<gnno_store::Snapshot> {
+        let (_, gdir) = self.require(StageName::Graph)?;
+        Ok(gnno_store::Store::open_snapshot(
+            &gdir.join(STORE_DIR),
+            expect_input,
+        )?)
+    }
+}
