@@ -1,6 +1,6 @@
 //! evaluate: full-ranking and sampled metrics of the best model (crate `gnno-train`).
 
-use super::{section_without, Stage, StageName, StageOutput};
+use super::{section_without, train_job, Stage, StageName, StageOutput};
 use crate::pipeline::Pipeline;
 use anyhow::Result;
 use gnno_core::config::Config;
@@ -27,19 +27,7 @@ impl Stage for Evaluate {
     fn run(&self, p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput> {
         let (ds, _) = p.dataset()?;
         let (_, tdir) = p.require(StageName::Train)?;
-        let rep = gnno_train::evaluate(&gnno_train::Job {
-            ds: &ds,
-            input: &tdir,
-            cfg: &p.cfg.train,
-            eval: &p.cfg.evaluate,
-            hard_from: p.cfg.negatives.warmup,
-            n_hard: p.cfg.negatives.n_hard,
-            seed: p.cfg.run.seed,
-            device: &p.cfg.run.device,
-            threads: p.cfg.threads(),
-            out,
-            progress,
-        })?;
+        let rep = gnno_train::evaluate(&train_job(p, &ds, &tdir, out, progress))?;
         Ok(StageOutput::new(&rep))
     }
 }

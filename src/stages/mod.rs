@@ -101,6 +101,30 @@ impl StageOutput {
 }
 
 /// A config section serialized, without the keys that cannot change an output.
+/// What gnno-train's train and evaluate stages are given: the dataset, the
+/// upstream run folder (`input`) and the config's train, evaluate and run settings.
+fn train_job<'a>(
+    p: &'a Pipeline,
+    ds: &'a gnno_core::dataset::Dataset,
+    input: &'a Path,
+    out: &'a Path,
+    progress: &'a dyn Progress,
+) -> gnno_train::Job<'a> {
+    gnno_train::Job {
+        ds,
+        input,
+        cfg: &p.cfg.train,
+        eval: &p.cfg.evaluate,
+        hard_from: p.cfg.negatives.warmup,
+        n_hard: p.cfg.negatives.n_hard,
+        seed: p.cfg.run.seed,
+        device: &p.cfg.run.device,
+        threads: p.cfg.threads(),
+        out,
+        progress,
+    }
+}
+
 fn section_without(v: &impl serde::Serialize, drop: &[&str]) -> serde_json::Value {
     let mut v = serde_json::to_value(v).unwrap_or_default();
     if let Some(m) = v.as_object_mut() {

@@ -1,6 +1,6 @@
 //! train: the model, trained on the shards (crate `gnno-train`).
 
-use super::{Stage, StageName, StageOutput};
+use super::{train_job, Stage, StageName, StageOutput};
 use crate::pipeline::Pipeline;
 use anyhow::Result;
 use gnno_core::config::Config;
@@ -28,19 +28,7 @@ impl Stage for Train {
     fn run(&self, p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput> {
         let (ds, _) = p.dataset()?;
         let (_, ndir) = p.require(StageName::Negatives)?;
-        let rep = gnno_train::train(&gnno_train::Job {
-            ds: &ds,
-            input: &ndir,
-            cfg: &p.cfg.train,
-            eval: &p.cfg.evaluate,
-            hard_from: p.cfg.negatives.warmup,
-            n_hard: p.cfg.negatives.n_hard,
-            seed: p.cfg.run.seed,
-            device: &p.cfg.run.device,
-            threads: p.cfg.threads(),
-            out,
-            progress,
-        })?;
+        let rep = gnno_train::train(&train_job(p, &ds, &ndir, out, progress))?;
         Ok(StageOutput::new(&rep))
     }
 }

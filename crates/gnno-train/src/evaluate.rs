@@ -58,6 +58,44 @@ fn eval_history(ds: &Dataset, u: usize, split: Split) -> Vec<ItemIdx> {
         .unwrap_or_default()
 }
 
+/// The users with a held-out item of `split` and a history to rank from, each with
+/// that history, and how many held-out users have none. Users of similar history
+/// length come together when the model trims padding, so a batch pads only to its
+/// longest history (the metrics do not depend on the order users are ranked in).
+fn users_to_rank(
+    model: &Model,
+    ds: &Dataset,
+    split: Split,
+    l: usize,
+) -> (Vec<(usize, Vec<ItemIdx>)>, u64) {
+    let mut users = Vec::new();
+    let mut without = 0;
+    for u in (0..ds.n_users()).filter(|&u| target(ds, u, split) != 0) {
+        let h = eval_history(ds, u, split);
+        if h.is_empty() {
+            without += 1;
+        } else {
+            users.push((u, h));
+        }
+    }
+    if model.trims_padding() {
+        users.sort_by_key(|(_, h)| h.len().min(l));
+    }
+    (users, without)
+}
+
+/// Scores of every item `[B, N + 2]` for a batch of histories, padded to the
+/// batch's longest (or to `l` when the model does not trim padding).
+fn score_histories(model: &Model, hists: &[Vec<ItemIdx>], l: usize, device: Device) -> Tensor {
+    let w = batch_width(hists.iter().map(Vec::as_slice), l, model.trims_padding());
+    let ht = history_tensor(
+        &pad_histories(hists.iter().map(Vec::as_slice), w),
+        w,
+        device,
+    );
+    model.score_all(&model.encode(&ht, false))
+}
+
 fn target(ds: &Dataset, u: usize, split: Split) -> ItemIdx {
     match split {
         Split::Dev => ds.dev[u],
@@ -86,38 +124,16 @@ pub fn rank_users(
         history_included: RankMetrics::new(ks),
         users_without_history: 0,
     };
-    let mut users = Vec::new();
-    for u in 0..ds.n_users() {
-        if target(ds, u, split) == 0 {
-            continue;
-        }
-        if eval_history(ds, u, split).is_empty() {
-            out.users_without_history += 1;
-        } else {
-            users.push(u);
-        }
-    }
-    // Users of similar history length share a batch, so a batch pads only to its
-    // longest history (the metrics do not depend on the order users are ranked in).
-    let trim = model.trims_padding();
-    if trim {
-        users.sort_by_key(|&u| eval_history(ds, u, split).len().min(l));
-    }
+    let (users, without) = users_to_rank(model, ds, split, l);
+    out.users_without_history = without;
     tch::no_grad(|| -> Result<()> {
         for chunk in users.chunks(batch.max(1)) {
-            let hists: Vec<Vec<ItemIdx>> =
-                chunk.iter().map(|&u| eval_history(ds, u, split)).collect();
+            let hists: Vec<Vec<ItemIdx>> = chunk.iter().map(|(_, h)| h.clone()).collect();
             let tgt: Vec<i64> = chunk
                 .iter()
-                .map(|&u| i64::from(target(ds, u, split)))
+                .map(|&(u, _)| i64::from(target(ds, u, split)))
                 .collect();
-            let w = batch_width(hists.iter().map(Vec::as_slice), l, trim);
-            let ht = history_tensor(
-                &pad_histories(hists.iter().map(Vec::as_slice), w),
-                w,
-                device,
-            );
-            let scores = model.score_all(&model.encode(&ht, false));
+            let scores = score_histories(model, &hists, l, device);
             for (incl, excl) in ranks(&scores, &tgt, &hists, what)? {
                 out.history_included.add(incl);
                 out.history_excluded.add(excl);
@@ -309,27 +325,13 @@ fn sampled_metrics(
     l: usize,
     ks: &[u32],
 ) -> Result<RankMetrics> {
-    let mut users: Vec<usize> = (0..ds.n_users())
-        .filter(|&u| ds.test[u] != 0 && !eval_history(ds, u, Split::Test).is_empty())
-        .collect();
-    let trim = model.trims_padding();
-    if trim {
-        users.sort_by_key(|&u| eval_history(ds, u, Split::Test).len().min(l));
-    }
+    let (users, _) = users_to_rank(model, ds, Split::Test, l);
     let mut m = RankMetrics::new(ks);
     tch::no_grad(|| -> Result<()> {
-        for chunk in users.chunks(batch.max(1)) {
-            let hists: Vec<Vec<ItemIdx>> = chunk
-                .iter()
-                .map(|&u| eval_history(ds, u, Split::Test))
-                .collect();
-            let w = batch_width(hists.iter().map(Vec::as_slice), l, trim);
-            let ht = history_tensor(
-                &pad_histories(hists.iter().map(Vec::as_slice), w),
-                w,
-                device,
-            );
-            let scores = model.score_all(&model.encode(&ht, false));
+        for users in users.chunks(batch.max(1)) {
+            let hists: Vec<Vec<ItemIdx>> = users.iter().map(|(_, h)| h.clone()).collect();
+            let chunk: Vec<usize> = users.iter().map(|&(u, _)| u).collect();
+            let scores = score_histories(model, &hists, l, device);
             let width = chunk
                 .iter()
                 .map(|&u| cands[u].len())
@@ -337,7 +339,7 @@ fn sampled_metrics(
                 .unwrap_or(0)
                 .max(1);
             let mut cols = Vec::with_capacity(chunk.len() * (width + 1));
-            for &u in chunk {
+            for &u in &chunk {
                 cols.push(i64::from(ds.test[u]));
                 cols.extend(cands[u].iter().map(|&j| i64::from(j)));
                 // Short candidate lists are padded with column 0, set to -inf below.
