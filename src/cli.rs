@@ -40,6 +40,9 @@ pub enum Command {
         /// Rerun even when up to date.
         #[arg(long)]
         force: bool,
+        /// Publish even if a gate fails (recorded as "overridden" in the history).
+        #[arg(long)]
+        override_gates: bool,
     },
     /// Show each stage as up to date, stale (and why) or missing.
     Status {
@@ -59,6 +62,32 @@ pub enum Command {
         #[command(subcommand)]
         what: Inspect,
     },
+    /// The run history: nights side by side, or one stage's runs.
+    History {
+        /// One stage's records, with all its figures.
+        #[arg(long)]
+        stage: Option<StageName>,
+        /// Only the last N nights (with --stage: records).
+        #[arg(long)]
+        last: Option<usize>,
+        /// The records as a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// Also draw dev and test NDCG@10 by night into this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Publish an earlier kept run of a stage again (default: the one before the
+    /// current); for export, `current` then points at it.
+    Rollback {
+        stage: StageName,
+        /// The kept run to publish (its folder name, or a prefix of it).
+        #[arg(long)]
+        to: Option<String>,
+        /// List the kept runs instead.
+        #[arg(long)]
+        list: bool,
+    },
     /// Audit stored artifacts.
     Audit {
         #[command(subcommand)]
@@ -77,6 +106,9 @@ pub struct RunArgs {
     /// Rerun every stage.
     #[arg(long)]
     pub force: bool,
+    /// Publish even if a gate fails (recorded as "overridden" in the history).
+    #[arg(long)]
+    pub override_gates: bool,
 }
 
 #[derive(Debug, Subcommand)]

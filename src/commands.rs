@@ -2,7 +2,7 @@
 
 use crate::cli::{Audit, Cli, Command, Inspect};
 use crate::pipeline::Pipeline;
-use crate::runner::State;
+use crate::runner::{RunOptions, State};
 use crate::stages::StageName;
 use crate::ui::Bars;
 use anyhow::Result;
@@ -20,13 +20,32 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Validate => unreachable!("handled above"),
         Command::Run(a) => {
-            let done = p.run_all(a.from, a.to, a.force, &bars)?;
+            let opts = RunOptions {
+                force: a.force,
+                override_gates: a.override_gates,
+            };
+            let done = p.run_all(a.from, a.to, opts, &bars)?;
             summary(&p, &done)
         }
-        Command::Stage { stage, force } => {
-            p.run_one(*stage, *force, &bars)?;
+        Command::Stage {
+            stage,
+            force,
+            override_gates,
+        } => {
+            let opts = RunOptions {
+                force: *force,
+                override_gates: *override_gates,
+            };
+            p.run_one(*stage, opts, &bars)?;
             Ok(())
         }
+        Command::History {
+            stage,
+            last,
+            json,
+            plot,
+        } => crate::history_view::show(&p, *stage, *last, *json, plot.as_deref()),
+        Command::Rollback { stage, to, list } => rollback(&p, *stage, to.as_deref(), *list),
         Command::Status { json } => status(&p, *json),
         Command::Report { stage, json } => report(&p, *stage, *json),
         Command::Inspect {
@@ -338,5 +357,38 @@ fn audit(
         }
     }
     writeln!(o, "plot: {}", plot_path.display())?;
+    Ok(())
+}
+
+fn rollback(p: &Pipeline, s: StageName, to: Option<&str>, list: bool) -> Result<()> {
+    if list {
+        let (kept, current) = p.kept(s)?;
+        let cur = current.as_ref().map(|m| m.run_dir.as_str());
+        let mut o = out();
+        for k in &kept {
+            let mark = if Some(k.run_dir.as_str()) == cur {
+                "  (published)"
+            } else {
+                ""
+            };
+            writeln!(o, "{:>6}  {}{mark}", k.seq, k.run_dir)?;
+        }
+        return Ok(());
+    }
+    let m = p.rollback(s, to)?;
+    let mut o = out();
+    writeln!(o, "{s}: published {} again", m.run_dir)?;
+    let downstream: Vec<&str> = StageName::ALL
+        .into_iter()
+        .filter(|d| *d > s)
+        .map(StageName::as_str)
+        .collect();
+    if !downstream.is_empty() {
+        writeln!(
+            o,
+            "stages after it ({}) are stale against it until the next `gnno run`",
+            downstream.join(", ")
+        )?;
+    }
     Ok(())
 }

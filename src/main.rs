@@ -3,6 +3,9 @@
 
 mod cli;
 mod commands;
+mod gates;
+mod history;
+mod history_view;
 mod pipeline;
 mod runner;
 mod stages;
@@ -12,10 +15,11 @@ use clap::Parser;
 use std::process::ExitCode;
 
 /// Exit codes: 0 success, 1 internal failure, 2 bad input, config or usage,
-/// 75 the workdir is locked by another run.
+/// 3 a gate failed (nothing published), 75 the workdir is locked by another run.
 pub mod exit {
     pub const INTERNAL: u8 = 1;
     pub const USER: u8 = 2;
+    pub const GATE: u8 = 3;
     pub const BUSY: u8 = 75;
 }
 
@@ -50,6 +54,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Map an error to its exit code and hint.
 fn classify(e: &anyhow::Error) -> (u8, Option<String>) {
+    if e.downcast_ref::<gates::GateFailed>().is_some() {
+        return (
+            exit::GATE,
+            Some("the last accepted outputs stay published; see `gnno history` and docs/OPERATIONS.md".into()),
+        );
+    }
     if let Some(b) = e.downcast_ref::<runner::Busy>() {
         return (exit::BUSY, Some(format!("wait for pid {} to finish; a lock left by a dead process is taken over automatically", b.pid)));
     }

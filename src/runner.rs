@@ -6,7 +6,15 @@
 //! names stay untouched, so a killed stage never damages the last good output. A
 //! rerun with the same key reuses the folder, which lets the negatives stage keep
 //! the shards a killed run finished.
+//!
+//! Before publishing, the stage's gates are checked against the figures of the run
+//! published before (the last accepted one); a failed gate publishes nothing. Each
+//! publication keeps a copy of its manifest in `<stage>/published/`, and the last
+//! `run.keep-runs` runs stay on disk so that `gnno rollback` can publish one again.
+//! Every outcome is appended to the run history (src/history.rs).
 
+use crate::gates::{self, GateFailed};
+use crate::history::{self, GateCheck, Outcome};
 use crate::pipeline::Pipeline;
 use crate::stages::{StageName, StageOutput};
 use anyhow::{Context, Result};
@@ -180,14 +188,100 @@ impl Pipeline {
         })
     }
 
-    /// Run one stage and publish its manifest.
-    pub fn execute(&self, s: StageName, progress: &dyn Progress) -> Result<Manifest> {
+    /// Run one stage, check its gates and publish its manifest; every outcome,
+    /// failures included, is appended to the run history.
+    pub fn execute(
+        &self,
+        s: StageName,
+        opts: RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<Manifest> {
+        let t0 = Instant::now();
+        let previous = self.manifest(s).ok().flatten();
+        let result = self.execute_inner(s, opts, previous.as_ref(), progress);
+        let wall = t0.elapsed().as_secs_f64();
+        let rec = match &result {
+            Ok((m, gates)) => {
+                let overridden = gates.iter().any(|g| !g.passed);
+                let o = if overridden {
+                    Outcome::Overridden
+                } else {
+                    Outcome::Published
+                };
+                history::Record {
+                    gates: gates.clone(),
+                    ..self.record(s, o, Some(m), wall)
+                }
+            }
+            Err(e) => match e.downcast_ref::<GateFailed>() {
+                // The rejected run's folder and figures, for the on-call person.
+                Some(g) => history::Record {
+                    gates: g.failed.clone(),
+                    run_dir: Some(g.run_dir.clone()),
+                    figures: g.figures.clone(),
+                    ..self.record(s, Outcome::GateFailed, None, wall)
+                },
+                None => history::Record {
+                    error: Some(format!("{e:#}")),
+                    ..self.record(s, Outcome::Failed, None, wall)
+                },
+            },
+        };
+        if let Err(e) = history::append(self.workdir(), &rec) {
+            tracing::warn!(error = %e, "could not append to the run history");
+        }
+        result.map(|(m, _)| m)
+    }
+
+    /// A history record of stage `s`; `m` is the manifest it published, if any.
+    fn record(
+        &self,
+        s: StageName,
+        outcome: Outcome,
+        m: Option<&Manifest>,
+        wall_s: f64,
+    ) -> history::Record {
+        let now = history::now_unix();
+        history::Record {
+            invocation: history::invocation().to_owned(),
+            time_unix: now,
+            time: history::rfc3339(now),
+            stage: s.as_str().to_owned(),
+            outcome,
+            gnno_version: env!("CARGO_PKG_VERSION").into(),
+            settings_hash: m.map_or_else(
+                || manifest::settings_hash(&self.settings(s)),
+                |m| m.settings_hash.clone(),
+            ),
+            inputs: m
+                .map(|m| {
+                    m.inputs
+                        .iter()
+                        .map(|i| (i.name.clone(), i.fingerprint.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            run_dir: m.map(|m| m.run_dir.clone()),
+            fingerprint: m.map(|m| m.fingerprint.clone()),
+            figures: m.map(|m| s.stage().figures(&m.report)).unwrap_or_default(),
+            wall_s,
+            gates: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn execute_inner(
+        &self,
+        s: StageName,
+        opts: RunOptions,
+        previous: Option<&Manifest>,
+        progress: &dyn Progress,
+    ) -> Result<(Manifest, Vec<GateCheck>)> {
         let dir = self.stage_dir(s);
         fsutil::create_dir_durable(&dir)?;
-        let previous = self.manifest(s).ok().flatten();
         let settings = self.settings(s);
         let settings_hash = manifest::settings_hash(&settings);
-        let inputs = self.inputs(s, previous.as_ref())?;
+        let inputs = self.inputs(s, previous)?;
         if let Some(missing) = inputs.iter().find(|i| i.fingerprint == "<missing>") {
             return Err(gnno_core::Error::usage(format!(
                 "stage {s} needs the output of stage {}, which has not run",
@@ -206,8 +300,12 @@ impl Pipeline {
         );
         let key = &fsutil::sha256_bytes(key_src.as_bytes())[..16];
         let mut run_dir = format!("run-{key}");
-        if previous.as_ref().is_some_and(|p| p.run_dir == run_dir) {
-            // A forced rerun of an up-to-date stage: never write into the published folder.
+        let kept = kept_runs(&dir)?;
+        if previous.is_some_and(|p| p.run_dir == run_dir)
+            || kept.iter().any(|k| k.run_dir == run_dir)
+        {
+            // A forced rerun, or inputs equal to a kept earlier run's: never write
+            // into a folder that is (or may be rolled back to) a published output.
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
@@ -239,6 +337,34 @@ impl Pipeline {
             .with_context(|| format!("stage {s} failed"))?;
         let elapsed = t0.elapsed().as_secs_f64();
         timings.insert("total".into(), elapsed);
+        // Gates: checked on the figures just made, against the last accepted run,
+        // before anything is published.
+        let figures = s.stage().figures(&report);
+        let base_figures = previous.map(|p| s.stage().figures(&p.report));
+        let baseline = previous
+            .zip(base_figures.as_ref())
+            .map(|(p, f)| (p.run_dir.as_str(), f));
+        let checks = gates::check(&self.cfg.gates, s.as_str(), &figures, baseline);
+        let failed: Vec<GateCheck> = checks.iter().filter(|c| !c.passed).cloned().collect();
+        if !failed.is_empty() {
+            if opts.override_gates {
+                for c in &failed {
+                    tracing::warn!(
+                        stage = s.as_str(),
+                        gate = gates::describe(c),
+                        "gate overridden"
+                    );
+                }
+            } else {
+                return Err(GateFailed {
+                    stage: s.as_str().to_owned(),
+                    run_dir,
+                    failed,
+                    figures,
+                }
+                .into());
+            }
+        }
         let outputs = manifest::describe_outputs(&dir, &run_dir, &rows, &opaque)?;
         let fingerprint = fingerprint.unwrap_or_else(|| {
             let joined: Vec<String> = outputs
@@ -285,30 +411,111 @@ impl Pipeline {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
+        // The kept copy first: a crash between the two leaves an extra kept entry,
+        // never a published run without one.
+        keep_run(&dir, &kept, &m)?;
         m.publish(&dir)?;
-        // Older run folders are no longer referenced: remove them.
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with("run-") && name != run_dir {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
+        if s.serves() {
+            switch_current(self.workdir(), &Path::new(s.as_str()).join(&run_dir))?;
         }
+        self.retain(s, &run_dir)?;
         tracing::info!(
             stage = s.as_str(),
             seconds = format!("{elapsed:.2}"),
             "stage published"
         );
+        Ok((m, checks))
+    }
+
+    /// Keep the last `run.keep-runs` published runs of a stage (and the current one,
+    /// which after a rollback may be older); remove every other run folder.
+    fn retain(&self, s: StageName, current: &str) -> Result<()> {
+        let dir = self.stage_dir(s);
+        let kept = kept_runs(&dir)?;
+        let n = self.cfg.run.keep_runs as usize;
+        let cut = kept.len().saturating_sub(n);
+        let mut keep: std::collections::BTreeSet<String> =
+            kept[cut..].iter().map(|k| k.run_dir.clone()).collect();
+        keep.insert(current.to_owned());
+        for k in &kept[..cut] {
+            if !keep.contains(&k.run_dir) {
+                std::fs::remove_file(&k.path).at(&k.path)?;
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with("run-") && !keep.contains(&name) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stage's kept published runs, oldest first, and which one is published now.
+    pub fn kept(&self, s: StageName) -> Result<(Vec<KeptRun>, Option<Manifest>)> {
+        let dir = self.stage_dir(s);
+        Ok((kept_runs(&dir)?, self.manifest(s)?))
+    }
+
+    /// `gnno rollback`: publish an earlier kept run of a stage again (by default the
+    /// one published before the current one), after checking its files' checksums.
+    pub fn rollback(&self, s: StageName, to: Option<&str>) -> Result<Manifest> {
+        let _lock = Lock::acquire(self.workdir())?;
+        let t0 = Instant::now();
+        let dir = self.stage_dir(s);
+        let kept = kept_runs(&dir)?;
+        let current = self.manifest(s)?;
+        let cur = current.as_ref().map(|m| m.run_dir.as_str());
+        let target = match to {
+            Some(name) => kept
+                .iter()
+                .rev()
+                .find(|k| k.run_dir == name || k.run_dir.starts_with(name))
+                .ok_or_else(|| {
+                    gnno_core::Error::usage(format!(
+                        "stage {s} keeps no run {name:?}; kept: {}",
+                        kept.iter()
+                            .map(|k| k.run_dir.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?,
+            None => {
+                let pos = kept.iter().rposition(|k| Some(k.run_dir.as_str()) == cur);
+                pos.and_then(|p| p.checked_sub(1))
+                    .map(|p| &kept[p])
+                    .ok_or_else(|| {
+                        gnno_core::Error::usage(format!(
+                            "stage {s} keeps no run published before the current one"
+                        ))
+                        .with_hint("raise run.keep-runs to keep more runs for rollback")
+                    })?
+            }
+        };
+        let text = std::fs::read_to_string(&target.path).at(&target.path)?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| {
+            gnno_core::Error::artifact(&target.path, format!("not a gnno manifest: {e}"))
+        })?;
+        m.verify_outputs(&dir, true)?;
+        m.publish(&dir)?;
+        if s.serves() {
+            switch_current(self.workdir(), &Path::new(s.as_str()).join(&m.run_dir))?;
+        }
+        let rec = self.record(s, Outcome::RolledBack, Some(&m), t0.elapsed().as_secs_f64());
+        history::append(self.workdir(), &rec)?;
         Ok(m)
     }
 
     /// `gnno run`: every stage in order (up to `to`), skipping those up to date.
+    /// Skipped stages are recorded in the history as up to date, with the figures
+    /// of their published run, so every night shows every stage.
     pub fn run_all(
         &self,
         from: Option<StageName>,
         to: Option<StageName>,
-        force: bool,
+        opts: RunOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<(StageName, bool)>> {
         let _lock = Lock::acquire(self.workdir())?;
@@ -317,24 +524,29 @@ impl Pipeline {
             if to.is_some_and(|t| s > t) {
                 break;
             }
-            let forced = force || from.is_some_and(|f| s >= f);
+            let forced = opts.force || from.is_some_and(|f| s >= f);
             let state = self.state(s)?;
             if !forced && state == State::UpToDate {
                 tracing::info!(stage = s.as_str(), "up to date, skipped");
+                let m = self.manifest(s)?;
+                let rec = self.record(s, Outcome::UpToDate, m.as_ref(), 0.0);
+                if let Err(e) = history::append(self.workdir(), &rec) {
+                    tracing::warn!(error = %e, "could not append to the run history");
+                }
                 done.push((s, false));
                 continue;
             }
             if let State::Stale { reasons } = &state {
                 tracing::info!(stage = s.as_str(), why = reasons.join("; "), "stale");
             }
-            self.execute(s, progress)?;
+            self.execute(s, opts, progress)?;
             done.push((s, true));
         }
         Ok(done)
     }
 
     /// `gnno stage S`: one stage alone.
-    pub fn run_one(&self, s: StageName, force: bool, progress: &dyn Progress) -> Result<bool> {
+    pub fn run_one(&self, s: StageName, opts: RunOptions, progress: &dyn Progress) -> Result<bool> {
         let _lock = Lock::acquire(self.workdir())?;
         for &u in s.upstream() {
             if let State::Stale { reasons } = self.state(u)? {
@@ -345,16 +557,92 @@ impl Pipeline {
                 );
             }
         }
-        if !force && self.state(s)? == State::UpToDate {
+        if !opts.force && self.state(s)? == State::UpToDate {
             tracing::info!(
                 stage = s.as_str(),
                 "up to date, skipped (use --force to rerun)"
             );
             return Ok(false);
         }
-        self.execute(s, progress)?;
+        self.execute(s, opts, progress)?;
         Ok(true)
     }
+}
+
+/// How `gnno run` and `gnno stage` treat up-to-date stages and failed gates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Rerun even when up to date.
+    pub force: bool,
+    /// Publish although a gate failed (recorded as `overridden`).
+    pub override_gates: bool,
+}
+
+/// Folder of the kept copies of published manifests, one per publication.
+pub const PUBLISHED_DIR: &str = "published";
+
+/// A kept published run: `<stage>/published/<seq>-<run_dir>.json`.
+#[derive(Debug, Clone)]
+pub struct KeptRun {
+    pub seq: u64,
+    pub run_dir: String,
+    pub path: PathBuf,
+}
+
+/// The kept runs of a stage folder, in publication order.
+fn kept_runs(stage_dir: &Path) -> Result<Vec<KeptRun>> {
+    let dir = stage_dir.join(PUBLISHED_DIR);
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(gnno_core::Error::io(&dir, e).into()),
+    };
+    for e in entries {
+        let e = e.at(&dir)?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let Some((seq, run_dir)) = stem.split_once('-') else {
+            continue;
+        };
+        if let Ok(seq) = seq.parse() {
+            out.push(KeptRun {
+                seq,
+                run_dir: run_dir.to_owned(),
+                path: e.path(),
+            });
+        }
+    }
+    out.sort_by_key(|k| k.seq);
+    Ok(out)
+}
+
+/// Keep a copy of a manifest about to be published.
+fn keep_run(stage_dir: &Path, kept: &[KeptRun], m: &Manifest) -> Result<()> {
+    let dir = stage_dir.join(PUBLISHED_DIR);
+    fsutil::create_dir_durable(&dir)?;
+    let seq = kept.last().map_or(1, |k| k.seq + 1);
+    let text = serde_json::to_vec_pretty(m)?;
+    fsutil::write_atomic(&dir.join(format!("{seq:06}-{}.json", m.run_dir)), &text)?;
+    Ok(())
+}
+
+/// Name of the link to the last accepted export.
+pub const CURRENT_LINK: &str = "current";
+
+/// Point `<workdir>/current` at `target` (relative to the workdir) atomically: a new
+/// link under a temporary name renamed over the old one, so a reader sees either
+/// the previous export or the new one, never neither.
+pub fn switch_current(workdir: &Path, target: &Path) -> Result<()> {
+    let link = workdir.join(CURRENT_LINK);
+    let tmp = workdir.join(format!(".{CURRENT_LINK}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).at(&tmp)?;
+    std::fs::rename(&tmp, &link).at(&link)?;
+    fsutil::sync_dir(workdir)?;
+    Ok(())
 }
 
 /// Key paths whose values differ between two settings trees.

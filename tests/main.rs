@@ -7,6 +7,7 @@ mod corpus;
 mod crash;
 mod depcheck;
 mod ingest_formats;
+mod nightly;
 mod objectives;
 mod pipeline;
 mod real_data;

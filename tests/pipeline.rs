@@ -123,6 +123,26 @@ fn audit_reports_each_epoch_and_names_a_damaged_shard() {
         e2["overlap_mismatches"], 0,
         "stored J equals the graph store's J"
     );
+    // The negatives report's leakage counts the negatives that are their user's dev
+    // or test item: between the larger of the audit's two counts and their sum
+    // (a user whose dev and test items are the same counts once).
+    let neg = p.json(&["report", "negatives", "--json"]);
+    let total = neg["report"]["negatives_total"].as_f64().expect("total");
+    let leaked = neg["report"]["leakage"].as_f64().expect("leakage") * total;
+    let (mut dev, mut test) = (0.0, 0.0);
+    for e in epochs {
+        let n = e["negatives"].as_f64().expect("negatives");
+        dev += e["share_dev_item"].as_f64().expect("dev") * n;
+        test += e["share_test_item"].as_f64().expect("test") * n;
+    }
+    assert!(
+        leaked > 0.5,
+        "some held-out items are drawn at h = 0.1: {neg}"
+    );
+    assert!(
+        leaked >= dev.max(test) - 1e-6 && leaked <= dev + test + 1e-6,
+        "leaked {leaked}, audit dev {dev} test {test}"
+    );
     let plot = std::fs::read_to_string(a["plot"].as_str().expect("plot")).expect("svg");
     assert!(plot.starts_with("<svg") && plot.contains("polyline"));
     // Text output too.

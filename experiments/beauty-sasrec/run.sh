@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . ../../scripts/env.sh
 bin="$CARGO_TARGET_DIR/release/gnno"
-[ -x "$bin" ] || (cd ../.. && cargo build --release --locked -p gnno)
+[ -x "$bin" ] || (cd ../.. && cargo build --release --workspace --locked)
 arms=("$@"); [ ${#arms[@]} -gt 0 ] || arms=(full-softmax ssm-uniform ssm-gnno)
 for arm in "${arms[@]}"; do
   start=$(date +%s)

@@ -5,6 +5,7 @@ use crate::pipeline::Pipeline;
 use anyhow::Result;
 use gnno_core::config::Config;
 use gnno_core::progress::Progress;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub struct Evaluate;
@@ -29,5 +30,19 @@ impl Stage for Evaluate {
         let (_, tdir) = p.require(StageName::Train)?;
         let rep = gnno_train::evaluate(&train_job(p, &ds, &tdir, out, progress))?;
         Ok(StageOutput::new(&rep))
+    }
+    /// `dev.<metric>` and `test.<metric>` of the headline protocol, and `users`.
+    fn figures(&self, report: &serde_json::Value) -> BTreeMap<String, f64> {
+        let mut f = super::pick(report, &[("users", "test_users")]);
+        for (split, key) in [("dev", "dev_full"), ("test", "test_full")] {
+            if let Some(m) = report.get(key).and_then(serde_json::Value::as_object) {
+                for (metric, v) in m {
+                    if let Some(v) = v.as_f64() {
+                        f.insert(format!("{split}.{metric}"), v);
+                    }
+                }
+            }
+        }
+        f
     }
 }

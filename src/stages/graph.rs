@@ -5,6 +5,7 @@ use crate::pipeline::Pipeline;
 use anyhow::Result;
 use gnno_core::config::Config;
 use gnno_core::progress::Progress;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -40,5 +41,15 @@ impl Stage for Graph {
         o.fingerprint = Some(info.content_fingerprint);
         o.timings.insert("load".into(), load_s);
         Ok(o)
+    }
+    fn figures(&self, report: &serde_json::Value) -> BTreeMap<String, f64> {
+        super::pick(
+            report,
+            &[
+                ("edges", "directed_edges"),
+                ("pairs", "overlap_pairs"),
+                ("items-with-edges", "items_with_edges"),
+            ],
+        )
     }
 }

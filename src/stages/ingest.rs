@@ -6,6 +6,7 @@ use anyhow::Result;
 use gnno_core::config::Config;
 use gnno_core::dataset::{INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE};
 use gnno_core::progress::Progress;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub struct Ingest;
@@ -27,5 +28,27 @@ impl Stage for Ingest {
         o.rows.insert(ITEMS_FILE.into(), rep.items);
         o.rows.insert(USERS_FILE.into(), rep.users);
         Ok(o)
+    }
+    fn figures(&self, report: &serde_json::Value) -> BTreeMap<String, f64> {
+        let mut f = super::pick(
+            report,
+            &[
+                ("rows", "rows_out"),
+                ("rows-read", "rows_read"),
+                ("users", "users"),
+                ("items", "items"),
+                ("bad-rows", "bad_rows"),
+                ("train-rows", "train_rows"),
+                ("dev-rows", "dev_rows"),
+                ("test-rows", "test_rows"),
+            ],
+        );
+        if let (Some(bad), Some(read)) = (f.get("bad-rows"), f.get("rows-read")) {
+            f.insert(
+                "bad-row-share".into(),
+                if *read > 0.0 { bad / read } else { 0.0 },
+            );
+        }
+        f
     }
 }

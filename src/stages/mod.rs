@@ -51,6 +51,11 @@ impl StageName {
         }
     }
 
+    /// Does publishing this stage switch `<workdir>/current` (the served output)?
+    pub fn serves(self) -> bool {
+        self.as_str() == "export"
+    }
+
     /// The stages whose outputs this one reads.
     pub fn upstream(self) -> &'static [Self] {
         self.stage().upstream()
@@ -75,6 +80,22 @@ pub trait Stage: Sync {
     fn settings(&self, cfg: &Config) -> serde_json::Value;
     /// Run into `out` (a fresh or resumable run folder) and describe the result.
     fn run(&self, p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput>;
+    /// The headline figures of a report, named as in `gnno_core::config::STAGE_FIGURES`:
+    /// what gates bound and what `gnno history` shows.
+    fn figures(&self, report: &serde_json::Value) -> BTreeMap<String, f64>;
+}
+
+/// Figures read from report fields: `(figure name, report key)`.
+fn pick(report: &serde_json::Value, names: &[(&str, &str)]) -> BTreeMap<String, f64> {
+    names
+        .iter()
+        .filter_map(|(fig, key)| {
+            report
+                .get(*key)
+                .and_then(serde_json::Value::as_f64)
+                .map(|v| ((*fig).to_owned(), v))
+        })
+        .collect()
 }
 
 /// What a stage hands back to the runner for its manifest.

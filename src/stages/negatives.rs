@@ -5,6 +5,7 @@ use crate::pipeline::Pipeline;
 use anyhow::Result;
 use gnno_core::config::{Config, SamplerKind};
 use gnno_core::progress::Progress;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -64,5 +65,11 @@ impl Stage for Negatives {
             }
         }
         Ok(o)
+    }
+    fn figures(&self, report: &serde_json::Value) -> BTreeMap<String, f64> {
+        super::pick(
+            report,
+            &[("negatives", "negatives_total"), ("leakage", "leakage")],
+        )
     }
 }

@@ -54,7 +54,9 @@ fn expected(key: &str, train_keys: &BTreeSet<String>) -> BTreeSet<StageName> {
     let set = |v: &[StageName]| v.iter().copied().collect::<BTreeSet<_>>();
     match (section, k) {
         // Where and how fast, never what.
-        ("run", "workdir" | "threads" | "device") => set(&[]),
+        ("run", "workdir" | "threads" | "device" | "keep-runs") => set(&[]),
+        // Gates judge outputs; they never change one.
+        ("gates", _) => set(&[]),
         ("run", "seed") => set(&[Negatives, Train, Evaluate]),
         ("ingest", _) => set(&[Ingest]),
         ("graph", _) => set(&[Graph]),

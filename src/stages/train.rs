@@ -5,6 +5,7 @@ use crate::pipeline::Pipeline;
 use anyhow::Result;
 use gnno_core::config::Config;
 use gnno_core::progress::Progress;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub struct Train;
@@ -30,5 +31,11 @@ impl Stage for Train {
         let (_, ndir) = p.require(StageName::Negatives)?;
         let rep = gnno_train::train(&train_job(p, &ds, &ndir, out, progress))?;
         Ok(StageOutput::new(&rep))
+    }
+    fn figures(&self, report: &serde_json::Value) -> BTreeMap<String, f64> {
+        super::pick(
+            report,
+            &[("best-dev", "best_dev_metric"), ("epochs", "epochs_run")],
+        )
     }
 }

@@ -16,6 +16,59 @@ pub struct Config {
     pub negatives: NegativesSettings,
     pub train: TrainSettings,
     pub evaluate: EvaluateSettings,
+    /// `[gates.<stage>]`: bounds on a stage's figures, checked before it publishes.
+    pub gates: Vec<Gate>,
+}
+
+/// One bound set on one figure of one stage (`[gates.ingest] rows = { min = 1000 }`).
+/// `max-drop` and `max-rise` are fractions relative to the figure of the stage's
+/// currently published (last accepted) run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Gate {
+    pub stage: String,
+    pub figure: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub max_drop: Option<f64>,
+    pub max_rise: Option<f64>,
+}
+
+/// The figures each stage offers to gates and to `gnno history` (besides the
+/// evaluate stage's `dev.<metric>` and `test.<metric>` for every metric of
+/// `evaluate.ks`). The stages compute them from their reports (src/stages).
+pub const STAGE_FIGURES: [(&str, &[&str]); 6] = [
+    (
+        "ingest",
+        &[
+            "rows",
+            "rows-read",
+            "users",
+            "items",
+            "bad-rows",
+            "bad-row-share",
+            "train-rows",
+            "dev-rows",
+            "test-rows",
+        ],
+    ),
+    ("graph", &["edges", "pairs", "items-with-edges"]),
+    ("negatives", &["negatives", "leakage"]),
+    ("train", &["best-dev", "epochs"]),
+    ("evaluate", &["users"]),
+    ("export", &["users", "items"]),
+];
+
+/// Is `figure` a figure of `stage` under these evaluation cut-offs?
+pub fn is_stage_figure(stage: &str, figure: &str, ks: &[u32]) -> bool {
+    if stage == "evaluate" {
+        if let Some((split, metric)) = figure.split_once('.') {
+            return matches!(split, "dev" | "test")
+                && parse_metric(metric).is_some_and(|(_, k)| ks.contains(&k));
+        }
+    }
+    STAGE_FIGURES
+        .iter()
+        .any(|(s, figs)| *s == stage && figs.contains(&figure))
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -26,6 +79,8 @@ pub struct RunSettings {
     /// Threads for rayon, polars and libtorch alike; 0 = all cores.
     pub threads: usize,
     pub device: String,
+    /// Published runs kept per stage (the current one included), for rollback.
+    pub keep_runs: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -437,7 +492,15 @@ impl Config {
             problems: vec![format!("TOML syntax: {e}")],
         })?;
         let mut problems = Vec::new();
-        let known = ["run", "ingest", "graph", "negatives", "train", "evaluate"];
+        let known = [
+            "run",
+            "ingest",
+            "graph",
+            "negatives",
+            "train",
+            "evaluate",
+            "gates",
+        ];
         for k in root.keys() {
             if !known.contains(&k.as_str()) {
                 problems.push(format!(
@@ -452,6 +515,7 @@ impl Config {
         let negatives = read_negatives(&root, &mut problems);
         let train = read_train(&root, &mut problems);
         let evaluate = read_evaluate(&root, &mut problems);
+        let gates = read_gates(&root, &evaluate.ks, &mut problems);
         let cfg = Self {
             run,
             ingest,
@@ -459,6 +523,7 @@ impl Config {
             negatives,
             train,
             evaluate,
+            gates,
         };
         cfg.cross_checks(&mut problems);
         if problems.is_empty() {
@@ -557,6 +622,7 @@ fn read_run(root: &Table, base: &Path, problems: &mut Vec<String>) -> RunSetting
     let seed = s.int("seed", 42, 0, i64::MAX);
     let threads = s.int("threads", 0, 0, 1024);
     let device = s.string("device", "auto");
+    let keep_runs = s.uint("keep-runs", 2, 1, 10_000);
     s.finish();
     RunSettings {
         workdir: if workdir.is_absolute() {
@@ -567,6 +633,7 @@ fn read_run(root: &Table, base: &Path, problems: &mut Vec<String>) -> RunSetting
         seed: u64::try_from(seed).unwrap_or(42),
         threads: usize::try_from(threads).unwrap_or(0),
         device,
+        keep_runs,
     }
 }
 
@@ -798,9 +865,107 @@ fn read_evaluate(root: &Table, problems: &mut Vec<String>) -> EvaluateSettings {
     e
 }
 
+/// `[gates.<stage>]` tables of `figure = { min, max, max-drop, max-rise }`.
+fn read_gates(root: &Table, ks: &[u32], problems: &mut Vec<String>) -> Vec<Gate> {
+    let mut gates = Vec::new();
+    let Some(v) = root.get("gates") else {
+        return gates;
+    };
+    let Value::Table(stages) = v else {
+        problems.push("gates: expected a table ([gates.<stage>])".into());
+        return gates;
+    };
+    for (stage, figs) in stages {
+        if !STAGE_FIGURES.iter().any(|(s, _)| s == stage) {
+            let names: Vec<&str> = STAGE_FIGURES.iter().map(|(s, _)| *s).collect();
+            problems.push(format!(
+                "gates.{stage}: unknown stage (expected one of {})",
+                names.join(", ")
+            ));
+            continue;
+        }
+        let Value::Table(figs) = figs else {
+            problems.push(format!("gates.{stage}: expected a table ([gates.{stage}])"));
+            continue;
+        };
+        for (figure, bounds) in figs {
+            let path = format!("gates.{stage}.\"{figure}\"");
+            if !is_stage_figure(stage, figure, ks) {
+                problems.push(format!(
+                    "{path}: {stage} has no figure {figure:?} (see docs/CONFIG.md, [gates])"
+                ));
+                continue;
+            }
+            let Value::Table(b) = bounds else {
+                problems.push(format!(
+                    "{path}: expected a table such as {{ min = 1, max-drop = 0.2 }}"
+                ));
+                continue;
+            };
+            let mut s = Section {
+                path: path.clone(),
+                table: Some(b),
+                used: BTreeSet::new(),
+                problems,
+            };
+            let gate = Gate {
+                stage: stage.clone(),
+                figure: figure.clone(),
+                min: s.opt_float("min"),
+                max: s.opt_float("max"),
+                max_drop: s.opt_float("max-drop"),
+                max_rise: s.opt_float("max-rise"),
+            };
+            s.finish();
+            for (k, v) in [("max-drop", gate.max_drop), ("max-rise", gate.max_rise)] {
+                if v.is_some_and(|x| !(0.0..=1e6).contains(&x)) {
+                    problems.push(format!("{path}.{k}: must be a fraction >= 0"));
+                }
+            }
+            if gate.min.is_none()
+                && gate.max.is_none()
+                && gate.max_drop.is_none()
+                && gate.max_rise.is_none()
+            {
+                problems.push(format!(
+                    "{path}: no bound (min, max, max-drop or max-rise) is set"
+                ));
+            }
+            gates.push(gate);
+        }
+    }
+    gates
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gates_are_read_per_stage_and_figure_and_typos_are_errors() {
+        let text = "[ingest]\ninputs=[\"a\"]\n[gates.ingest]\nrows = { min = 10, max-drop = 0.2 }\n[gates.evaluate]\n\"test.NDCG@10\" = { max-drop = 0.05 }\n";
+        let c = Config::parse(text, Path::new(".")).expect("parses");
+        assert_eq!(c.gates.len(), 2);
+        assert_eq!(c.gates[0].stage, "evaluate");
+        assert_eq!(c.gates[0].figure, "test.NDCG@10");
+        assert_eq!(c.gates[0].max_drop, Some(0.05));
+        assert_eq!(c.gates[1].min, Some(10.0));
+        assert_eq!(c.gates[1].max_drop, Some(0.2));
+        let bad = "[ingest]\ninputs=[\"a\"]\n[gates.ingest]\nrow = { min = 1 }\nusers = { minimum = 1 }\nitems = {}\n[gates.evaluate]\n\"test.NDCG@7\" = { min = 0.1 }\n[gates.nightly]\nx = { min = 1 }\n";
+        let Err(Error::Config { problems, .. }) = Config::parse(bad, Path::new(".")) else {
+            panic!("expected config error")
+        };
+        let joined = problems.join("\n");
+        for needle in [
+            "gates.ingest.\"row\": ingest has no figure",
+            "gates.ingest.\"users\".minimum: unknown key",
+            "gates.ingest.\"items\": no bound",
+            "gates.evaluate.\"test.NDCG@7\": evaluate has no figure",
+            "gates.nightly: unknown stage",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
 
     #[test]
     fn defaults_are_the_authors_beauty_settings() {

@@ -177,6 +177,8 @@ pub struct EpochReport {
     pub negatives: u64,
     pub bytes: u64,
     pub shards_reused: u32,
+    /// Negatives equal to their user's evaluated dev or test item.
+    pub leaked: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -185,6 +187,9 @@ pub struct NegativesReport {
     pub instances: u64,
     pub epochs: Vec<EpochReport>,
     pub negatives_total: u64,
+    /// Share of all negatives that are their user's evaluated dev or test item:
+    /// false negatives drawn from the future (0 when nothing was drawn).
+    pub leakage: f64,
     pub shards_written: u32,
     pub shards_reused: u32,
 }
@@ -213,6 +218,7 @@ struct Outcome {
     rows: u64,
     bytes: u64,
     negatives: u64,
+    leaked: u64,
     reused: bool,
 }
 
@@ -283,6 +289,10 @@ impl Draw<'_> {
                         inst.user[i],
                         inst.target[i],
                         &d[r * k..r * k + cnt],
+                        [
+                            ds.dev[inst.user[i] as usize],
+                            ds.test[inst.user[i] as usize],
+                        ],
                     );
                 }
                 rows
@@ -341,7 +351,7 @@ pub fn run(
             for &(e, h) in block {
                 let meta = shard::ShardMeta::new(cfg, id, e, h, s, first, last - first);
                 let path = out.join(shard::epoch_dir(e)).join(shard::shard_file(s));
-                if let Some(negs) = shard::complete_negatives(&path, &meta) {
+                if let Some((negs, leaked)) = shard::complete_negatives(&path, &meta) {
                     progress.advance(last - first);
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     outcomes.push(Outcome {
@@ -349,6 +359,7 @@ pub fn run(
                         rows: last - first,
                         bytes,
                         negatives: negs,
+                        leaked,
                         reused: true,
                     });
                 } else {
@@ -362,6 +373,7 @@ pub fn run(
             let all_rows = draw.shards(&epochs, first, last);
             for ((e, _, meta, path), rows) in todo.into_iter().zip(all_rows) {
                 let negs = rows.negatives() as u64;
+                let leaked = rows.leaked();
                 let bytes = shard::write(&path, rows, &meta, cfg.row_group_rows as usize)?;
                 progress.advance(last - first);
                 let done = written.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
@@ -374,6 +386,7 @@ pub fn run(
                     rows: last - first,
                     bytes,
                     negatives: negs,
+                    leaked,
                     reused: false,
                 });
             }
@@ -392,9 +405,11 @@ pub fn run(
                 negatives: 0,
                 bytes: 0,
                 shards_reused: 0,
+                leaked: 0,
             })
             .collect(),
         negatives_total: 0,
+        leakage: 0.0,
         shards_written: 0,
         shards_reused: 0,
     };
@@ -409,6 +424,7 @@ pub fn run(
         er.rows += o.rows;
         er.bytes += o.bytes;
         er.negatives += o.negatives;
+        er.leaked += o.leaked;
         report.negatives_total += o.negatives;
         if o.reused {
             er.shards_reused += 1;
@@ -416,6 +432,11 @@ pub fn run(
         } else {
             report.shards_written += 1;
         }
+    }
+    let leaked: u64 = report.epochs.iter().map(|e| e.leaked).sum();
+    #[expect(clippy::cast_precision_loss, reason = "a share")]
+    if report.negatives_total > 0 {
+        report.leakage = leaked as f64 / report.negatives_total as f64;
     }
     progress.finish();
     Ok(report)

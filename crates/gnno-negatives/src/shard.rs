@@ -67,6 +67,8 @@ pub struct ShardRows {
     negs: Vec<u32>,
     overlap: Vec<f32>,
     log_prob: Vec<f32>,
+    /// Negatives equal to their user's dev or test item (false negatives).
+    leaked: u64,
 }
 
 impl ShardRows {
@@ -81,9 +83,23 @@ impl ShardRows {
             negs: Vec::with_capacity(rows * per),
             overlap: Vec::with_capacity(rows * per),
             log_prob: Vec::with_capacity(rows * per),
+            leaked: 0,
         }
     }
-    pub fn push(&mut self, instance: u64, user: u32, target: ItemIdx, drawn: &[crate::Drawn]) {
+    /// One row; `held_out` are the user's evaluated dev and test items (0 = none),
+    /// counted when drawn as negatives.
+    pub fn push(
+        &mut self,
+        instance: u64,
+        user: u32,
+        target: ItemIdx,
+        drawn: &[crate::Drawn],
+        held_out: [ItemIdx; 2],
+    ) {
+        self.leaked += drawn
+            .iter()
+            .filter(|d| d.item != 0 && held_out.contains(&d.item))
+            .count() as u64;
         self.instance.push(instance);
         self.user.push(user);
         self.target.push(target);
@@ -97,6 +113,10 @@ impl ShardRows {
     }
     pub fn negatives(&self) -> usize {
         self.negs.len()
+    }
+
+    pub fn leaked(&self) -> u64 {
+        self.leaked
     }
 
     fn into_batch(self) -> Result<RecordBatch> {
@@ -147,6 +167,7 @@ impl ShardRows {
 /// Write a shard atomically (temp file, fsync, rename); returns its size.
 pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usize) -> Result<u64> {
     let negatives = rows.negatives();
+    let leaked = rows.leaked();
     let batch = rows.into_batch()?;
     let mut kv: Vec<parquet::file::metadata::KeyValue> = meta
         .0
@@ -156,6 +177,10 @@ pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usi
     kv.push(parquet::file::metadata::KeyValue::new(
         format!("{KEY_PREFIX}negatives"),
         negatives.to_string(),
+    ));
+    kv.push(parquet::file::metadata::KeyValue::new(
+        format!("{KEY_PREFIX}leaked"),
+        leaked.to_string(),
     ));
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -178,13 +203,15 @@ pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usi
     std::fs::metadata(path).map(|m| m.len()).at(path)
 }
 
-/// When `path` is a finished shard drawn with exactly `meta`, its negative count.
-pub fn complete_negatives(path: &Path, meta: &ShardMeta) -> Option<u64> {
+/// When `path` is a finished shard drawn with exactly `meta`, its negative count
+/// and how many of them are leaked (held-out) items.
+pub fn complete_negatives(path: &Path, meta: &ShardMeta) -> Option<(u64, u64)> {
     let (kv, rows) = read_meta(path).ok()?;
     let same = meta.0.iter().all(|(k, v)| kv.get(k) == Some(v));
     let want_rows: u64 = meta.0.get(&format!("{KEY_PREFIX}rows"))?.parse().ok()?;
     if same && rows == want_rows {
-        kv.get(&format!("{KEY_PREFIX}negatives"))?.parse().ok()
+        let count = |k: &str| kv.get(&format!("{KEY_PREFIX}{k}"))?.parse().ok();
+        Some((count("negatives")?, count("leaked")?))
     } else {
         None
     }
