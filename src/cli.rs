@@ -136,5 +136,9 @@ pub enum Audit {
         /// Where to write the SVG plot (default: <workdir>/negatives/audit.svg).
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// An earlier kept run (its folder name, as `gnno history` shows it), audited
+        /// against the ingest and graph runs it was drawn from.
+        #[arg(long)]
+        run: Option<String>,
     },
 }

@@ -52,8 +52,14 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
             what: Inspect::Item { id, top, json },
         } => inspect_item(&p, id, *top, *json),
         Command::Audit {
-            what: Audit::Negatives { epoch, json, plot },
-        } => audit(&p, *epoch, *json, plot.as_deref()),
+            what:
+                Audit::Negatives {
+                    epoch,
+                    json,
+                    plot,
+                    run,
+                },
+        } => audit(&p, *epoch, *json, plot.as_deref(), run.as_deref()),
     }
 }
 
@@ -259,15 +265,39 @@ fn audit(
     epoch: Option<u32>,
     json: bool,
     plot: Option<&std::path::Path>,
+    kept_run: Option<&str>,
 ) -> Result<()> {
-    let (ds, _) = p.dataset()?;
-    let (m, _) = p.require(StageName::Negatives)?;
     let dir = p.stage_dir(StageName::Negatives);
+    let (m, ds, store) = match kept_run {
+        None => {
+            let (m, _) = p.require(StageName::Negatives)?;
+            (m, p.dataset()?.0, p.graph_store(None)?)
+        }
+        Some(r) => {
+            // The ingest and graph runs this one was drawn from, by fingerprint.
+            let m = p.kept_manifest(StageName::Negatives, |k| k.run_dir == r || k.run_dir.starts_with(r))?;
+            let input = |s: StageName| {
+                m.inputs
+                    .iter()
+                    .find(|i| i.name == s.as_str())
+                    .map(|i| i.fingerprint.clone())
+                    .unwrap_or_default()
+            };
+            let (ingest_fp, graph_fp) = (input(StageName::Ingest), input(StageName::Graph));
+            let im = p.kept_manifest(StageName::Ingest, |k| k.fingerprint == ingest_fp)?;
+            let gm = p.kept_manifest(StageName::Graph, |k| k.fingerprint == graph_fp)?;
+            let ds = gnno_core::dataset::Dataset::load(&im.run_path(&p.stage_dir(StageName::Ingest)))?;
+            let store = gnno_store::Store::open_snapshot(
+                &gm.run_path(&p.stage_dir(StageName::Graph)).join(crate::stages::STORE_DIR),
+                Some(&ingest_fp),
+            )?;
+            (m, ds, store)
+        }
+    };
     // Checksums first: a damaged shard is named before any statistic is computed.
     m.verify_outputs(&dir, true)?;
     let run = m.run_path(&dir);
     // J of every drawn negative comes from the graph store, whatever the sampler.
-    let store = p.graph_store(None)?;
     let index = gnno_negatives::sampler::OverlapIndex::load(store.store(), 1.0)?;
     drop(store);
     let epochs = m

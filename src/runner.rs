@@ -459,6 +459,36 @@ impl Pipeline {
         Ok((kept_runs(&dir)?, self.manifest(s)?))
     }
 
+    /// The first kept (or the published) manifest of a stage that `pick` accepts,
+    /// newest first; a usage error listing the kept runs otherwise.
+    pub fn kept_manifest(&self, s: StageName, pick: impl Fn(&Manifest) -> bool) -> Result<Manifest> {
+        let dir = self.stage_dir(s);
+        let kept = kept_runs(&dir)?;
+        let mut seen = Vec::new();
+        let published = self.manifest(s)?;
+        for m in published.into_iter().map(Ok).chain(kept.iter().rev().map(|k| {
+            let text = std::fs::read_to_string(&k.path).at(&k.path)?;
+            serde_json::from_str::<Manifest>(&text).map_err(|e| {
+                anyhow::Error::from(gnno_core::Error::artifact(
+                    &k.path,
+                    format!("not a gnno manifest: {e}"),
+                ))
+            })
+        })) {
+            let m = m?;
+            if pick(&m) {
+                return Ok(m);
+            }
+            seen.push(m.run_dir);
+        }
+        Err(gnno_core::Error::usage(format!(
+            "stage {s} keeps no such run (kept: {})",
+            seen.join(", ")
+        ))
+        .with_hint("`gnno history --stage <stage>` names each night's run; raise run.keep-runs to keep more")
+        .into())
+    }
+
     /// `gnno rollback`: publish an earlier kept run of a stage again (by default the
     /// one published before the current one), after checking its files' checksums.
     pub fn rollback(&self, s: StageName, to: Option<&str>) -> Result<Manifest> {
