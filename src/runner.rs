@@ -196,8 +196,10 @@ impl Pipeline {
             .with_hint(format!("run `gnno run --to {s}`"))
             .into());
         }
+        let extra = s.stage().run_key_extra(self)?;
         let key_src = format!(
-            "{settings_hash}|{}",
+            "{settings_hash}{}{extra}|{}",
+            if extra.is_empty() { "" } else { "|" },
             inputs
                 .iter()
                 .map(|i| format!("{}={}", i.name, i.fingerprint))
