@@ -97,13 +97,14 @@ fn recommendations(dir: &Path) -> Vec<(String, u32, String, f32)> {
     out
 }
 
-/// The safetensors header: (metadata, tensor name -> (dtype, shape)).
-fn safetensors_header(
-    path: &Path,
-) -> (
+/// Metadata, and tensor name -> (dtype, shape), of a safetensors header.
+type Header = (
     BTreeMap<String, String>,
     BTreeMap<String, (String, Vec<i64>)>,
-) {
+);
+
+/// The safetensors header, parsed here independently of the writer.
+fn safetensors_header(path: &Path) -> Header {
     let bytes = std::fs::read(path).expect("read");
     let n = usize::try_from(u64::from_le_bytes(bytes[..8].try_into().expect("8"))).expect("size");
     let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
