@@ -1,4 +1,4 @@
-//! Whole-stage benchmarks (`cargo bench --bench stages -- [graph|negatives|ingest|all]`).
+//! Whole-stage benchmarks (`cargo bench --bench stages -- [graph|negatives|train|objectives|ingest|export|all]`).
 #![expect(clippy::print_stdout, reason = "a benchmark prints its table")]
 //!
 //! Each section times our code next to a baseline run in the same process or the
@@ -519,6 +519,57 @@ fn bench_objectives(tmp: &Path) {
     }
 }
 
+/// The export stage on Beauty: top-100 for every user (22,363) over 12,101 items
+/// with SASRec 64-d, L 50, from a freshly initialised model (the cost does not
+/// depend on what the model learnt), plus the embeddings and model files. The
+/// goal: under 10 s on 2 cores.
+fn bench_export(tmp: &Path) {
+    use gnno_core::config::Backbone;
+    let ds = beauty(tmp);
+    let mut cfg = Config::defaults(Path::new("/"));
+    cfg.train.backbone = Backbone::Sasrec;
+    cfg.train.history_len = 50;
+    cfg.train.dim = 64;
+    cfg.train.layers = 2;
+    cfg.train.heads = 1;
+    let threads = rayon::current_num_threads();
+    let model_dir = tmp.join("export-model");
+    let out = tmp.join("export-out");
+    std::fs::create_dir_all(&model_dir).expect("mkdir");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    gnno_train::export::save_initial_model(
+        &cfg.train,
+        ds.n_items,
+        &model_dir.join(gnno_train::BEST_MODEL),
+    )
+    .expect("model");
+    let job = gnno_train::Job {
+        ds: &ds,
+        input: &model_dir,
+        cfg: &cfg.train,
+        eval: &cfg.evaluate,
+        hard_from: 0,
+        n_hard: 0,
+        seed: 1,
+        device: "cpu",
+        threads,
+        out: &out,
+        progress: &NoProgress,
+        warm_from: None,
+    };
+    let t = Instant::now();
+    let rep = gnno_train::export::export(&job, &cfg.export).expect("export");
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "export (SASRec 64-d, L 50, {threads} threads): top-{} for {} users over {} items in {s:.2} s ({:.0} users/s; goal < 10 s), peak {:.0} MiB",
+        rep.k,
+        rep.users,
+        rep.items,
+        rep.users_per_second,
+        peak_mib()
+    );
+}
+
 fn main() {
     gnno_train::alloc::keep_large_blocks();
     let args: Vec<String> = std::env::args().collect();
@@ -548,6 +599,9 @@ fn main() {
     }
     if want("ingest") {
         bench_ingest(tmp.path());
+    }
+    if want("export") {
+        bench_export(tmp.path());
     }
     // Not part of `all`: minutes and gigabytes.
     if which.iter().any(|w| w == "scale") {

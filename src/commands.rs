@@ -275,7 +275,9 @@ fn audit(
         }
         Some(r) => {
             // The ingest and graph runs this one was drawn from, by fingerprint.
-            let m = p.kept_manifest(StageName::Negatives, |k| k.run_dir == r || k.run_dir.starts_with(r))?;
+            let m = p.kept_manifest(StageName::Negatives, |k| {
+                k.run_dir == r || k.run_dir.starts_with(r)
+            })?;
             let input = |s: StageName| {
                 m.inputs
                     .iter()
@@ -286,9 +288,11 @@ fn audit(
             let (ingest_fp, graph_fp) = (input(StageName::Ingest), input(StageName::Graph));
             let im = p.kept_manifest(StageName::Ingest, |k| k.fingerprint == ingest_fp)?;
             let gm = p.kept_manifest(StageName::Graph, |k| k.fingerprint == graph_fp)?;
-            let ds = gnno_core::dataset::Dataset::load(&im.run_path(&p.stage_dir(StageName::Ingest)))?;
+            let ds =
+                gnno_core::dataset::Dataset::load(&im.run_path(&p.stage_dir(StageName::Ingest)))?;
             let store = gnno_store::Store::open_snapshot(
-                &gm.run_path(&p.stage_dir(StageName::Graph)).join(crate::stages::STORE_DIR),
+                &gm.run_path(&p.stage_dir(StageName::Graph))
+                    .join(crate::stages::STORE_DIR),
                 Some(&ingest_fp),
             )?;
             (m, ds, store)

@@ -47,6 +47,26 @@ impl Pipeline {
         Ok((m, run))
     }
 
+    /// The folder of the last accepted export: where `<workdir>/current` points,
+    /// resolved; None before the first one (no link). A link whose folder is gone
+    /// is an error naming it, not a silent cold start.
+    pub fn current_export(&self) -> Result<Option<PathBuf>> {
+        let link = self.workdir().join("current");
+        match std::fs::symlink_metadata(&link) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(gnno_core::Error::io(&link, e).into()),
+            Ok(_) => {}
+        }
+        let dir = std::fs::canonicalize(&link).map_err(|e| {
+            gnno_core::Error::usage(format!(
+                "{}: the last accepted export it points to cannot be read: {e}",
+                link.display()
+            ))
+            .with_hint("restore that export folder, or remove the link to train from scratch")
+        })?;
+        Ok(Some(dir))
+    }
+
     /// The ingest output, loaded, with its fingerprint.
     pub fn dataset(&self) -> Result<(Dataset, String)> {
         let (m, dir) = self.require(StageName::Ingest)?;

@@ -290,8 +290,10 @@ impl Pipeline {
             .with_hint(format!("run `gnno run --to {s}`"))
             .into());
         }
+        let extra = s.stage().run_key_extra(self)?;
         let key_src = format!(
-            "{settings_hash}|{}",
+            "{settings_hash}{}{extra}|{}",
+            if extra.is_empty() { "" } else { "|" },
             inputs
                 .iter()
                 .map(|i| format!("{}={}", i.name, i.fingerprint))
@@ -461,20 +463,28 @@ impl Pipeline {
 
     /// The first kept (or the published) manifest of a stage that `pick` accepts,
     /// newest first; a usage error listing the kept runs otherwise.
-    pub fn kept_manifest(&self, s: StageName, pick: impl Fn(&Manifest) -> bool) -> Result<Manifest> {
+    pub fn kept_manifest(
+        &self,
+        s: StageName,
+        pick: impl Fn(&Manifest) -> bool,
+    ) -> Result<Manifest> {
         let dir = self.stage_dir(s);
         let kept = kept_runs(&dir)?;
         let mut seen = Vec::new();
         let published = self.manifest(s)?;
-        for m in published.into_iter().map(Ok).chain(kept.iter().rev().map(|k| {
-            let text = std::fs::read_to_string(&k.path).at(&k.path)?;
-            serde_json::from_str::<Manifest>(&text).map_err(|e| {
-                anyhow::Error::from(gnno_core::Error::artifact(
-                    &k.path,
-                    format!("not a gnno manifest: {e}"),
-                ))
-            })
-        })) {
+        for m in published
+            .into_iter()
+            .map(Ok)
+            .chain(kept.iter().rev().map(|k| {
+                let text = std::fs::read_to_string(&k.path).at(&k.path)?;
+                serde_json::from_str::<Manifest>(&text).map_err(|e| {
+                    anyhow::Error::from(gnno_core::Error::artifact(
+                        &k.path,
+                        format!("not a gnno manifest: {e}"),
+                    ))
+                })
+            }))
+        {
             let m = m?;
             if pick(&m) {
                 return Ok(m);

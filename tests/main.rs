@@ -6,6 +6,7 @@ mod cli;
 mod corpus;
 mod crash;
 mod depcheck;
+mod export;
 mod ingest_formats;
 mod nightly;
 mod objectives;

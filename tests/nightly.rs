@@ -182,3 +182,199 @@ fn keep_runs_keeps_the_last_n_runs_and_rollback_republishes_one() {
         "still the rolled-back run"
     );
 }
+
+/// A day of logs for existing users, after everything in `synthetic_log`: half of its
+/// items are new (`n*`), the rest known (`i*`).
+fn next_day(seed: u64) -> String {
+    let log = synthetic_log(150, 60, seed);
+    let mut out = String::from("user_id\titem_id\ttimestamp\n");
+    for line in log.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let item: u32 = f[1][1..].parse().expect("item");
+        let name = if item < 30 {
+            format!("n{item}")
+        } else {
+            format!("i{item}")
+        };
+        let t: u64 = f[2].parse().expect("time");
+        out += &format!("{}\t{name}\t{}\n", f[0], t + 100_000_000);
+    }
+    out
+}
+
+fn readlink(p: &std::path::Path) -> String {
+    std::fs::read_link(p)
+        .expect("current is a link")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn three_nights_cold_warm_and_stopped_at_the_data_gate() {
+    let p = Project::new();
+    let day1 = synthetic_log(300, 120, 11);
+    p.write("logs/day-1.tsv", &day1);
+    let cfg = small_config(
+        "[export]\ntop-k = 10\n[gates.ingest]\nrows = { min = 100, max-drop = 0.2 }\n[gates.evaluate]\n\"test.HR@50\" = { min = 0.05 }\n",
+    )
+    .replace("inputs = [\"data.tsv\"]", "inputs = [\"logs/*.tsv\"]")
+    .replace("[train]\n", "[train]\nwarm-start = \"last-accepted\"\n");
+    p.config(&cfg);
+    let current = p.workdir().join("current");
+
+    // Night 1: cold.
+    p.ok(&["run"]);
+    let night1 = readlink(&current);
+    assert!(night1.starts_with("export/run-"), "{night1}");
+    let t1 = p.json(&["report", "train", "--json"]);
+    assert!(
+        t1["report"]["warm_start"].is_null(),
+        "night 1 trains cold: {t1}"
+    );
+    let neg1 = run_dir(&p.workdir(), "negatives");
+
+    // Night 2: a new day's file with new items; the model starts from night 1's.
+    p.write("logs/day-2.tsv", &next_day(12));
+    p.ok(&["run"]);
+    let night2 = readlink(&current);
+    assert_ne!(night2, night1);
+    let t2 = p.json(&["report", "train", "--json"]);
+    let ws = &t2["report"]["warm_start"];
+    assert!(ws["items_carried"].as_u64().expect("carried") > 50, "{ws}");
+    assert!(ws["items_new"].as_u64().expect("new") > 0, "{ws}");
+    assert!(
+        ws["from"]
+            .as_str()
+            .expect("from")
+            .contains(night1.trim_start_matches("export/")),
+        "warm start names night 1's export: {ws}"
+    );
+    let served = p.workdir().join("current/recommendations.parquet");
+    let recs2 = std::fs::read(&served).expect("night 2's recommendations");
+
+    // Night 3: the first day's log arrives truncated: the data gate stops the night.
+    p.write("logs/day-1.tsv", &head(&day1, 0.3));
+    let o = p.gnno(&["run"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("gate failed after stage ingest"),
+        "{}",
+        stderr(&o)
+    );
+    // `current` still serves night 2's export, byte for byte, and it verifies.
+    assert_eq!(readlink(&current), night2);
+    assert_eq!(std::fs::read(&served).expect("still served"), recs2);
+    let m = gnno_core::manifest::Manifest::read(&p.workdir().join("export"))
+        .expect("readable")
+        .expect("published");
+    assert_eq!(format!("export/{}", m.run_dir), night2);
+    m.verify_outputs(&p.workdir().join("export"), true)
+        .expect("night 2's export is whole");
+
+    // The history shows the three nights.
+    let h = p.json(&["history", "--json"]);
+    let recs = h.as_array().expect("array");
+    let mut nights: Vec<&str> = Vec::new();
+    for r in recs {
+        let id = r["invocation"].as_str().expect("id");
+        if !nights.contains(&id) {
+            nights.push(id);
+        }
+    }
+    assert_eq!(nights.len(), 3, "{h}");
+    let of = |night: &str, stage: &str| {
+        recs.iter()
+            .find(|r| r["invocation"] == night && r["stage"] == stage)
+            .map(|r| r["outcome"].as_str().expect("outcome").to_owned())
+    };
+    for n in &nights[..2] {
+        for s in [
+            "ingest",
+            "graph",
+            "negatives",
+            "train",
+            "evaluate",
+            "export",
+        ] {
+            assert_eq!(of(n, s).as_deref(), Some("published"), "{n} {s}");
+        }
+    }
+    assert_eq!(of(nights[2], "ingest").as_deref(), Some("gate-failed"));
+    assert_eq!(of(nights[2], "graph"), None, "nothing after the gate ran");
+    let table = p.ok(&["history"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(lines[3].contains("gate-failed at ingest"), "{table}");
+    let svg = p.path().join("trend.svg");
+    p.ok(&["history", "--plot", svg.to_str().expect("utf8")]);
+    let plot = std::fs::read_to_string(&svg).expect("svg");
+    assert_eq!(
+        plot.matches("<circle").count(),
+        4,
+        "dev and test of two nights: {plot}"
+    );
+
+    // Night 1's shards can still be audited against night 1's ingest and graph runs.
+    let run1 = neg1
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let a = p.json(&["audit", "negatives", "--run", &run1, "--json"]);
+    let epochs = a["epochs"].as_array().expect("epochs");
+    assert_eq!(epochs.len(), 3);
+    assert!(epochs[2]["rows"].as_u64().expect("rows") > 0);
+
+    // An on-call rollback serves night 1 again.
+    p.ok(&["rollback", "export"]);
+    assert_eq!(readlink(&current), night1);
+}
+
+#[test]
+fn a_new_file_with_nothing_new_reruns_ingest_alone() {
+    let p = Project::new();
+    let log = synthetic_log(300, 120, 11);
+    p.write("logs/day-1.tsv", &log);
+    p.config(&small_config("").replace("inputs = [\"data.tsv\"]", "inputs = [\"logs/*.tsv\"]"));
+    p.ok(&["run", "--to", "negatives"]);
+    // A second file repeating rows already seen: exact duplicates are dropped, so
+    // the ingest output, and everything drawn from it, is unchanged.
+    p.write("logs/day-2.tsv", &head(&log, 0.1));
+    let status = p.json(&["status", "--json"]);
+    assert!(
+        status[0]["status"]["reasons"][0]
+            .as_str()
+            .expect("reason")
+            .contains("day-2.tsv"),
+        "{status}"
+    );
+    p.ok(&["run", "--to", "negatives"]);
+    let h = p.json(&["history", "--json"]);
+    let recs = h.as_array().expect("array");
+    let last = recs.last().expect("record")["invocation"].clone();
+    let night: Vec<(&str, &str)> = recs
+        .iter()
+        .filter(|r| r["invocation"] == last)
+        .map(|r| {
+            (
+                r["stage"].as_str().expect("s"),
+                r["outcome"].as_str().expect("o"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        night,
+        vec![
+            ("ingest", "published"),
+            ("graph", "up-to-date"),
+            ("negatives", "up-to-date")
+        ]
+    );
+    let ingest = p.json(&["report", "ingest", "--json"]);
+    assert!(
+        ingest["report"]["dropped_duplicates"]
+            .as_u64()
+            .expect("dups")
+            > 0
+    );
+}

@@ -24,7 +24,7 @@ fn run_skips_what_is_up_to_date_and_reruns_what_changed() {
         assert_eq!(s["status"]["state"], "up-to-date", "{s}");
     }
     let out = p.ok(&["run"]);
-    assert_eq!(out.matches("up to date").count(), 5, "{out}");
+    assert_eq!(out.matches("up to date").count(), 6, "{out}");
 
     // Reports carry the figures.
     let ingest = p.json(&["report", "ingest", "--json"]);

@@ -4,6 +4,7 @@
 //! never names a stage's settings itself.
 
 mod evaluate;
+mod export;
 mod graph;
 mod ingest;
 mod negatives;
@@ -25,15 +26,17 @@ pub enum StageName {
     Negatives,
     Train,
     Evaluate,
+    Export,
 }
 
 impl StageName {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Ingest,
         Self::Graph,
         Self::Negatives,
         Self::Train,
         Self::Evaluate,
+        Self::Export,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,12 +51,13 @@ impl StageName {
             Self::Negatives => &negatives::Negatives,
             Self::Train => &train::Train,
             Self::Evaluate => &evaluate::Evaluate,
+            Self::Export => &export::Export,
         }
     }
 
     /// Does publishing this stage switch `<workdir>/current` (the served output)?
     pub fn serves(self) -> bool {
-        self.as_str() == "export"
+        self == Self::Export
     }
 
     /// The stages whose outputs this one reads.
@@ -78,6 +82,12 @@ pub trait Stage: Sync {
     /// the output (threads, device, memory-only batch sizes) stay out, so changing
     /// them never makes the stage stale. A test walks docs/CONFIG.md against this.
     fn settings(&self, cfg: &Config) -> serde_json::Value;
+    /// Mixed into the run folder's key only, never into staleness: what selects
+    /// a different output without making a published one stale (the train
+    /// stage's warm-start source).
+    fn run_key_extra(&self, _p: &Pipeline) -> Result<String> {
+        Ok(String::new())
+    }
     /// Run into `out` (a fresh or resumable run folder) and describe the result.
     fn run(&self, p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput>;
     /// The headline figures of a report, named as in `gnno_core::config::STAGE_FIGURES`:
@@ -143,6 +153,7 @@ fn train_job<'a>(
         threads: p.cfg.threads(),
         out,
         progress,
+        warm_from: None,
     }
 }
 

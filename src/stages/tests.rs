@@ -49,7 +49,7 @@ fn owners(cfg: &Config, key: &str) -> BTreeSet<StageName> {
 /// that name unless listed here; [train] keys are read from the serialized
 /// `TrainSettings`, so new keys are covered as they are added.
 fn expected(key: &str, train_keys: &BTreeSet<String>) -> BTreeSet<StageName> {
-    use StageName::{Evaluate, Graph, Ingest, Negatives, Train};
+    use StageName::{Evaluate, Export, Graph, Ingest, Negatives, Train};
     let (section, k) = key.split_once('.').expect("section.key");
     let set = |v: &[StageName]| v.iter().copied().collect::<BTreeSet<_>>();
     match (section, k) {
@@ -75,6 +75,9 @@ fn expected(key: &str, train_keys: &BTreeSet<String>) -> BTreeSet<StageName> {
         // Memory only.
         ("evaluate", "batch-size") => set(&[]),
         ("evaluate", _) => set(&[Evaluate]),
+        // Memory only.
+        ("export", "batch-size") => set(&[]),
+        ("export", _) => set(&[Export]),
         _ => panic!("{key}: unknown section in docs/CONFIG.md"),
     }
 }

@@ -16,6 +16,7 @@ pub struct Config {
     pub negatives: NegativesSettings,
     pub train: TrainSettings,
     pub evaluate: EvaluateSettings,
+    pub export: ExportSettings,
     /// `[gates.<stage>]`: bounds on a stage's figures, checked before it publishes.
     pub gates: Vec<Gate>,
 }
@@ -243,6 +244,17 @@ pub enum LogQ {
     All,
 }
 
+/// Where training starts from (docs/CONFIG.md, `train.warm-start`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WarmStart {
+    /// A fresh, seeded initialisation.
+    Off,
+    /// The model of the last accepted export (`<workdir>/current`), carried over
+    /// to the current item index by raw id; cold when there is none yet.
+    LastAccepted,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TrainSettings {
     pub backbone: Backbone,
@@ -270,6 +282,9 @@ pub struct TrainSettings {
     pub lr: f64,
     pub weight_decay: f64,
     pub patience: u32,
+    pub warm_start: WarmStart,
+    /// Maximum epochs of a warm-started run; 0 = `epochs`.
+    pub warm_start_epochs: u32,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -280,6 +295,22 @@ pub struct EvaluateSettings {
     /// Negatives per user in the sampled protocol; 0 turns it off.
     pub sampled_negatives: u32,
     pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExportSettings {
+    /// Recommendations per user.
+    pub top_k: u32,
+    /// Never recommend an item of the user's own sequence.
+    pub exclude_history: bool,
+    /// The users file as written in the config (raw user ids, one per line);
+    /// None = every user.
+    pub users: Option<String>,
+    /// Users scored per batch (memory only).
+    pub batch_size: u32,
+    /// `users` resolved against the config file's folder.
+    #[serde(skip)]
+    pub users_path: Option<PathBuf>,
 }
 
 /// `HR@K` / `NDCG@K` as (is NDCG, K).
@@ -500,6 +531,7 @@ impl Config {
             "train",
             "evaluate",
             "gates",
+            "export",
         ];
         for k in root.keys() {
             if !known.contains(&k.as_str()) {
@@ -516,6 +548,7 @@ impl Config {
         let train = read_train(&root, &mut problems);
         let evaluate = read_evaluate(&root, &mut problems);
         let gates = read_gates(&root, &evaluate.ks, &mut problems);
+        let export = read_export(&root, base, &mut problems);
         let cfg = Self {
             run,
             ingest,
@@ -524,6 +557,7 @@ impl Config {
             train,
             evaluate,
             gates,
+            export,
         };
         cfg.cross_checks(&mut problems);
         if problems.is_empty() {
@@ -585,6 +619,14 @@ impl Config {
             problems.push(format!(
                 "train.heads: {} does not divide train.dim = {}",
                 self.train.heads, self.train.dim
+            ));
+        }
+        if self.train.warm_start_epochs > self.train.epochs {
+            // The negatives stage draws `epochs` epochs; a warm-started run reads
+            // them from epoch 0 on.
+            problems.push(format!(
+                "train.warm-start-epochs: {} is more than train.epochs = {}",
+                self.train.warm_start_epochs, self.train.epochs
             ));
         }
         let d = self.run.device.as_str();
@@ -843,6 +885,15 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         lr: s.float("lr", 1e-4, 0.0, 10.0),
         weight_decay: s.float("weight-decay", 1e-6, 0.0, 10.0),
         patience: s.uint("patience", 10, 1, 100_000),
+        warm_start: s.choice(
+            "warm-start",
+            WarmStart::Off,
+            &[
+                ("off", WarmStart::Off),
+                ("last-accepted", WarmStart::LastAccepted),
+            ],
+        ),
+        warm_start_epochs: s.uint("warm-start-epochs", 0, 0, 100_000),
     };
     s.finish();
     t
@@ -937,6 +988,44 @@ fn read_gates(root: &Table, ks: &[u32], problems: &mut Vec<String>) -> Vec<Gate>
     gates
 }
 
+fn read_export(root: &Table, base: &Path, problems: &mut Vec<String>) -> ExportSettings {
+    let mut s = Section::new(root, "export", problems);
+    let top_k = s.uint("top-k", 100, 1, 100_000);
+    let exclude_history = s.boolean("exclude-history", true);
+    let users = match s.raw("users") {
+        None => None,
+        Some(Value::String(u)) if !u.is_empty() => Some(u.clone()),
+        Some(Value::String(_)) => {
+            s.bad(
+                "users",
+                "must not be empty (leave the key out for every user)",
+            );
+            None
+        }
+        Some(v) => {
+            s.bad("users", format!("expected a path, found {}", v.type_str()));
+            None
+        }
+    };
+    let batch_size = s.uint("batch-size", 1024, 1, 1_000_000);
+    s.finish();
+    let users_path = users.as_ref().map(|u| {
+        let p = PathBuf::from(u);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    });
+    ExportSettings {
+        top_k,
+        exclude_history,
+        users,
+        batch_size,
+        users_path,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -997,6 +1086,48 @@ mod tests {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
         assert_eq!(problems.len(), 8, "{joined}");
+    }
+
+    #[test]
+    fn export_and_warm_start_keys_have_defaults_and_are_checked() {
+        let c = Config::defaults(Path::new("/x"));
+        assert_eq!(
+            (
+                c.export.top_k,
+                c.export.exclude_history,
+                c.export.users_path
+            ),
+            (100, true, None)
+        );
+        assert_eq!(
+            (c.train.warm_start, c.train.warm_start_epochs),
+            (WarmStart::Off, 0)
+        );
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[export]\nusers = \"lists/u.txt\"\n[train]\nwarm-start = \"last-accepted\"\n",
+            Path::new("/cfg"),
+        )
+        .expect("parses");
+        assert_eq!(
+            c.export.users_path,
+            Some(PathBuf::from("/cfg/lists/u.txt")),
+            "relative to the config file"
+        );
+        assert_eq!(c.export.users.as_deref(), Some("lists/u.txt"));
+        assert_eq!(c.train.warm_start, WarmStart::LastAccepted);
+        let text = "[ingest]\ninputs=[\"a\"]\n[export]\ntop-k = 0\nusers = 3\n[train]\nepochs = 5\nwarm-start = \"on\"\nwarm-start-epochs = 6\n";
+        let Err(Error::Config { problems, .. }) = Config::parse(text, Path::new(".")) else {
+            panic!("expected config error")
+        };
+        let joined = problems.join("\n");
+        for needle in [
+            "export.top-k: 0 is out of range",
+            "export.users: expected a path, found integer",
+            "train.warm-start: expected one of off | last-accepted",
+            "train.warm-start-epochs: 6 is more than train.epochs = 5",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
     }
 
     #[test]

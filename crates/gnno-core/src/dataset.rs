@@ -88,6 +88,9 @@ pub struct Dataset {
     /// indexes `dev_items` (leave-one-out: just the evaluated one).
     pub dev_offsets: Vec<usize>,
     pub dev_items: Vec<ItemIdx>,
+    /// Every test row of user u in time order, likewise (`test` holds the first).
+    pub test_offsets: Vec<usize>,
+    pub test_items: Vec<ItemIdx>,
     /// Users with dev or test rows but no train row: left out of evaluation.
     pub users_without_train: u64,
     /// Raw id of item i at index i (index 0 is the padding placeholder).
@@ -116,6 +119,19 @@ impl Dataset {
     pub fn dev_seq(&self, u: UserIdx) -> &[ItemIdx] {
         let u = u as usize;
         &self.dev_items[self.dev_offsets[u]..self.dev_offsets[u + 1]]
+    }
+
+    /// Every item of a user's sequence in time order: train, then dev, then test
+    /// rows (the splits are contiguous in time under both split modes). What a
+    /// served model recommends from; users without train rows included.
+    pub fn full_seq(&self, u: UserIdx) -> Vec<ItemIdx> {
+        let mut h = self.train_seq(u).to_vec();
+        h.extend_from_slice(self.dev_seq(u));
+        let u = u as usize;
+        if let Some(w) = self.test_offsets.get(u..u + 2) {
+            h.extend_from_slice(&self.test_items[w[0]..w[1]]);
+        }
+        h
     }
 
     /// The history the evaluated item of `split` is ranked from (oldest first), or
@@ -237,13 +253,15 @@ impl Dataset {
             train_items,
             dev_offsets,
             dev_items,
+            test_offsets,
+            test_items,
         };
         for u in 0..n_users {
             let has_train = ds.train_offsets[u + 1] > ds.train_offsets[u];
             let first_dev = (ds.dev_offsets[u + 1] > ds.dev_offsets[u])
                 .then(|| ds.dev_items[ds.dev_offsets[u]]);
-            let first_test =
-                (test_offsets[u + 1] > test_offsets[u]).then(|| test_items[test_offsets[u]]);
+            let first_test = (ds.test_offsets[u + 1] > ds.test_offsets[u])
+                .then(|| ds.test_items[ds.test_offsets[u]]);
             if !has_train {
                 if first_dev.is_some() || first_test.is_some() {
                     ds.users_without_train += 1;
@@ -438,6 +456,13 @@ mod tests {
             "no padding item stands in for a missing dev row"
         );
         assert_eq!(ds.eval_history(3, Split::Dev), None);
+        assert_eq!(
+            ds.full_seq(0),
+            vec![1, 2, 3, 4, 5, 6],
+            "every row, in time order"
+        );
+        assert_eq!(ds.full_seq(1), vec![3, 4], "users without train rows too");
+        assert_eq!(ds.full_seq(2), vec![1, 2]);
         assert_eq!(
             ds.train_seqs().collect::<Vec<_>>(),
             vec![&[1, 2][..], &[], &[1], &[1, 2]]

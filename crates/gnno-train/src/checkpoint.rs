@@ -20,6 +20,9 @@ pub struct CheckpointState {
     pub history: Vec<EpochRow>,
     /// File name (in the checkpoint folder) of the tensors this state describes.
     pub tensors: String,
+    /// Where a warm-started run started from; None for a cold start.
+    #[serde(default)]
+    pub warm_start: Option<crate::warm::WarmStartInfo>,
 }
 
 impl CheckpointState {
@@ -31,6 +34,7 @@ impl CheckpointState {
             bad_epochs: 0,
             history: Vec::new(),
             tensors: String::new(),
+            warm_start: None,
         }
     }
 

@@ -8,17 +8,22 @@
 //!
 //! Modules: [`objectives`] (the losses), [`batches`] (rows, random and hard
 //! negatives), [`checkpoint`] (resume state and tensors), [`trainer`] (the training
-//! loop), [`evaluate`] (ranking metrics), [`model`] (the backbones), [`adam`].
+//! loop), [`evaluate`] (ranking metrics), [`model`] (the backbones), [`adam`],
+//! [`export`] (the export stage: embeddings, the model file, recommendations),
+//! [`warm`] (warm start from an exported model), [`safetensors`].
 
 pub mod adam;
 pub mod alloc;
 pub mod batches;
 pub mod checkpoint;
 pub mod evaluate;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod objectives;
+pub mod safetensors;
 pub mod trainer;
+pub mod warm;
 
 use gnno_core::config::{EvaluateSettings, TrainSettings};
 use gnno_core::dataset::Dataset;
@@ -113,6 +118,8 @@ pub struct Job<'a> {
     pub threads: usize,
     pub out: &'a Path,
     pub progress: &'a dyn Progress,
+    /// Train: the export folder to warm-start from (`train.warm-start`), if any.
+    pub warm_from: Option<&'a Path>,
 }
 
 /// Left-padded histories `[B, L]` as i64.

@@ -41,6 +41,9 @@ pub struct TrainReport {
     pub parameters: i64,
     pub mean_instances_per_second: f64,
     pub mean_train_seconds_per_epoch: f64,
+    /// Where a warm-started run started from; null for a cold start (also when
+    /// warm start is on but no export has been accepted yet).
+    pub warm_start: Option<crate::warm::WarmStartInfo>,
     pub epochs: Vec<EpochRow>,
 }
 
@@ -285,6 +288,48 @@ fn new_model(
     (vs, model, opt, n_params)
 }
 
+/// Start from the exported model in `from`: load it into the fresh model by raw
+/// item id, rank dev with it, and save it as the best model so far, so the best
+/// checkpoint is never worse on dev than the starting point.
+fn warm_start(tr: &Trainer, from: &std::path::Path) -> Result<crate::warm::WarmStartInfo> {
+    let (job, cfg) = (tr.job, tr.job.cfg);
+    let file = from.join(crate::export::MODEL_FILE);
+    let (carried, fresh, dropped) = crate::warm::load(&tr.vs, cfg, &job.ds.item_raw, &file)?;
+    let dev = evaluate::rank_users(
+        &tr.model,
+        job.ds,
+        tr.device,
+        Split::Dev,
+        job.eval.batch_size as usize,
+        cfg.history_len as usize,
+        &evaluate::dev_ks(&cfg.early_stop_metric),
+        "the warm-started model",
+    )?;
+    let score = evaluate::metric_value(
+        dev.protocol(job.eval.exclude_history),
+        &cfg.early_stop_metric,
+    );
+    checkpoint::save_named(
+        &job.out.join(BEST_MODEL),
+        &checkpoint::model_tensors(&tr.vs),
+    )?;
+    tracing::info!(
+        from = %from.display(),
+        carried,
+        new = fresh,
+        dropped,
+        dev = format!("{}={score:.5}", cfg.early_stop_metric),
+        "warm start"
+    );
+    Ok(crate::warm::WarmStartInfo {
+        from: from.display().to_string(),
+        items_carried: carried,
+        items_new: fresh,
+        items_dropped: dropped,
+        dev_metric: score,
+    })
+}
+
 /// Train a model; writes `best.ot`, `history.json` and checkpoints into `out`.
 pub fn train(job: &Job) -> Result<TrainReport> {
     let device = resolve_device(job.device)?;
@@ -330,9 +375,18 @@ pub fn train(job: &Job) -> Result<TrainReport> {
         tracing::info!(epoch = saved.next_epoch, "resuming from checkpoint");
         resumed = Some(saved.next_epoch);
         st = saved;
+    } else if let Some(from) = job.warm_from {
+        // A run's own checkpoint takes precedence (above): a killed warm-started
+        // run resumes exactly rather than starting over.
+        let w = warm_start(&tr, from)?;
+        st.best_score = w.dev_metric;
+        st.warm_start = Some(w);
     }
     let per_epoch = tr.rows.positions_per_epoch();
-    let total_epochs = cfg.epochs;
+    let total_epochs = match st.warm_start {
+        Some(_) if cfg.warm_start_epochs > 0 => cfg.warm_start_epochs,
+        _ => cfg.epochs,
+    };
     job.progress.start(
         "train",
         u64::from(total_epochs.saturating_sub(st.next_epoch)) * per_epoch,
@@ -429,7 +483,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
     if st.bad_epochs >= cfg.patience && epoch < total_epochs {
         stopped_early = true;
     }
-    if st.best_epoch.is_none() {
+    if st.best_epoch.is_none() && st.warm_start.is_none() {
         return Err(Error::usage("training ended without a usable epoch"));
     }
     fsutil::write_atomic(
@@ -459,6 +513,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
             / n_rows,
         mean_train_seconds_per_epoch: st.history.iter().map(|r| r.train_seconds).sum::<f64>()
             / n_rows,
+        warm_start: st.warm_start,
         epochs: st.history,
     })
 }
