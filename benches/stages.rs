@@ -568,6 +568,24 @@ fn bench_export(tmp: &Path) {
         rep.users_per_second,
         peak_mib()
     );
+    // Baseline in the same process: the evaluate stage's full ranking of the same
+    // model (dev and test: two passes of encode + score every item per user).
+    let eval_out = tmp.join("export-eval");
+    std::fs::create_dir_all(&eval_out).expect("mkdir");
+    let mut eval = cfg.evaluate.clone();
+    eval.sampled_negatives = 0;
+    let job = gnno_train::Job {
+        out: &eval_out,
+        eval: &eval,
+        ..job
+    };
+    let t = Instant::now();
+    gnno_train::evaluate(&job).expect("evaluate");
+    let e = t.elapsed().as_secs_f64() / 2.0;
+    println!(
+        "  baseline: one full-ranking pass of the evaluate stage over the same users {e:.2} s; export / pass = {:.2}",
+        s / e
+    );
 }
 
 fn main() {

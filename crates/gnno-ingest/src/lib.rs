@@ -246,7 +246,14 @@ fn sort_rows(users: &[u32], ts: &[i64], n_users: usize) -> Vec<u32> {
     }
     chunks.into_par_iter().for_each(|c| {
         if !c.windows(2).all(|w| ts[w[0] as usize] <= ts[w[1] as usize]) {
-            c.sort_by_key(|&r| ts[r as usize]);
+            // Sort (time, row) pairs held together: the comparisons then read
+            // contiguous memory instead of `ts` at random, and ordering by row on
+            // equal times is the stable order without a stable sort.
+            let mut keyed: Vec<(i64, u32)> = c.iter().map(|&r| (ts[r as usize], r)).collect();
+            keyed.sort_unstable();
+            for (dst, (_, r)) in c.iter_mut().zip(keyed) {
+                *dst = r;
+            }
         }
     });
     order
