@@ -589,12 +589,14 @@ fn bench_export(tmp: &Path) {
 }
 
 fn main() {
-    gnno_train::alloc::keep_large_blocks();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("__child") {
+        // The ingest child runs with glibc's default allocator settings, as the
+        // gnno runner runs the ingest stage.
         ingest_child(&args[2], Path::new(&args[3]), Path::new(&args[4]));
         return;
     }
+    gnno_train::alloc::keep_large_blocks();
     let which: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -25,8 +25,6 @@ pub mod exit {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    // Large per-batch and per-shard buffers are reused instead of re-faulted.
-    gnno_train::alloc::keep_large_blocks();
     ui::init_logging(cli.verbose, cli.quiet);
     match commands::dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,
