@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::Path;
 
 /// The columns of the nights table: (header, stage, figure).
-const NIGHT_COLUMNS: [(&str, &str, &str); 8] = [
+const NIGHT_COLUMNS: [(&str, &str, &str); 9] = [
+    ("rows in", "ingest", "rows-read"),
     ("rows", "ingest", "rows"),
     ("users", "ingest", "users"),
     ("items", "ingest", "items"),
