@@ -106,9 +106,10 @@ pub struct RunArgs {
     /// Rerun every stage.
     #[arg(long)]
     pub force: bool,
-    /// Publish even if a gate fails (recorded as "overridden" in the history).
-    #[arg(long)]
-    pub override_gates: bool,
+    /// Publish these stages even if one of their gates fails (recorded as
+    /// "overridden"); the gates of every other stage still hold.
+    #[arg(long, value_delimiter = ',', value_name = "STAGE")]
+    pub override_gates: Vec<StageName>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,9 +22,9 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         Command::Run(a) => {
             let opts = RunOptions {
                 force: a.force,
-                override_gates: a.override_gates,
+                override_gates: a.override_gates.clone(),
             };
-            let done = p.run_all(a.from, a.to, opts, &bars)?;
+            let done = p.run_all(a.from, a.to, &opts, &bars)?;
             summary(&p, &done)
         }
         Command::Stage {
@@ -34,9 +34,13 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
         } => {
             let opts = RunOptions {
                 force: *force,
-                override_gates: *override_gates,
+                override_gates: if *override_gates {
+                    vec![*stage]
+                } else {
+                    vec![]
+                },
             };
-            p.run_one(*stage, opts, &bars)?;
+            p.run_one(*stage, &opts, &bars)?;
             Ok(())
         }
         Command::History {
@@ -409,20 +413,17 @@ fn rollback(p: &Pipeline, s: StageName, to: Option<&str>, list: bool) -> Result<
         }
         return Ok(());
     }
-    let m = p.rollback(s, to)?;
+    let done = p.rollback(s, to)?;
     let mut o = out();
-    writeln!(o, "{s}: published {} again", m.run_dir)?;
-    let downstream: Vec<&str> = StageName::ALL
-        .into_iter()
-        .filter(|d| *d > s)
-        .map(StageName::as_str)
-        .collect();
-    if !downstream.is_empty() {
-        writeln!(
-            o,
-            "stages after it ({}) are stale against it until the next `gnno run`",
-            downstream.join(", ")
-        )?;
+    if done.is_empty() {
+        writeln!(o, "{s}: already published, nothing to do")?;
     }
+    for (st, m) in &done {
+        writeln!(o, "{st}: published {} again", m.run_dir)?;
+    }
+    writeln!(
+        o,
+        "see `gnno status` for what the next `gnno run` would redo"
+    )?;
     Ok(())
 }

@@ -98,6 +98,13 @@ pub fn check(
             push("max", m, m, None, value <= m);
         }
         let base = baseline.and_then(|(run, f)| f.get(&g.figure).map(|&v| (run, v)));
+        if base.is_none() && baseline.is_some() && (g.max_drop.is_some() || g.max_rise.is_some()) {
+            tracing::warn!(
+                stage,
+                figure = g.figure,
+                "the last accepted run has no such figure (made by an older gnno): relative bounds skipped"
+            );
+        }
         if let Some((run, b)) = base {
             if let Some(d) = g.max_drop {
                 let bound = b - d * b.abs();

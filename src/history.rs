@@ -129,15 +129,20 @@ pub fn append(workdir: &Path, r: &Record) -> Result<()> {
 /// Every readable record, oldest first, and the number of damaged lines skipped.
 pub fn read(workdir: &Path) -> Result<(Vec<Record>, usize)> {
     let p = path(workdir);
-    let text = match std::fs::read_to_string(&p) {
+    // Bytes, decoded line by line: a crash that cut a character in two spoils its
+    // own line only.
+    let bytes = match std::fs::read(&p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(gnno_core::Error::io(&p, e).into()),
     };
     let mut out = Vec::new();
     let mut bad = 0;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<Record>(line) {
+    for line in bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+    {
+        match serde_json::from_slice::<Record>(line) {
             Ok(r) => out.push(r),
             Err(_) => bad += 1,
         }
@@ -220,7 +225,8 @@ mod tests {
             .append(true)
             .open(&p)
             .expect("open");
-        f.write_all(b"{\"invocation\":\"x\",\"ti").expect("write");
+        // Cut inside a two-byte character.
+        f.write_all(b"{\"invocation\":\"x\xc3").expect("write");
         drop(f);
         append(dir.path(), &record("graph", Outcome::GateFailed)).expect("append");
         let (recs, bad) = read(dir.path()).expect("read");

@@ -91,8 +91,11 @@ pub fn show(
     }
     let mut o = std::io::stdout().lock();
     if let Some(path) = plot {
-        let svg = plot_svg(&nights(&records));
-        std::fs::write(path, svg).at(path)?;
+        let mut all = nights(&records);
+        if let Some(n) = last {
+            all.drain(..all.len().saturating_sub(n));
+        }
+        std::fs::write(path, plot_svg(&all)).at(path)?;
         writeln!(o, "plot: {}", path.display())?;
     }
     if let Some(s) = stage {

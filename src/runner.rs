@@ -193,7 +193,7 @@ impl Pipeline {
     pub fn execute(
         &self,
         s: StageName,
-        opts: RunOptions,
+        opts: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<Manifest> {
         let t0 = Instant::now();
@@ -253,14 +253,17 @@ impl Pipeline {
                 || manifest::settings_hash(&self.settings(s)),
                 |m| m.settings_hash.clone(),
             ),
+            // Without a manifest (a failure), the inputs as they are now, if readable.
             inputs: m
-                .map(|m| {
-                    m.inputs
-                        .iter()
-                        .map(|i| (i.name.clone(), i.fingerprint.clone()))
-                        .collect()
+                .map(|m| m.inputs.clone())
+                .or_else(|| {
+                    self.inputs(s, self.manifest(s).ok().flatten().as_ref())
+                        .ok()
                 })
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| (i.name, i.fingerprint))
+                .collect(),
             run_dir: m.map(|m| m.run_dir.clone()),
             fingerprint: m.map(|m| m.fingerprint.clone()),
             figures: m.map(|m| s.stage().figures(&m.report)).unwrap_or_default(),
@@ -273,7 +276,7 @@ impl Pipeline {
     fn execute_inner(
         &self,
         s: StageName,
-        opts: RunOptions,
+        opts: &RunOptions,
         previous: Option<&Manifest>,
         progress: &dyn Progress,
     ) -> Result<(Manifest, Vec<GateCheck>)> {
@@ -355,7 +358,7 @@ impl Pipeline {
         let checks = gates::check(&self.cfg.gates, s.as_str(), &figures, baseline);
         let failed: Vec<GateCheck> = checks.iter().filter(|c| !c.passed).cloned().collect();
         if !failed.is_empty() {
-            if opts.override_gates {
+            if opts.override_gates.contains(&s) {
                 for c in &failed {
                     tracing::warn!(
                         stage = s.as_str(),
@@ -419,14 +422,19 @@ impl Pipeline {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
-        // The kept copy first: a crash between the two leaves an extra kept entry,
-        // never a published run without one.
-        keep_run(&dir, &kept, &m)?;
         m.publish(&dir)?;
-        if s.serves() {
-            switch_current(self.workdir(), &Path::new(s.as_str()).join(&run_dir))?;
+        // The run is published: what follows only keeps a copy for rollback, points
+        // `current` at it and tidies up. A failure here is a warning, and every
+        // run repairs `current` (reconcile_current) and retries the tidying.
+        if let Err(e) = keep_run(&dir, &kept, &m) {
+            tracing::warn!(stage = s.as_str(), error = %e, "could not keep a copy of the manifest for rollback");
         }
-        self.retain(s, &run_dir)?;
+        if let Err(e) = self.reconcile_current() {
+            tracing::warn!(error = %e, "could not point `current` at the new export");
+        }
+        if let Err(e) = self.retain(s, &run_dir) {
+            tracing::warn!(stage = s.as_str(), error = %e, "could not remove old run folders");
+        }
         tracing::info!(
             stage = s.as_str(),
             seconds = format!("{elapsed:.2}"),
@@ -481,15 +489,7 @@ impl Pipeline {
         for m in published
             .into_iter()
             .map(Ok)
-            .chain(kept.iter().rev().map(|k| {
-                let text = std::fs::read_to_string(&k.path).at(&k.path)?;
-                serde_json::from_str::<Manifest>(&text).map_err(|e| {
-                    anyhow::Error::from(gnno_core::Error::artifact(
-                        &k.path,
-                        format!("not a gnno manifest: {e}"),
-                    ))
-                })
-            }))
+            .chain(kept.iter().rev().map(|k| read_kept(&k.path)))
         {
             let m = m?;
             if pick(&m) {
@@ -506,52 +506,141 @@ impl Pipeline {
     }
 
     /// `gnno rollback`: publish an earlier kept run of a stage again (by default the
-    /// one published before the current one), after checking its files' checksums.
-    pub fn rollback(&self, s: StageName, to: Option<&str>) -> Result<Manifest> {
+    /// last one published before the current one, other than it), together with
+    /// the kept runs of its upstream stages that it was made from, so the workdir
+    /// stays consistent: a rolled-back export is not redone from the newer model
+    /// by the next `gnno run`. Every run involved has its checksums verified
+    /// before anything is published. Returns what was published, upstream first.
+    pub fn rollback(&self, s: StageName, to: Option<&str>) -> Result<Vec<(StageName, Manifest)>> {
         let _lock = Lock::acquire(self.workdir())?;
         let t0 = Instant::now();
-        let dir = self.stage_dir(s);
-        let kept = kept_runs(&dir)?;
+        let kept = kept_runs(&self.stage_dir(s))?;
         let current = self.manifest(s)?;
         let cur = current.as_ref().map(|m| m.run_dir.as_str());
+        let names = || {
+            kept.iter()
+                .map(|k| k.run_dir.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let target = match to {
-            Some(name) => kept
-                .iter()
-                .rev()
-                .find(|k| k.run_dir == name || k.run_dir.starts_with(name))
-                .ok_or_else(|| {
-                    gnno_core::Error::usage(format!(
-                        "stage {s} keeps no run {name:?}; kept: {}",
-                        kept.iter()
-                            .map(|k| k.run_dir.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?,
+            Some(name) => {
+                let mut hits: Vec<&KeptRun> = kept
+                    .iter()
+                    .filter(|k| k.run_dir == name || k.run_dir.starts_with(name))
+                    .collect();
+                hits.dedup_by(|a, b| a.run_dir == b.run_dir);
+                let distinct: std::collections::BTreeSet<&str> =
+                    hits.iter().map(|k| k.run_dir.as_str()).collect();
+                match (hits.last(), distinct.len()) {
+                    (Some(k), 1) => *k,
+                    (None, _) => {
+                        return Err(gnno_core::Error::usage(format!(
+                            "stage {s} keeps no run {name:?}; kept: {}",
+                            names()
+                        ))
+                        .into())
+                    }
+                    _ => {
+                        return Err(gnno_core::Error::usage(format!(
+                            "{name:?} names several kept runs of stage {s}: {}",
+                            distinct.into_iter().collect::<Vec<_>>().join(", ")
+                        ))
+                        .into())
+                    }
+                }
+            }
             None => {
                 let pos = kept.iter().rposition(|k| Some(k.run_dir.as_str()) == cur);
-                pos.and_then(|p| p.checked_sub(1))
-                    .map(|p| &kept[p])
-                    .ok_or_else(|| {
-                        gnno_core::Error::usage(format!(
-                            "stage {s} keeps no run published before the current one"
-                        ))
-                        .with_hint("raise run.keep-runs to keep more runs for rollback")
-                    })?
+                pos.and_then(|p| {
+                    kept[..p]
+                        .iter()
+                        .rev()
+                        .find(|k| Some(k.run_dir.as_str()) != cur)
+                })
+                .ok_or_else(|| {
+                    gnno_core::Error::usage(format!(
+                        "stage {s} keeps no run published before the current one"
+                    ))
+                    .with_hint("raise run.keep-runs to keep more runs for rollback")
+                })?
             }
         };
-        let text = std::fs::read_to_string(&target.path).at(&target.path)?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| {
-            gnno_core::Error::artifact(&target.path, format!("not a gnno manifest: {e}"))
-        })?;
-        m.verify_outputs(&dir, true)?;
-        m.publish(&dir)?;
-        if s.serves() {
-            switch_current(self.workdir(), &Path::new(s.as_str()).join(&m.run_dir))?;
+        let m = read_kept(&target.path)?;
+        // The consistent set: the target, then for each stage in it, the kept run
+        // of each upstream stage with the fingerprint it read.
+        let mut plan: std::collections::BTreeMap<StageName, Manifest> =
+            std::collections::BTreeMap::from([(s, m)]);
+        let mut todo = vec![s];
+        while let Some(d) = todo.pop() {
+            for &u in d.upstream() {
+                let want = plan[&d]
+                    .inputs
+                    .iter()
+                    .find(|i| i.name == u.as_str())
+                    .map(|i| i.fingerprint.clone())
+                    .unwrap_or_default();
+                if let Some(p) = plan.get(&u) {
+                    if p.fingerprint != want {
+                        return Err(gnno_core::Error::usage(format!(
+                            "the kept runs to roll back to read different {u} runs; roll back {u} first"
+                        ))
+                        .into());
+                    }
+                    continue;
+                }
+                let um = self
+                    .kept_manifest(u, |k| k.fingerprint == want)
+                    .map_err(|e| {
+                        e.context(format!(
+                            "{s} run {} was made from a {u} run that is no longer kept",
+                            plan[&s].run_dir
+                        ))
+                    })?;
+                plan.insert(u, um);
+                todo.push(u);
+            }
         }
-        let rec = self.record(s, Outcome::RolledBack, Some(&m), t0.elapsed().as_secs_f64());
-        history::append(self.workdir(), &rec)?;
-        Ok(m)
+        for (st, m) in &plan {
+            m.verify_outputs(&self.stage_dir(*st), true)?;
+        }
+        let mut done = Vec::new();
+        for (st, m) in plan {
+            let dir = self.stage_dir(st);
+            if self.manifest(st)?.is_some_and(|p| p.run_dir == m.run_dir) {
+                continue;
+            }
+            m.publish(&dir)?;
+            // The republished run becomes the newest kept one, so retention keeps it.
+            keep_run(&dir, &kept_runs(&dir)?, &m)?;
+            let rec = self.record(
+                st,
+                Outcome::RolledBack,
+                Some(&m),
+                t0.elapsed().as_secs_f64(),
+            );
+            if let Err(e) = history::append(self.workdir(), &rec) {
+                tracing::warn!(error = %e, "could not append to the run history");
+            }
+            done.push((st, m));
+        }
+        self.reconcile_current()?;
+        Ok(done)
+    }
+
+    /// Point `current` at the published export when it does not already: after a
+    /// crash between publishing an export and switching the link, the next run
+    /// (or rollback) repairs it.
+    pub fn reconcile_current(&self) -> Result<()> {
+        let Some(m) = self.manifest(StageName::Export)? else {
+            return Ok(());
+        };
+        let target = Path::new(StageName::Export.as_str()).join(&m.run_dir);
+        let link = self.workdir().join(CURRENT_LINK);
+        if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+            switch_current(self.workdir(), &target)?;
+        }
+        Ok(())
     }
 
     /// `gnno run`: every stage in order (up to `to`), skipping those up to date.
@@ -561,24 +650,29 @@ impl Pipeline {
         &self,
         from: Option<StageName>,
         to: Option<StageName>,
-        opts: RunOptions,
+        opts: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<(StageName, bool)>> {
         let _lock = Lock::acquire(self.workdir())?;
+        self.reconcile_current()?;
         let mut done = Vec::new();
         for s in StageName::ALL {
             if to.is_some_and(|t| s > t) {
                 break;
             }
             let forced = opts.force || from.is_some_and(|f| s >= f);
-            let state = self.state(s)?;
+            let state = match self.state(s) {
+                Ok(st) => st,
+                Err(e) => {
+                    // An input that cannot be read (a glob that matches nothing, an
+                    // unreadable log) fails the night before the stage runs.
+                    self.append_failed(s, &e);
+                    return Err(e);
+                }
+            };
             if !forced && state == State::UpToDate {
                 tracing::info!(stage = s.as_str(), "up to date, skipped");
-                let m = self.manifest(s)?;
-                let rec = self.record(s, Outcome::UpToDate, m.as_ref(), 0.0);
-                if let Err(e) = history::append(self.workdir(), &rec) {
-                    tracing::warn!(error = %e, "could not append to the run history");
-                }
+                self.append_up_to_date(s);
                 done.push((s, false));
                 continue;
             }
@@ -591,23 +685,51 @@ impl Pipeline {
         Ok(done)
     }
 
-    /// `gnno stage S`: one stage alone.
-    pub fn run_one(&self, s: StageName, opts: RunOptions, progress: &dyn Progress) -> Result<bool> {
-        let _lock = Lock::acquire(self.workdir())?;
-        for &u in s.upstream() {
-            if let State::Stale { reasons } = self.state(u)? {
-                tracing::warn!(
-                    stage = u.as_str(),
-                    why = reasons.join("; "),
-                    "upstream stage is stale; using its last published output"
-                );
-            }
+    fn append_up_to_date(&self, s: StageName) {
+        let m = self.manifest(s).ok().flatten();
+        let rec = self.record(s, Outcome::UpToDate, m.as_ref(), 0.0);
+        if let Err(e) = history::append(self.workdir(), &rec) {
+            tracing::warn!(error = %e, "could not append to the run history");
         }
-        if !opts.force && self.state(s)? == State::UpToDate {
+    }
+
+    fn append_failed(&self, s: StageName, e: &anyhow::Error) {
+        let rec = history::Record {
+            error: Some(format!("{e:#}")),
+            ..self.record(s, Outcome::Failed, None, 0.0)
+        };
+        if let Err(e) = history::append(self.workdir(), &rec) {
+            tracing::warn!(error = %e, "could not append to the run history");
+        }
+    }
+
+    /// `gnno stage S`: one stage alone.
+    pub fn run_one(
+        &self,
+        s: StageName,
+        opts: &RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<bool> {
+        let _lock = Lock::acquire(self.workdir())?;
+        let check = || -> Result<State> {
+            for &u in s.upstream() {
+                if let State::Stale { reasons } = self.state(u)? {
+                    tracing::warn!(
+                        stage = u.as_str(),
+                        why = reasons.join("; "),
+                        "upstream stage is stale; using its last published output"
+                    );
+                }
+            }
+            self.state(s)
+        };
+        let state = check().inspect_err(|e| self.append_failed(s, e))?;
+        if !opts.force && state == State::UpToDate {
             tracing::info!(
                 stage = s.as_str(),
                 "up to date, skipped (use --force to rerun)"
             );
+            self.append_up_to_date(s);
             return Ok(false);
         }
         self.execute(s, opts, progress)?;
@@ -616,12 +738,13 @@ impl Pipeline {
 }
 
 /// How `gnno run` and `gnno stage` treat up-to-date stages and failed gates.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Rerun even when up to date.
     pub force: bool,
-    /// Publish although a gate failed (recorded as `overridden`).
-    pub override_gates: bool,
+    /// Stages that publish although a gate of theirs failed (recorded as
+    /// `overridden`); the gates of every other stage still hold.
+    pub override_gates: Vec<StageName>,
 }
 
 /// Folder of the kept copies of published manifests, one per publication.
@@ -665,7 +788,14 @@ fn kept_runs(stage_dir: &Path) -> Result<Vec<KeptRun>> {
     Ok(out)
 }
 
-/// Keep a copy of a manifest about to be published.
+/// A kept manifest.
+fn read_kept(path: &Path) -> Result<Manifest> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    Ok(serde_json::from_str(&text)
+        .map_err(|e| gnno_core::Error::artifact(path, format!("not a gnno manifest: {e}")))?)
+}
+
+/// Keep a copy of a published manifest.
 fn keep_run(stage_dir: &Path, kept: &[KeptRun], m: &Manifest) -> Result<()> {
     let dir = stage_dir.join(PUBLISHED_DIR);
     fsutil::create_dir_durable(&dir)?;

@@ -94,14 +94,112 @@ fn a_failed_data_gate_publishes_nothing_exits_3_and_is_recorded() {
         "{stage}"
     );
 
-    // An on-call person who accepts the drop overrides the gate: published, recorded.
-    p.ok(&["run", "--to", "ingest", "--override-gates"]);
-    assert_ne!(run_dir(&p.workdir(), "ingest"), ingest_run);
+    // An on-call person who accepts the drop overrides ingest's gate: published,
+    // recorded.
+    p.ok(&["run", "--to", "ingest", "--override-gates", "ingest"]);
+    let overridden = run_dir(&p.workdir(), "ingest");
+    assert_ne!(overridden, ingest_run);
     let h = history(&p);
     assert_eq!(h.last().expect("record")["outcome"], "overridden");
-    // The next night compares with the overridden (now accepted) run: it passes.
+    // Later nights compare with the overridden (now accepted) run: 10% more rows
+    // pass, and a drop of 40% from it fails, naming it.
+    p.write("data.tsv", &head(&log, 0.55));
     let o = p.gnno(&["run", "--to", "graph"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let accepted = run_dir(&p.workdir(), "ingest");
+    p.write("data.tsv", &head(&log, 0.33));
+    let o = p.gnno(&["run", "--to", "graph"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let name = accepted
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        stderr(&o).contains(&format!("in the last accepted run {name}")),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_failed_quality_gate_keeps_serving_the_accepted_model() {
+    let p = Project::new();
+    p.write("logs/day-1.tsv", &synthetic_log(300, 120, 11));
+    let cfg = small_config("[export]\ntop-k = 5\n")
+        .replace("inputs = [\"data.tsv\"]", "inputs = [\"logs/*.tsv\"]");
+    p.config(&cfg);
+    p.ok(&["run"]);
+    let current = p.workdir().join("current");
+    let night1 = readlink(&current);
+    let export_manifest = std::fs::read(p.workdir().join("export/manifest.json")).expect("m");
+    // Night 2: new data and a floor no model reaches.
+    p.write("logs/day-2.tsv", &next_day(12));
+    p.config(&format!(
+        "{cfg}[gates.evaluate]\n\"test.NDCG@10\" = {{ min = 0.99 }}\n"
+    ));
+    let o = p.gnno(&["run"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("gate failed after stage evaluate")
+            && err.contains("test.NDCG@10 = ")
+            && err.contains("below the bound 0.99"),
+        "{err}"
+    );
+    // Train published the new model; evaluate, export and `current` did not move.
+    assert_eq!(readlink(&current), night1);
+    assert_eq!(
+        std::fs::read(p.workdir().join("export/manifest.json")).expect("m"),
+        export_manifest
+    );
+    let h = history(&p);
+    let last = h.last().expect("record");
+    assert_eq!(
+        (last["stage"].as_str(), last["outcome"].as_str()),
+        (Some("evaluate"), Some("gate-failed"))
+    );
+    assert!(last["figures"]["test.NDCG@10"].as_f64().expect("figure") < 0.99);
+    assert!(
+        last["inputs"]["train"]
+            .as_str()
+            .is_some_and(|f| !f.is_empty()),
+        "a rejected run's record names its inputs: {last}"
+    );
+    // Exporting the unevaluated model by hand is refused.
+    let o = p.gnno(&["stage", "export", "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has not passed evaluation"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(readlink(&current), night1);
+    // The on-call person accepts the model: evaluate's gate alone is overridden.
+    p.ok(&["run", "--override-gates", "evaluate"]);
+    assert_ne!(readlink(&current), night1);
+    let h = history(&p);
+    let outcomes: Vec<(&str, &str)> = h
+        .iter()
+        .filter(|r| r["invocation"] == h.last().expect("r")["invocation"])
+        .map(|r| {
+            (
+                r["stage"].as_str().expect("s"),
+                r["outcome"].as_str().expect("o"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("ingest", "up-to-date"),
+            ("graph", "up-to-date"),
+            ("negatives", "up-to-date"),
+            ("train", "up-to-date"),
+            ("evaluate", "overridden"),
+            ("export", "published"),
+        ]
+    );
 }
 
 #[test]
@@ -325,9 +423,53 @@ fn three_nights_cold_warm_and_stopped_at_the_data_gate() {
     assert_eq!(epochs.len(), 3);
     assert!(epochs[2]["rows"].as_u64().expect("rows") > 0);
 
-    // An on-call rollback serves night 1 again.
-    p.ok(&["rollback", "export"]);
+    // An on-call rollback serves night 1 again, with the runs night 1's export
+    // was made from, so the workdir stays consistent.
+    let out = p.ok(&["rollback", "export"]);
     assert_eq!(readlink(&current), night1);
+    for s in [
+        "ingest",
+        "graph",
+        "negatives",
+        "train",
+        "evaluate",
+        "export",
+    ] {
+        assert!(out.contains(&format!("{s}: published run-")), "{out}");
+    }
+    let status = p.json(&["status", "--json"]);
+    let st = status.as_array().expect("stages");
+    // Only newer raw logs make anything stale: ingest, and what follows it.
+    assert!(
+        st[0]["status"]["reasons"].to_string().contains("day-2.tsv"),
+        "{status}"
+    );
+    for s in &st[1..] {
+        for r in s["status"]["reasons"].as_array().expect("reasons") {
+            assert!(
+                r.as_str().expect("r").starts_with("upstream stage"),
+                "{status}"
+            );
+        }
+    }
+    // The next night (still the truncated log) is held to the rolled-back run.
+    let ingest1 = p.json(&["history", "--stage", "ingest", "--json"]);
+    let rolled = ingest1.as_array().expect("a").last().expect("r").clone();
+    assert_eq!(rolled["outcome"], "rolled-back");
+    p.ok(&["run"]);
+    let ingest2 = p.json(&["history", "--stage", "ingest", "--json"]);
+    let last = ingest2.as_array().expect("a").last().expect("r").clone();
+    assert_eq!(last["outcome"], "published");
+    let drop = last["gates"]
+        .as_array()
+        .expect("gates")
+        .iter()
+        .find(|g| g["rule"] == "max-drop")
+        .expect("the relative gate was checked")
+        .clone();
+    assert_eq!(drop["baseline_run"], rolled["run_dir"], "{drop}");
+    assert_eq!(drop["baseline_value"], rolled["figures"]["rows"], "{drop}");
+    assert_ne!(readlink(&current), night1, "the new night is served");
 }
 
 #[test]

@@ -33,7 +33,22 @@ impl Stage for Export {
     }
     fn run(&self, p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput> {
         let (ds, _) = p.dataset()?;
-        let (_, tdir) = p.require(StageName::Train)?;
+        let (tm, tdir) = p.require(StageName::Train)?;
+        // Only a model that evaluate has scored (and whose gates it passed) is
+        // served: `gnno stage export` after a failed evaluate gate is refused.
+        let (em, _) = p.require(StageName::Evaluate)?;
+        if !em
+            .inputs
+            .iter()
+            .any(|i| i.name == StageName::Train.as_str() && i.fingerprint == tm.fingerprint)
+        {
+            return Err(gnno_core::Error::usage(format!(
+                "the published model (train {}) has not passed evaluation: the published evaluate run scored another one",
+                tm.run_dir
+            ))
+            .with_hint("run `gnno run` (evaluate, then export), or `gnno rollback train` to the evaluated model")
+            .into());
+        }
         let rep =
             gnno_train::export::export(&train_job(p, &ds, &tdir, out, progress), &p.cfg.export)?;
         let mut o = StageOutput::new(&rep);

@@ -55,11 +55,6 @@ impl StageName {
         }
     }
 
-    /// Does publishing this stage switch `<workdir>/current` (the served output)?
-    pub fn serves(self) -> bool {
-        self == Self::Export
-    }
-
     /// The stages whose outputs this one reads.
     pub fn upstream(self) -> &'static [Self] {
         self.stage().upstream()
