@@ -220,3 +220,33 @@ pub fn popularity_hr(workdir: &Path, k: u64) -> f64 {
     let hr = hits as f64 / users as f64;
     hr
 }
+
+/// `cfg` with `keys` (`key = value` lines) set in its [train] table, replacing the
+/// lines it had for those keys.
+pub fn with_train(cfg: &str, keys: &str) -> String {
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
+    let names: std::collections::BTreeSet<String> =
+        keys.lines().map(key).filter(|k| !k.is_empty()).collect();
+    let mut out = String::new();
+    let mut in_train = false;
+    for line in cfg.lines() {
+        if line.starts_with('[') {
+            in_train = line == "[train]";
+        }
+        if in_train && names.contains(&key(line)) {
+            continue;
+        }
+        out += line;
+        out += "\n";
+        if line == "[train]" {
+            out += keys;
+            out += "\n";
+        }
+    }
+    out
+}
+
+/// `small_config`'s input `data.tsv` replaced by the glob `logs/*.tsv`.
+pub fn glob_logs(cfg: &str) -> String {
+    cfg.replace("inputs = [\"data.tsv\"]", "inputs = [\"logs/*.tsv\"]")
+}

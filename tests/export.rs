@@ -3,7 +3,7 @@
 //! thread counts, docs/load_model.py reproducing the recommendations from
 //! model.safetensors, the users file, and warm start from the last accepted export.
 
-use crate::common::{run_dir, small_config, stderr, synthetic_log, Project};
+use crate::common::{glob_logs, run_dir, small_config, stderr, synthetic_log, with_train, Project};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, UInt32Type};
 use gnno_core::dataset::{read_parquet, Dataset};
@@ -16,33 +16,10 @@ const K: usize = 10;
 /// A SASRec pipeline on the synthetic log with `train` keys set in its [train]
 /// table (replacing what it sets for them) and `extra` appended (e.g. [export]).
 fn config(train: &str, extra: &str) -> String {
-    set_train(
+    with_train(
         &small_config(extra),
         &format!("backbone = \"sasrec\"\nhistory-len = 8\n{train}"),
     )
-}
-
-/// `cfg` with `keys` (`key = value` lines) set in its [train] table.
-fn set_train(cfg: &str, keys: &str) -> String {
-    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
-    let names: BTreeSet<String> = keys.lines().map(key).filter(|k| !k.is_empty()).collect();
-    let mut out = String::new();
-    let mut in_train = false;
-    for line in cfg.lines() {
-        if line.starts_with('[') {
-            in_train = line == "[train]";
-        }
-        if in_train && names.contains(&key(line)) {
-            continue;
-        }
-        out += line;
-        out += "\n";
-        if line == "[train]" {
-            out += keys;
-            out += "\n";
-        }
-    }
-    out
 }
 
 fn read(path: &Path) -> Vec<RecordBatch> {
@@ -399,8 +376,7 @@ fn export_writes_embeddings_model_and_top_k_that_the_python_loader_reproduces() 
 fn warm_start_carries_items_by_raw_id_from_the_last_accepted_export() {
     let p = Project::new();
     p.write("logs/a.tsv", &synthetic_log(300, 120, 11));
-    let base = config("epochs = 3\nwarm-start = \"last-accepted\"", "")
-        .replace("inputs = [\"data.tsv\"]", "inputs = [\"logs/*.tsv\"]");
+    let base = glob_logs(&config("epochs = 3\nwarm-start = \"last-accepted\"", ""));
     p.config(&base);
     // First night: no accepted export yet, so a cold start that says so.
     p.ok(&["run"]);
@@ -428,7 +404,7 @@ fn warm_start_carries_items_by_raw_id_from_the_last_accepted_export() {
     }
     p.write("logs/b.tsv", &more);
     let from = std::fs::canonicalize(&link).expect("resolves");
-    p.config(&set_train(
+    p.config(&with_train(
         &base,
         "lr = 0.0\nweight-decay = 0.0\nwarm-start-epochs = 2",
     ));

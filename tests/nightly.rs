@@ -1,6 +1,6 @@
 //! Nightly operation: the run history, gates, retention and rollback (issue 12).
 
-use crate::common::{run_dir, small_config, stderr, synthetic_log, Project};
+use crate::common::{glob_logs, run_dir, small_config, stderr, synthetic_log, with_train, Project};
 
 /// The first `frac` of a log's rows (header kept).
 fn head(log: &str, frac: f64) -> String {
@@ -13,6 +13,26 @@ fn head(log: &str, frac: f64) -> String {
     )]
     let keep = 1 + ((lines.len() - 1) as f64 * frac) as usize;
     lines[..keep].join("\n") + "\n"
+}
+
+/// (stage, outcome) of every record of the last invocation, in order.
+fn last_night(p: &Project) -> Vec<(String, String)> {
+    let h = history(p);
+    let last = h.last().expect("a record")["invocation"].clone();
+    h.iter()
+        .filter(|r| r["invocation"] == last)
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().expect("a string").to_owned();
+            (text("stage"), text("outcome"))
+        })
+        .collect()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
 }
 
 fn history(p: &Project) -> Vec<serde_json::Value> {
@@ -126,8 +146,7 @@ fn a_failed_data_gate_publishes_nothing_exits_3_and_is_recorded() {
 fn a_failed_quality_gate_keeps_serving_the_accepted_model() {
     let p = Project::new();
     p.write("logs/day-1.tsv", &synthetic_log(300, 120, 11));
-    let cfg = small_config("[export]\ntop-k = 5\n")
-        .replace("inputs = [\"data.tsv\"]", "inputs = [\"logs/*.tsv\"]");
+    let cfg = glob_logs(&small_config("[export]\ntop-k = 5\n"));
     p.config(&cfg);
     p.ok(&["run"]);
     let current = p.workdir().join("current");
@@ -178,27 +197,16 @@ fn a_failed_quality_gate_keeps_serving_the_accepted_model() {
     // The on-call person accepts the model: evaluate's gate alone is overridden.
     p.ok(&["run", "--override-gates", "evaluate"]);
     assert_ne!(readlink(&current), night1);
-    let h = history(&p);
-    let outcomes: Vec<(&str, &str)> = h
-        .iter()
-        .filter(|r| r["invocation"] == h.last().expect("r")["invocation"])
-        .map(|r| {
-            (
-                r["stage"].as_str().expect("s"),
-                r["outcome"].as_str().expect("o"),
-            )
-        })
-        .collect();
     assert_eq!(
-        outcomes,
-        vec![
+        last_night(&p),
+        owned(&[
             ("ingest", "up-to-date"),
             ("graph", "up-to-date"),
             ("negatives", "up-to-date"),
             ("train", "up-to-date"),
             ("evaluate", "overridden"),
             ("export", "published"),
-        ]
+        ])
     );
 }
 
@@ -312,11 +320,10 @@ fn three_nights_cold_warm_and_stopped_at_the_data_gate() {
     let p = Project::new();
     let day1 = synthetic_log(300, 120, 11);
     p.write("logs/day-1.tsv", &day1);
-    let cfg = small_config(
+    let cfg = glob_logs(&small_config(
         "[export]\ntop-k = 10\n[gates.ingest]\nrows = { min = 100, max-drop = 0.2 }\n[gates.evaluate]\n\"test.HR@50\" = { min = 0.05 }\n",
-    )
-    .replace("inputs = [\"data.tsv\"]", "inputs = [\"logs/*.tsv\"]")
-    .replace("[train]\n", "[train]\nwarm-start = \"last-accepted\"\n");
+    ));
+    let cfg = with_train(&cfg, "warm-start = \"last-accepted\"");
     p.config(&cfg);
     let current = p.workdir().join("current");
 
@@ -477,7 +484,7 @@ fn a_new_file_with_nothing_new_reruns_ingest_alone() {
     let p = Project::new();
     let log = synthetic_log(300, 120, 11);
     p.write("logs/day-1.tsv", &log);
-    p.config(&small_config("").replace("inputs = [\"data.tsv\"]", "inputs = [\"logs/*.tsv\"]"));
+    p.config(&glob_logs(&small_config("")));
     p.ok(&["run", "--to", "negatives"]);
     // A second file repeating rows already seen: exact duplicates are dropped, so
     // the ingest output, and everything drawn from it, is unchanged.
@@ -491,26 +498,13 @@ fn a_new_file_with_nothing_new_reruns_ingest_alone() {
         "{status}"
     );
     p.ok(&["run", "--to", "negatives"]);
-    let h = p.json(&["history", "--json"]);
-    let recs = h.as_array().expect("array");
-    let last = recs.last().expect("record")["invocation"].clone();
-    let night: Vec<(&str, &str)> = recs
-        .iter()
-        .filter(|r| r["invocation"] == last)
-        .map(|r| {
-            (
-                r["stage"].as_str().expect("s"),
-                r["outcome"].as_str().expect("o"),
-            )
-        })
-        .collect();
     assert_eq!(
-        night,
-        vec![
+        last_night(&p),
+        owned(&[
             ("ingest", "published"),
             ("graph", "up-to-date"),
             ("negatives", "up-to-date")
-        ]
+        ])
     );
     let ingest = p.json(&["report", "ingest", "--json"]);
     assert!(

@@ -2,7 +2,9 @@
 //! training does not depend on the shard size, and the failures a nightly job must
 //! not pass over (a missing epoch of negatives, a diverged loss) stop the stage.
 
-use crate::common::{popularity_hr, run_dir, small_config, stderr, synthetic_log, Project};
+use crate::common::{
+    popularity_hr, run_dir, small_config, stderr, synthetic_log, with_train, Project,
+};
 
 fn project(extra: &str) -> Project {
     let p = Project::new();
@@ -19,30 +21,7 @@ fn set_train(p: &Project, keys: &str) {
         std::fs::copy(p.path().join("pipeline.toml"), &base).expect("copy");
     }
     let cfg = std::fs::read_to_string(&base).expect("read");
-    let names: Vec<&str> = keys
-        .lines()
-        .filter_map(|l| l.split('=').next())
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .collect();
-    let mut out = String::new();
-    let mut in_train = false;
-    for line in cfg.lines() {
-        if line.starts_with('[') {
-            in_train = line == "[train]";
-        }
-        let key = line.split('=').next().unwrap_or("").trim();
-        if in_train && names.contains(&key) {
-            continue;
-        }
-        out += line;
-        out += "\n";
-        if line == "[train]" {
-            out += keys;
-            out += "\n";
-        }
-    }
-    p.config(&out);
+    p.config(&with_train(&cfg, keys));
 }
 
 fn losses(p: &Project) -> Vec<f64> {
