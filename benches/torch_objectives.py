@@ -3,8 +3,10 @@
 residual, ReLU feed-forward, final LayerNorm, embeddings scaled by sqrt(d)) trained
 on Beauty's sequence rows (one row per user, its last L + 1 train items, every
 position trained), with each objective over the same candidates: K uniform random
-negatives per row, H hard negatives per position (random ids here: the cost, not
-the values, is measured), and Adam. Prints one JSON object {loss: positions/s}.
+negatives per row (or, for "<loss>/batch", K shared by the whole batch and scored
+by one matrix product, each row masking its own items), H hard negatives per
+position (random ids here: the cost, not the values, is measured), and Adam. Prints
+one JSON object {loss: positions/s}.
 
 Usage: python torch_objectives.py BEAUTY_TXT L BATCH K H BATCHES THREADS
 """
@@ -79,6 +81,7 @@ def batch(rows):
 
 
 def loss_of(kind, model, hist, tgt):
+    kind, _, scope = kind.partition("/")
     rep_all = model(hist)
     valid = tgt.view(-1) > 0
     rep = rep_all.reshape(-1, D)[valid]
@@ -89,10 +92,16 @@ def loss_of(kind, model, hist, tgt):
         logits[:, -1] = -math.inf
         return F.cross_entropy(logits, t)
     b = hist.shape[0]
-    rand = torch.randint(1, n_items + 1, (b, K))
     hard = torch.randint(1, n_items + 1, (b, L, H)).view(-1, H)[valid]
     pos = (rep * model.items(t)).sum(-1)
-    rs = (rep_all @ model.items(rand).transpose(1, 2)).reshape(-1, K)[valid]
+    if scope == "batch":
+        rand = torch.randint(1, n_items + 1, (K,))
+        own = (hist.unsqueeze(2) == rand.view(1, 1, K)).any(1)  # [B, K]
+        rs = rep @ model.items(rand).T
+        rs = rs.masked_fill(own.unsqueeze(1).expand(-1, L, -1).reshape(-1, K)[valid], -math.inf)
+    else:
+        rand = torch.randint(1, n_items + 1, (b, K))
+        rs = (rep_all @ model.items(rand).transpose(1, 2)).reshape(-1, K)[valid]
     hs = (model.items(hard) * rep.unsqueeze(1)).sum(-1)
     neg = torch.cat([rs, hs], 1)
     if kind == "bpr":
@@ -108,7 +117,8 @@ def loss_of(kind, model, hist, tgt):
 
 
 out = {}
-for kind in ["bpr", "bce", "gbce", "sampled-softmax", "full-softmax"]:
+kinds = ["bpr", "bce", "gbce", "sampled-softmax"]
+for kind in kinds + [k + "/batch" for k in kinds] + ["full-softmax"]:
     model = SASRec()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(3)

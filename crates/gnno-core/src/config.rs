@@ -222,6 +222,17 @@ pub enum RandomNegatives {
     Popularity,
 }
 
+/// Which positions share a draw of random negatives.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RandomScope {
+    /// Each row (user or instance) draws its own `n-random`, outside its history.
+    Row,
+    /// One draw of `n-random` per batch, scored by every position of the batch in
+    /// one matrix product; a row masks the drawn items of its own history.
+    Batch,
+}
+
 /// How an epoch's rows are grouped into batches.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -260,6 +271,7 @@ pub struct TrainSettings {
     pub backbone: Backbone,
     pub loss: Loss,
     pub random_negatives: RandomNegatives,
+    pub random_scope: RandomScope,
     pub random_alpha: f64,
     pub logq: LogQ,
     /// gBCE calibration t ∈ [0, 1] (0 = plain BCE, 1 = fully calibrated).
@@ -848,6 +860,11 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
             ("popularity", RandomNegatives::Popularity),
         ],
     );
+    let random_scope = s.choice(
+        "random-scope",
+        RandomScope::Row,
+        &[("row", RandomScope::Row), ("batch", RandomScope::Batch)],
+    );
     let logq = s.choice(
         "logq",
         LogQ::Off,
@@ -867,6 +884,7 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         backbone,
         loss,
         random_negatives,
+        random_scope,
         random_alpha: s.float("random-alpha", 1.0, 0.0, 10.0),
         logq,
         gbce_t: s.float("gbce-t", 0.75, 0.0, 1.0),

@@ -11,9 +11,13 @@
 //! - **prefix rows** (the bidirectional encoder): one row per instance, its history
 //!   as input and one target, the last position.
 //!
-//! Random negatives are shared by the positions of a row: `n-random` items drawn
-//! with replacement from the row's user's non-history items (uniform, or ∝ count^α),
-//! exactly and with their ln-probabilities (the logQ correction needs them).
+//! Random negatives are shared by the positions of a row (`random-scope = "row"`):
+//! `n-random` items drawn with replacement from the row's user's non-history items
+//! (uniform, or ∝ count^α), exactly and with their ln-probabilities (the logQ
+//! correction needs them). With `random-scope = "batch"` one draw over all items
+//! serves every row of the batch, and each row masks the drawn items of its own
+//! train history: what survives for a row is a draw over its non-history items, so
+//! both scopes estimate the same normaliser.
 
 use gnno_core::config::{RandomNegatives, TrainSettings};
 use gnno_core::dataset::{Dataset, Instances};
@@ -258,9 +262,12 @@ pub struct Batch {
     pub hist: Vec<i64>,
     /// `[rows, positions]` targets, 0 where a position has none.
     pub targets: Vec<i64>,
-    /// `[rows, k_random]` random negatives and their ln q.
+    /// `[random_rows, k_random]` random negatives and their ln q: `random_rows` is
+    /// `rows`, or 1 when the batch shares one draw.
     pub random: Vec<i64>,
     pub random_log_q: Vec<f32>,
+    pub random_rows: usize,
+    /// `[rows, k_random]`: whether row r may use candidate c.
     pub random_mask: Vec<bool>,
     /// `[rows, positions, n_hard]` hard negatives (0 = none) and their ln q.
     pub hard: Vec<i64>,
@@ -347,7 +354,8 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// Build one batch of `rows`; `rng_for(row)` gives each row's random stream.
+    /// Build one batch of `rows`; `rng_for(row)` gives each row's random stream, or
+    /// `shared` the batch's one stream when the batch shares its random negatives.
     pub fn batch(
         &self,
         rows: &[u64],
@@ -355,6 +363,7 @@ impl<'a> Rows<'a> {
         random: &RandomSampler,
         hard: Option<&EpochNegatives>,
         mut rng_for: impl FnMut(u64) -> Xoshiro256PlusPlus,
+        shared: Option<Xoshiro256PlusPlus>,
     ) -> Batch {
         let l = if self.trim {
             rows.iter()
@@ -377,6 +386,17 @@ impl<'a> Rows<'a> {
             hard_log_q: Vec::with_capacity(rows.len() * p * n_hard),
             ..Batch::default()
         };
+        let share = shared.is_some();
+        if let Some(mut rng) = shared {
+            random.draw(&[], k_random, &mut rng, &mut b.random, &mut b.random_log_q);
+            let got = b.random.len();
+            b.random.extend(std::iter::repeat_n(0, k_random - got));
+            b.random_log_q
+                .extend(std::iter::repeat_n(0.0, k_random - got));
+            b.random_rows = 1;
+        } else {
+            b.random_rows = rows.len();
+        }
         let mut sorted = Vec::new();
         let push_hard = |b: &mut Batch, id: Option<usize>| {
             if let Some(h) = hard {
@@ -428,6 +448,13 @@ impl<'a> Rows<'a> {
             sorted.extend_from_slice(seq);
             sorted.sort_unstable();
             sorted.dedup();
+            if share {
+                // Padding (0) and the row's own train items are masked.
+                b.random_mask.extend(b.random.iter().map(|&j| {
+                    ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
+                }));
+                continue;
+            }
             let mut rng = rng_for(row);
             let before = b.random.len();
             random.draw(
@@ -489,9 +516,14 @@ mod tests {
         assert_eq!(rows.positions_per_epoch(), 3 + 1, "window of 3 on user 0");
         let hard = hard_for(&inst);
         let s = RandomSampler::new(&crate::tests::settings(), &d);
-        let b = rows.batch(&[0, 2], 2, &s, Some(&hard), |r| {
-            Xoshiro256PlusPlus::seed_from_u64(r)
-        });
+        let b = rows.batch(
+            &[0, 2],
+            2,
+            &s,
+            Some(&hard),
+            Xoshiro256PlusPlus::seed_from_u64,
+            None,
+        );
         // User 0: window 2 3 4 5 -> inputs 2 3 4, targets 3 4 5 (instances 1, 2, 3).
         assert_eq!(&b.hist[..3], &[2, 3, 4]);
         assert_eq!(&b.targets[..3], &[3, 4, 5]);
@@ -510,15 +542,59 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_draw_serves_every_row_and_each_row_masks_its_history() {
+        let d = ds();
+        let inst = d.instances();
+        let rows = Rows::new(&d, &inst, true, 3);
+        let s = RandomSampler::new(&crate::tests::settings(), &d);
+        let build = || {
+            rows.batch(
+                &[0, 2],
+                400,
+                &s,
+                None,
+                |_| panic!("no per-row stream when the batch shares one"),
+                Some(Xoshiro256PlusPlus::seed_from_u64(9)),
+            )
+        };
+        let b = build();
+        assert_eq!(
+            (b.random_rows, b.random.len(), b.random_mask.len()),
+            (1, 400, 800)
+        );
+        assert_eq!(b.random, build().random, "seeded");
+        // Uniform over all 10 items, ln q = -ln 10; every item drawn at 400 draws.
+        assert!(b.random.iter().all(|&j| (1..=10).contains(&j)));
+        assert!((1..=10).all(|j| b.random.contains(&j)));
+        assert!(b
+            .random_log_q
+            .iter()
+            .all(|&q| (f64::from(q) + 10f64.ln()).abs() < 1e-6));
+        // Row r may use candidate c exactly when c is outside its user's train items.
+        for (r, user) in [(0usize, 0u32), (1, 2)] {
+            let seq = d.train_seq(user);
+            for (c, &j) in b.random.iter().enumerate() {
+                let own = seq.contains(&u32::try_from(j).expect("item"));
+                assert_eq!(b.random_mask[r * 400 + c], !own, "row {r}, item {j}");
+            }
+        }
+    }
+
+    #[test]
     fn prefix_rows_are_instances() {
         let d = ds();
         let inst = d.instances();
         let rows = Rows::new(&d, &inst, false, 2);
         assert_eq!(rows.ids().len(), 5);
         let s = RandomSampler::new(&crate::tests::settings(), &d);
-        let b = rows.batch(&[3, 4], 1, &s, None, |r| {
-            Xoshiro256PlusPlus::seed_from_u64(r)
-        });
+        let b = rows.batch(
+            &[3, 4],
+            1,
+            &s,
+            None,
+            Xoshiro256PlusPlus::seed_from_u64,
+            None,
+        );
         assert_eq!(b.hist, vec![3, 4, 0, 7]);
         assert_eq!(b.targets, vec![5, 8]);
         assert!(b.hard.is_empty());

@@ -45,6 +45,7 @@ pub const HISTORY_FILE: &str = "history.json";
 pub use evaluate::CANDIDATES_FILE;
 
 const TAG_RANDOM: u64 = 0x5241_4E44;
+const TAG_BATCH: u64 = 0x4241_5443;
 const TAG_VIEW: u64 = 0x5649_4557;
 const TAG_ORDER: u64 = 0x4F52_4452;
 const TAG_SAMPLED: u64 = 0x5341_4D50;

@@ -6,8 +6,10 @@
 //!
 //! SASRec follows Kang and McAuley (2018) as the field trains it: item embeddings
 //! scaled by √d plus learned positions, pre-LayerNorm queries with the normalised
-//! query as the residual, a ReLU feed-forward, padding zeroed after each block and a
-//! final LayerNorm. The encoder keeps the authors' post-LN blocks with GELU.
+//! query as the residual, a ReLU feed-forward and a final LayerNorm. Every layer
+//! but attention runs on the batch's real positions only (`Packing`), which is the
+//! same model as zeroing the padding after each block, at the cost of the real
+//! positions. The encoder keeps the authors' post-LN blocks with GELU.
 
 use gnno_core::config::{Backbone, TrainSettings};
 use tch::nn::{self, Module, RNN};
@@ -47,21 +49,87 @@ impl Attention {
     /// Queries from `xq`, keys and values from `x`. `bias`: additive mask
     /// `[B or 1, 1, L or 1, L]` (0 keep, -1e9 drop); `dropout` on the attention weights.
     fn forward(&self, xq: &Tensor, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
-        let (b, l, d) = x.size3().unwrap_or((0, 0, 0));
-        let dh = d / self.heads;
-        let split = |t: Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
-        let (q, k, v) = (
-            split(self.q.forward(xq)),
-            split(self.k.forward(x)),
-            split(self.v.forward(x)),
+        let y = self.attend(
+            &self.q.forward(xq),
+            &self.k.forward(x),
+            &self.v.forward(x),
+            bias,
+            dropout,
+            train,
         );
+        self.o.forward(&y)
+    }
+
+    /// The same on packed rows `[T, D]` (the real positions `p.idx` of a `[B, L]`
+    /// batch): the projections run on the T real positions only, and only the
+    /// attention itself sees the padded layout.
+    fn forward_packed(
+        &self,
+        xq: &Tensor,
+        x: &Tensor,
+        bias: &Tensor,
+        p: &Packing,
+        dropout: f64,
+        train: bool,
+    ) -> Tensor {
+        let y = self.attend(
+            &p.pad(&self.q.forward(xq)),
+            &p.pad(&self.k.forward(x)),
+            &p.pad(&self.v.forward(x)),
+            bias,
+            dropout,
+            train,
+        );
+        self.o.forward(&p.pack(&y))
+    }
+
+    /// Multi-head attention of projected `q`, `k`, `v` `[B, L, D]`, before the
+    /// output projection.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        dropout: f64,
+        train: bool,
+    ) -> Tensor {
+        let (b, l, d) = k.size3().unwrap_or((0, 0, 0));
+        let dh = d / self.heads;
+        let split = |t: &Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
         #[expect(clippy::cast_precision_loss, reason = "head size")]
         let scale = 1.0 / (dh as f64).sqrt();
-        let att = (q.matmul(&k.transpose(-2, -1)) * scale + bias)
+        let att = (split(q).matmul(&split(k).transpose(-2, -1)) * scale + bias)
             .softmax(-1, Kind::Float)
             .dropout(dropout, train);
-        let y = att.matmul(&v).transpose(1, 2).contiguous().view([b, l, d]);
-        self.o.forward(&y)
+        att.matmul(&split(v))
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, l, d])
+    }
+}
+
+/// The real positions of a left-padded `[B, L]` batch, for layers that run on
+/// them only: `idx` are their flat indices into `B × L`, in row-major order.
+struct Packing<'a> {
+    idx: &'a Tensor,
+    b: i64,
+    l: i64,
+}
+
+impl Packing<'_> {
+    /// `[T, D]` → `[B, L, D]`, zeros at the padding.
+    fn pad(&self, x: &Tensor) -> Tensor {
+        let d = x.size()[1];
+        Tensor::zeros([self.b * self.l, d], (x.kind(), x.device()))
+            .index_copy(0, self.idx, x)
+            .view([self.b, self.l, d])
+    }
+
+    /// `[B, L, D]` → `[T, D]`.
+    fn pack(&self, x: &Tensor) -> Tensor {
+        let d = x.size()[2];
+        x.reshape([-1, d]).index_select(0, self.idx)
     }
 }
 
@@ -107,11 +175,19 @@ impl Block {
         self.ln2.forward(&(x + f))
     }
 
-    /// SASRec's block: normalised queries (also the residual), attention over the
-    /// unnormalised sequence, then LayerNorm and a ReLU feed-forward with a residual.
-    fn forward_sasrec(&self, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
+    /// SASRec's block on packed rows `[T, D]`: normalised queries (also the
+    /// residual), attention over the unnormalised sequence, then LayerNorm and a
+    /// ReLU feed-forward with a residual.
+    fn forward_sasrec(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        p: &Packing,
+        dropout: f64,
+        train: bool,
+    ) -> Tensor {
         let q = self.ln1.forward(x);
-        let x = &q + self.att.forward(&q, x, bias, dropout, train);
+        let x = &q + self.att.forward_packed(&q, x, bias, p, dropout, train);
         let x = self.ln2.forward(&x);
         let f = self
             .ff2
@@ -232,18 +308,16 @@ impl Model {
         self.encode_all(hist, train).select(1, l - 1)
     }
 
-    /// The output at every position `[B, L, D]`.
+    /// The output at every position `[B, L, D]` (SASRec: zeros at the padding).
     pub fn encode_all(&self, hist: &Tensor, train: bool) -> Tensor {
-        let x = self.items.forward(hist);
         let l = hist.size()[1];
         let dev = hist.device();
-        // Key padding: -1e9 (not -inf) so fully padded query rows stay finite.
-        let pad = || hist.eq(0).to_kind(Kind::Float).unsqueeze(1).unsqueeze(1) * -1e9;
         match &self.body {
             Body::Encoder { pos, blocks } => {
+                let x = self.items.forward(hist);
+                let bias = key_padding(hist);
                 let positions = self.positions(l, dev);
                 let mut x = (x + pos.forward(&positions).unsqueeze(0)).dropout(self.dropout, train);
-                let bias = pad();
                 for b in blocks {
                     x = b.forward(&x, &bias, self.dropout, train);
                 }
@@ -254,22 +328,64 @@ impl Model {
                 blocks,
                 last_ln,
             } => {
-                let positions = self.positions(l, dev);
-                #[expect(clippy::cast_precision_loss, reason = "embedding size")]
-                let scale = (self.items.ws.size()[1] as f64).sqrt();
-                let keep = hist.ne(0).to_kind(Kind::Float).unsqueeze(-1);
-                let mut x = ((x * scale + pos.forward(&positions).unsqueeze(0))
-                    .dropout(self.dropout, train))
-                    * &keep;
-                let tri = Tensor::ones([l, l], (Kind::Float, dev)).triu(1) * -1e9;
-                let bias = pad() + tri.unsqueeze(0).unsqueeze(0);
-                for b in blocks {
-                    x = b.forward_sasrec(&x, &bias, self.dropout, train) * &keep;
-                }
-                last_ln.forward(&x)
+                let idx = hist.view([-1]).ne(0).nonzero().squeeze_dim(1);
+                let p = Packing {
+                    idx: &idx,
+                    b: hist.size()[0],
+                    l,
+                };
+                p.pad(&self.sasrec(pos, blocks, last_ln, hist, &p, train))
             }
-            Body::Gru(g) => g.seq(&x).0,
+            Body::Gru(g) => g.seq(&self.items.forward(hist)).0,
         }
+    }
+
+    /// The output at the real positions `idx` of `hist` `[T, D]` (flat indices into
+    /// `B × L` of its items ≠ 0, in row-major order), for SASRec; None for the
+    /// other backbones.
+    pub fn encode_real(&self, hist: &Tensor, idx: &Tensor, train: bool) -> Option<Tensor> {
+        let Body::Sasrec {
+            pos,
+            blocks,
+            last_ln,
+        } = &self.body
+        else {
+            return None;
+        };
+        let p = Packing {
+            idx,
+            b: hist.size()[0],
+            l: hist.size()[1],
+        };
+        Some(self.sasrec(pos, blocks, last_ln, hist, &p, train))
+    }
+
+    /// SASRec on the real positions of `hist` `[T, D]`: embeddings, layer norms,
+    /// projections, feed-forward layers and dropout run on those T positions only,
+    /// and only attention sees the padded `[B, L]` layout (padded keys masked), so
+    /// at a random batch's L = 50, where most of the batch is padding, a step costs
+    /// about what its real positions cost.
+    fn sasrec(
+        &self,
+        pos: &nn::Embedding,
+        blocks: &[Block],
+        last_ln: &nn::LayerNorm,
+        hist: &Tensor,
+        p: &Packing,
+        train: bool,
+    ) -> Tensor {
+        // Positions count from the right: the last column is L − 1 whatever the width.
+        let positions = p.idx.remainder(p.l) + (self.max_len - p.l);
+        #[expect(clippy::cast_precision_loss, reason = "embedding size")]
+        let scale = (self.items.ws.size()[1] as f64).sqrt();
+        let items = self.items.forward(&hist.view([-1]).index_select(0, p.idx));
+        let mut x = (items * scale + pos.forward(&positions)).dropout(self.dropout, train);
+        let tri = Tensor::ones([p.l, p.l], (Kind::Float, hist.device())).triu(1) * -1e9;
+        let bias = key_padding(hist) + tri.unsqueeze(0).unsqueeze(0);
+        for blk in blocks {
+            x = blk.forward_sasrec(&x, &bias, p, self.dropout, train);
+        }
+        last_ln.forward(&x)
     }
 
     /// Scores of candidate items `[B, C]` for representations `[B, D]`.
@@ -283,5 +399,99 @@ impl Model {
     /// Scores of every item `[B, n_items + 2]` (columns 0 and n+1 are not items).
     pub fn score_all(&self, rep: &Tensor) -> Tensor {
         rep.matmul(&self.items.ws.transpose(0, 1))
+    }
+}
+
+/// Additive key-padding mask `[B, 1, 1, L]` of a left-padded batch: -1e9 (not
+/// -inf) at the padding, so fully padded query rows stay finite.
+fn key_padding(hist: &Tensor) -> Tensor {
+    hist.eq(0).to_kind(Kind::Float).unsqueeze(1).unsqueeze(1) * -1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sasrec() -> (nn::VarStore, Model) {
+        tch::manual_seed(3);
+        let mut cfg = crate::tests::settings();
+        cfg.backbone = Backbone::Sasrec;
+        cfg.history_len = 6;
+        cfg.dim = 8;
+        cfg.heads = 2;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let m = Model::new(&vs.root(), &cfg, 20);
+        // Non-trivial LayerNorm and bias values, so a wrong layout cannot pass.
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let noise = v.randn_like() * 0.3;
+                let _ = v.g_add_(&noise);
+            }
+        });
+        (vs, m)
+    }
+
+    /// SASRec on the whole padded `[B, L, D]` layout, the padding zeroed after the
+    /// embeddings and after each block (Kang and McAuley's form), without dropout.
+    fn padded_reference(m: &Model, hist: &Tensor) -> Tensor {
+        let Body::Sasrec {
+            pos,
+            blocks,
+            last_ln,
+        } = &m.body
+        else {
+            unreachable!()
+        };
+        let l = hist.size()[1];
+        let keep = hist.ne(0).to_kind(Kind::Float).unsqueeze(-1);
+        let positions = m.positions(l, hist.device());
+        let mut x = (m.items.forward(hist) * 8f64.sqrt() // dim 8
+            + pos.forward(&positions).unsqueeze(0))
+            * &keep;
+        let tri = Tensor::ones([l, l], (Kind::Float, hist.device())).triu(1) * -1e9;
+        let bias = key_padding(hist) + tri.unsqueeze(0).unsqueeze(0);
+        for b in blocks {
+            let q = b.ln1.forward(&x);
+            let y = &q + b.att.forward(&q, &x, &bias, 0.0, false);
+            let y = b.ln2.forward(&y);
+            x = (&y + b.ff2.forward(&b.ff1.forward(&y).relu())) * &keep;
+        }
+        last_ln.forward(&x)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn sasrec_on_real_positions_equals_the_padded_form() {
+        let (_vs, m) = sasrec();
+        let hist =
+            Tensor::from_slice(&[0i64, 0, 3, 4, 5, 0, 0, 0, 0, 7, 1, 2, 3, 4, 5]).view([3, 5]);
+        let idx = hist.view([-1]).ne(0).nonzero().squeeze_dim(1);
+        let want = padded_reference(&m, &hist)
+            .view([15, -1])
+            .index_select(0, &idx);
+        let got = m.encode_real(&hist, &idx, false).expect("SASRec");
+        assert_eq!(got.size(), vec![9, 8]);
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        // encode_all: the same at the real positions, zeros at the padding.
+        let all = m.encode_all(&hist, false);
+        assert_eq!(all.size(), vec![3, 5, 8]);
+        assert!(max_diff(&all.view([15, -1]).index_select(0, &idx), &want) < 1e-5);
+        assert_eq!(
+            all.get(0).get(0).abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
+        // Wider padding changes nothing at the real positions (trimming is exact).
+        let wide = Tensor::cat(
+            &[
+                Tensor::zeros([3, 1], (Kind::Int64, tch::Device::Cpu)),
+                hist.shallow_clone(),
+            ],
+            1,
+        );
+        let last = |h: &Tensor| m.encode(h, false);
+        assert!(max_diff(&last(&wide), &last(&hist)) < 1e-5);
     }
 }

@@ -11,9 +11,9 @@ use crate::model::Model;
 use crate::objectives;
 use crate::{
     alloc, augment, history_tensor, permutation, resolve_device, EpochRow, Job, BEST_MODEL,
-    CHECKPOINT_DIR, HISTORY_FILE, TAG_ORDER, TAG_RANDOM, TAG_VIEW,
+    CHECKPOINT_DIR, HISTORY_FILE, TAG_BATCH, TAG_ORDER, TAG_RANDOM, TAG_VIEW,
 };
-use gnno_core::config::{Backbone, Batching, Loss, TrainSettings};
+use gnno_core::config::{Backbone, Batching, Loss, RandomScope, TrainSettings};
 use gnno_core::error::{Error, Result};
 use gnno_core::{fsutil, mix_seed};
 use rand::rngs::Xoshiro256PlusPlus;
@@ -80,10 +80,10 @@ impl Tensors {
                 .view([rows, p])
                 .to_device(device),
             random: Tensor::from_slice(&b.random)
-                .view([rows, k])
+                .view([b.random_rows as i64, k])
                 .to_device(device),
             random_log_q: Tensor::from_slice(&b.random_log_q)
-                .view([rows, k])
+                .view([b.random_rows as i64, k])
                 .to_device(device),
             random_mask: Tensor::from_slice(&b.random_mask)
                 .view([rows, k])
@@ -96,31 +96,57 @@ impl Tensors {
 /// The loss of one batch: representations at the trained positions scored against
 /// their candidates.
 fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> Tensor {
-    let rep_all = if model.is_causal() {
-        model.encode_all(&t.hist, true)
-    } else {
-        // Prefix rows: the one target is the last position.
-        model.encode(&t.hist, true).unsqueeze(1)
-    };
     let p = t.targets.size()[1];
-    let rep_all = rep_all.narrow(1, rep_all.size()[1] - p, p); // [B, P, D]
     let valid = t.targets.gt(0); // [B, P]
     let idx = valid.view([-1]).nonzero().squeeze_dim(1); // [M] flat positions
-    let d = rep_all.size()[2];
-    let rep = rep_all.reshape([-1, d]).index_select(0, &idx); // [M, D]
+                                                         // Sequence rows pad inputs and targets alike (P = L), so the trained positions
+                                                         // are the real inputs: SASRec encodes only those.
+    let (rep, rep_all) = match model.encode_real(&t.hist, &idx, true) {
+        Some(rep) => (rep, None), // [M, D]
+        None => {
+            let r = if model.is_causal() {
+                model.encode_all(&t.hist, true)
+            } else {
+                // Prefix rows: the one target is the last position.
+                model.encode(&t.hist, true).unsqueeze(1)
+            };
+            let r = r.narrow(1, r.size()[1] - p, p); // [B, P, D]
+            let d = r.size()[2];
+            (r.reshape([-1, d]).index_select(0, &idx), Some(r))
+        }
+    };
     let tgt = t.targets.view([-1]).index_select(0, &idx); // [M]
     if cfg.loss == Loss::FullSoftmax {
         return objectives::full_softmax(&model.score_all(&rep), &tgt);
     }
     let pos = (&rep * model.items.forward(&tgt)).sum_dim_intlist(1i64, false, Kind::Float);
-    // Random negatives are per row: [B, P, K] by one batched product, then the
-    // trained positions.
     let k = t.random.size()[1];
-    let e_rand = model.items.forward(&t.random); // [B, K, D]
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, &idx);
-    let rand_scores = flat(rep_all.matmul(&e_rand.transpose(1, 2)), k);
+    let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
+        // One draw for the batch: [M, K] by one matrix product.
+        let e_rand = model.items.forward(&t.random.squeeze_dim(0)); // [K, D]
+        let m = rep.size()[0];
+        (
+            rep.matmul(&e_rand.transpose(0, 1)),
+            t.random_log_q.expand([m, k], false),
+        )
+    } else {
+        // A draw per row: [B, P, K] by one batched product, then the trained
+        // positions.
+        let e_rand = model.items.forward(&t.random); // [B, K, D]
+        let rep_all = rep_all.unwrap_or_else(|| {
+            let d = rep.size()[1];
+            let b = t.targets.size()[0];
+            Tensor::zeros([b * p, d], (rep.kind(), rep.device()))
+                .index_copy(0, &idx, &rep)
+                .view([b, p, d])
+        });
+        (
+            flat(rep_all.matmul(&e_rand.transpose(1, 2)), k),
+            flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k),
+        )
+    };
     let rand_mask = flat(t.random_mask.unsqueeze(1).expand([-1, p, k], false), k);
-    let rand_lq = flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k);
     let (neg, mask, log_q, k_hard) = match &t.hard {
         Some((hard, hard_lq)) => {
             let h = hard.size()[2];
@@ -176,14 +202,30 @@ impl Trainer<'_> {
             .into_iter()
             .enumerate()
         {
-            let b = self.rows.batch(&chunk_ids, k, &self.random, hard, |row| {
+            let shared = (cfg.random_scope == RandomScope::Batch).then(|| {
                 Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
                     job.seed,
                     u64::from(epoch),
-                    row,
+                    bi as u64,
                     TAG_RANDOM,
+                    TAG_BATCH,
                 ]))
             });
+            let b = self.rows.batch(
+                &chunk_ids,
+                k,
+                &self.random,
+                hard,
+                |row| {
+                    Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
+                        job.seed,
+                        u64::from(epoch),
+                        row,
+                        TAG_RANDOM,
+                    ]))
+                },
+                shared,
+            );
             let t = Tensors::new(&b, k, n_hard, self.device);
             let mut loss = batch_loss(&self.model, cfg, &t, job.ds.n_items);
             if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
@@ -552,6 +594,7 @@ pub fn throughput(
             targets: item(b * p),
             random: item(b * k),
             random_log_q: vec![-(f64::from(n_items).ln() as f32); b * k],
+            random_rows: b,
             random_mask: vec![true; b * k],
             hard: item(b * p * h),
             hard_log_q: vec![-(f64::from(n_items).ln() as f32); b * p * h],
@@ -622,9 +665,16 @@ pub fn dataset_throughput(
     let all = batch_order(&rows, cfg, &ids, &order, 0, 3);
     let k = cfg.n_random as usize;
     let mut step = |chunk: &[u64]| -> Result<usize> {
-        let b = rows.batch(chunk, k, &random, hard.as_ref(), |row| {
-            Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[row, TAG_RANDOM]))
-        });
+        let shared = (cfg.random_scope == RandomScope::Batch)
+            .then(|| Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[chunk[0], TAG_BATCH])));
+        let b = rows.batch(
+            chunk,
+            k,
+            &random,
+            hard.as_ref(),
+            |row| Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[row, TAG_RANDOM])),
+            shared,
+        );
         let t = Tensors::new(&b, k, n_hard, device);
         let loss = batch_loss(&model, cfg, &t, ds.n_items);
         opt.zero_grad();
