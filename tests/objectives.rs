@@ -41,16 +41,20 @@ fn every_loss_trains_every_backbone() {
     let n_items = p.json(&["report", "ingest", "--json"])["report"]["items"]
         .as_f64()
         .expect("items");
-    // Every loss on SASRec (sequence rows); the other backbones with the paper's
-    // loss and the sampled softmax.
+    // Every loss on SASRec (sequence rows), the sampled ones also with random
+    // negatives shared by the batch; the other backbones with the paper's loss and
+    // the sampled softmax.
     let all = ["bpr", "bce", "gbce", "sampled-softmax", "full-softmax"];
-    let arms = all.iter().map(|&l| ("sasrec", l)).chain([
-        ("encoder", "bpr"),
-        ("encoder", "sampled-softmax"),
-        ("gru4rec", "bpr"),
-        ("gru4rec", "full-softmax"),
+    let batch = "random-scope = \"batch\"";
+    let arms = all.iter().map(|&l| ("sasrec", l, "")).chain([
+        ("sasrec", "sampled-softmax", batch),
+        ("sasrec", "gbce", batch),
+        ("encoder", "bpr", ""),
+        ("encoder", "sampled-softmax", batch),
+        ("gru4rec", "bpr", ""),
+        ("gru4rec", "full-softmax", ""),
     ]);
-    for (backbone, loss) in arms {
+    for (backbone, loss, scope) in arms {
         {
             let logq = if loss == "sampled-softmax" {
                 "logq = \"all\""
@@ -60,7 +64,7 @@ fn every_loss_trains_every_backbone() {
             set_train(
                 &p,
                 &format!(
-                    "backbone = \"{backbone}\"\nloss = \"{loss}\"\ngamma = 0.0\nlr = 0.02\n{logq}"
+                    "backbone = \"{backbone}\"\nloss = \"{loss}\"\ngamma = 0.0\nlr = 0.02\n{logq}\n{scope}"
                 ),
             );
             p.ok(&["run"]);
@@ -88,7 +92,7 @@ fn every_loss_trains_every_backbone() {
             };
             assert!(
                 l[0] < untrained + 0.1 && l[2] < untrained - 0.02,
-                "{backbone}/{loss}: {l:?} vs untrained {untrained}"
+                "{backbone}/{loss} {scope}: {l:?} vs untrained {untrained}"
             );
             if loss == "full-softmax" {
                 // No hard negatives enter it: the loss falls epoch by epoch.
