@@ -96,7 +96,8 @@ def loss_of(kind, model, hist, tgt):
     pos = (rep * model.items(t)).sum(-1)
     if scope == "batch":
         rand = torch.randint(1, n_items + 1, (K,))
-        own = (hist.unsqueeze(2) == rand.view(1, 1, K)).any(1)  # [B, K]
+        seen = torch.cat([hist, tgt[:, -1:]], 1)  # the row's items
+        own = (seen.unsqueeze(2) == rand.view(1, 1, K)).any(1)  # [B, K]
         rs = rep @ model.items(rand).T
         rs = rs.masked_fill(own.unsqueeze(1).expand(-1, L, -1).reshape(-1, K)[valid], -math.inf)
     else:

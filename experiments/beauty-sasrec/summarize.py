@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Prints the docs/RESULTS.md tables of the SASRec objectives comparison from
-experiments/beauty-sasrec/*.result.json (run.sh writes them)."""
+experiments/beauty-sasrec/*.result.json (run.sh writes them); the first seed-42
+runs, with length batches, are in length-batching/ (their configs are in git
+history, commit 10ea77f)."""
 import glob
 import json
 import os
@@ -23,7 +25,7 @@ def seed(arm):
 def cfg(arm):
     text = open(os.path.join(here, arm + ".toml")).read()
     get = lambda k: re.search(rf"^{k} = (.*)$", text, re.M).group(1).strip('"')
-    return {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup"]}
+    return {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup", "random-scope"]}
 
 
 print("| arm | loss | negatives | logQ | seed | test NDCG@10 | HR@10 | NDCG@20 | HR@20 | NDCG@10, history in | best epoch / run | train s/epoch | wall |")
@@ -36,7 +38,8 @@ for r in rows:
         negs = "all items"
     else:
         hard = f"{c['n-hard']} {c['sampler']}" + (f" τ={c['temperature']}" if c["sampler"] == "gnno" else "")
-        negs = f"{c['n-random']} uniform + {hard} from epoch {c['warmup']}"
+        per = "per batch" if c["random-scope"] == "batch" else "per user"
+        negs = f"{c['n-random']} uniform {per} + {hard} from epoch {c['warmup']}"
     f, o = e["test_full"], e["test_full_other_protocol"]
     print(
         f"| {r['arm']} | {c['loss']} | {negs} | {c['logq']} | {seed(r['arm'])} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "

@@ -98,9 +98,13 @@ impl Tensors {
 fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> Tensor {
     let p = t.targets.size()[1];
     let valid = t.targets.gt(0); // [B, P]
-    let idx = valid.view([-1]).nonzero().squeeze_dim(1); // [M] flat positions
-                                                         // Sequence rows pad inputs and targets alike (P = L), so the trained positions
-                                                         // are the real inputs: SASRec encodes only those.
+                                 // [M] flat positions. Sequence rows pad inputs and targets alike (P = L), so
+                                 // the trained positions are the real inputs: SASRec encodes only those.
+    let idx = valid.view([-1]).nonzero().squeeze_dim(1);
+    debug_assert!(
+        !model.is_causal() || t.hist.ne(0).equal(&valid),
+        "sequence rows: inputs and targets padded alike"
+    );
     let (rep, rep_all) = match model.encode_real(&t.hist, &idx, true) {
         Some(rep) => (rep, None), // [M, D]
         None => {
@@ -562,7 +566,8 @@ pub fn train(job: &Job) -> Result<TrainReport> {
 
 /// Training throughput on synthetic batches (benchmarks): positions per second of
 /// forward, backward and Adam step for `cfg` on `rows` of length `history-len`
-/// (every row full), with `n_hard` hard negatives per position.
+/// (every row full), with `n_hard` hard negatives per position and random
+/// negatives per row whatever `random-scope` says (`dataset_throughput` follows it).
 pub fn throughput(
     cfg: &TrainSettings,
     n_items: u32,
