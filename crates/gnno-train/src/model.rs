@@ -111,15 +111,15 @@ impl Attention {
 
 /// The real positions of a left-padded `[B, L]` batch, for layers that run on
 /// them only: `idx` are their flat indices into `B × L`, in row-major order.
-struct Packing<'a> {
-    idx: &'a Tensor,
-    b: i64,
-    l: i64,
+pub(crate) struct Packing<'a> {
+    pub(crate) idx: &'a Tensor,
+    pub(crate) b: i64,
+    pub(crate) l: i64,
 }
 
 impl Packing<'_> {
     /// `[T, D]` → `[B, L, D]`, zeros at the padding.
-    fn pad(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn pad(&self, x: &Tensor) -> Tensor {
         let d = x.size()[1];
         Tensor::zeros([self.b * self.l, d], (x.kind(), x.device()))
             .index_copy(0, self.idx, x)

@@ -7,7 +7,7 @@ use crate::adam::Adam;
 use crate::batches::{Batch, EpochNegatives, RandomSampler, Rows};
 use crate::checkpoint::{self, CheckpointState};
 use crate::evaluate::{self, Split};
-use crate::model::Model;
+use crate::model::{Model, Packing};
 use crate::objectives;
 use crate::{
     alloc, augment, history_tensor, permutation, resolve_device, EpochRow, Job, BEST_MODEL,
@@ -139,11 +139,8 @@ fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> 
         // positions.
         let e_rand = model.items.forward(&t.random); // [B, K, D]
         let rep_all = rep_all.unwrap_or_else(|| {
-            let d = rep.size()[1];
             let b = t.targets.size()[0];
-            Tensor::zeros([b * p, d], (rep.kind(), rep.device()))
-                .index_copy(0, &idx, &rep)
-                .view([b, p, d])
+            Packing { idx: &idx, b, l: p }.pad(&rep)
         });
         (
             flat(rep_all.matmul(&e_rand.transpose(1, 2)), k),
