@@ -532,6 +532,24 @@ fn bench_objectives(tmp: &Path) {
                 es / shared
             );
         }
+        if loss == Loss::SampledSoftmax {
+            // Groups of users with their own draw: G x K distinct negatives per batch
+            // for about the scoring cost of one shared draw.
+            cfg.batching = Batching::Random;
+            cfg.random_scope = RandomScope::Batch;
+            for groups in [8, 32] {
+                cfg.random_groups = groups;
+                let (s, _) = gnno_train::trainer::dataset_throughput(
+                    &cfg, &ds, hard, batches, "cpu", threads,
+                )
+                .expect("throughput");
+                println!(
+                    "  {:16} gnno {s:7.1} s/epoch (random batches, random-scope batch, random-groups {groups}: {} x 256 per batch)",
+                    "", groups
+                );
+            }
+            cfg.random_groups = 1;
+        }
     }
 }
 

@@ -37,6 +37,7 @@ backbone = "sasrec"
 loss = "{loss}"
 n-random = {n_random}
 random-scope = "{scope}"
+random-groups = {groups}
 logq = "{logq}"
 # The field's SASRec recipe (Xu et al. 2024): L 50, 2 blocks, 1 head, 64-d,
 # dropout 0.6, Adam lr 5e-4, weight decay 1e-8, batch 512 users, 200 epochs.
@@ -75,6 +76,10 @@ ARMS = {
     # One seed each: variants of the method.
     "ssm-gnno-tau01": dict(loss="sampled-softmax", sampler="gnno", tau=0.1, n_hard=9, warmup=19, n_random=256, logq="all"),
     "ssm-gnno-logq-random": dict(loss="sampled-softmax", sampler="gnno", tau=1.0, n_hard=9, warmup=19, n_random=256, logq="random"),
+    # 32 groups of 16 users per batch, each with its own 256 (8,192 distinct random
+    # negatives per batch at the scoring cost of 256 per position).
+    "ssm-uniform-g32": dict(loss="sampled-softmax", sampler="uniform", tau=1.0, n_hard=9, warmup=19, n_random=256, logq="all", groups=32),
+    "ssm-gnno-g32": dict(loss="sampled-softmax", sampler="gnno", tau=1.0, n_hard=9, warmup=19, n_random=256, logq="all", groups=32),
     "bpr-uniform": dict(loss="bpr", sampler="uniform", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
     "bpr-gnno": dict(loss="bpr", sampler="gnno", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
     "bce-uniform": dict(loss="bce", sampler="uniform", tau=1.0, n_hard=9, warmup=19, n_random=256, logq="off"),
@@ -88,4 +93,5 @@ for name, a in ARMS.items():
     for seed in SEEDS if name in MULTI_SEED else SEEDS[:1]:
         arm = name if seed == SEEDS[0] else f"{name}-s{seed}"
         scope = "row" if a["loss"] in ("bpr", "full-softmax") else "batch"
+        a = {"groups": 1, **a}
         (here / f"{arm}.toml").write_text(BASE.format(arm=arm, seed=seed, scope=scope, **a))

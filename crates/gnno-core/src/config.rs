@@ -228,9 +228,14 @@ pub enum RandomNegatives {
 pub enum RandomScope {
     /// Each row (user or instance) draws its own `n-random`, outside its history.
     Row,
-    /// One draw of `n-random` per batch, scored by every position of the batch in
-    /// one matrix product; a row masks the drawn items of its own history.
+    /// One draw of `n-random` per batch (or per each of `random-groups` groups of
+    /// the batch's rows), scored by every position of the batch (group) in one
+    /// matrix product; a row masks the drawn items of its own history.
     Batch,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// How an epoch's rows are grouped into batches.
@@ -272,6 +277,11 @@ pub struct TrainSettings {
     pub loss: Loss,
     pub random_negatives: RandomNegatives,
     pub random_scope: RandomScope,
+    /// `random-scope = "batch"`: the batch's rows are cut into this many groups of
+    /// consecutive rows, each with its own draw. Left out of the serialised form at
+    /// its default, so configs written before it existed keep their stage keys.
+    #[serde(skip_serializing_if = "is_one")]
+    pub random_groups: u32,
     pub random_alpha: f64,
     pub logq: LogQ,
     /// gBCE calibration t ∈ [0, 1] (0 = plain BCE, 1 = fully calibrated).
@@ -625,6 +635,12 @@ impl Config {
                 self.train.loss
             ));
         }
+        if self.train.random_groups > 1 && self.train.random_scope != RandomScope::Batch {
+            problems.push(format!(
+                "train.random-groups: {} groups need random-scope = \"batch\" (each row draws its own negatives with \"row\")",
+                self.train.random_groups
+            ));
+        }
         if self.train.backbone != Backbone::Gru4rec
             && !self.train.dim.is_multiple_of(self.train.heads)
         {
@@ -885,6 +901,7 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         loss,
         random_negatives,
         random_scope,
+        random_groups: s.uint("random-groups", 1, 1, 1_000_000),
         random_alpha: s.float("random-alpha", 1.0, 0.0, 10.0),
         logq,
         gbce_t: s.float("gbce-t", 0.75, 0.0, 1.0),
@@ -1146,6 +1163,38 @@ mod tests {
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
+    }
+
+    #[test]
+    fn random_groups_need_batch_scope_and_stay_out_of_the_key_at_one() {
+        let c = Config::defaults(Path::new("/x"));
+        assert_eq!(c.train.random_groups, 1);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert!(
+            key.get("random_groups").is_none(),
+            "the default must not change the train stage's key of older configs"
+        );
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-scope = \"batch\"\nrandom-groups = 8\n",
+            Path::new("."),
+        )
+        .expect("parses");
+        assert_eq!(
+            (c.train.random_scope, c.train.random_groups),
+            (RandomScope::Batch, 8)
+        );
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert_eq!(key["random_groups"], 8);
+        let Err(Error::Config { problems, .. }) = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-groups = 4\n",
+            Path::new("."),
+        ) else {
+            panic!("expected config error")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\"")
+        );
     }
 
     #[test]

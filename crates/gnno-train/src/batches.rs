@@ -15,7 +15,8 @@
 //! `n-random` items drawn with replacement from the row's user's non-history items
 //! (uniform, or ∝ count^α), exactly and with their ln-probabilities (the logQ
 //! correction needs them). With `random-scope = "batch"` one draw over all items
-//! serves every row of the batch, and each row masks the drawn items of its own
+//! serves every row of the batch (or, with `random-groups = G`, each of G groups of
+//! consecutive rows has its own draw), and each row masks the drawn items of its own
 //! train history: what survives for a row is a draw over its non-history items, so
 //! both scopes estimate the same normaliser.
 
@@ -262,11 +263,13 @@ pub struct Batch {
     pub hist: Vec<i64>,
     /// `[rows, positions]` targets, 0 where a position has none.
     pub targets: Vec<i64>,
-    /// `[random_rows, k_random]` random negatives and their ln q: `random_rows` is
-    /// `rows`, or 1 when the batch shares one draw.
+    /// `[random_rows, k_random]` random negatives and their ln q: one draw per
+    /// row (`random_rows` = `rows`), per batch (1) or per group of rows.
     pub random: Vec<i64>,
     pub random_log_q: Vec<f32>,
     pub random_rows: usize,
+    /// Rows served by each draw: row r uses draw r / `group_rows`.
+    pub group_rows: usize,
     /// `[rows, k_random]`: whether row r may use candidate c.
     pub random_mask: Vec<bool>,
     /// `[rows, positions, n_hard]` hard negatives (0 = none) and their ln q.
@@ -355,7 +358,10 @@ impl<'a> Rows<'a> {
     }
 
     /// Build one batch of `rows`; `rng_for(row)` gives each row's random stream, or
-    /// `shared` the batch's one stream when the batch shares its random negatives.
+    /// `shared` = (the batch's one stream, groups) when rows share their random
+    /// negatives: the rows are cut into at most `groups` groups of
+    /// ⌈rows / groups⌉ consecutive rows, and the groups' draws are taken from the
+    /// stream one after the other (so one group is the whole batch's one draw).
     pub fn batch(
         &self,
         rows: &[u64],
@@ -363,7 +369,7 @@ impl<'a> Rows<'a> {
         random: &RandomSampler,
         hard: Option<&EpochNegatives>,
         mut rng_for: impl FnMut(u64) -> Xoshiro256PlusPlus,
-        shared: Option<Xoshiro256PlusPlus>,
+        shared: Option<(Xoshiro256PlusPlus, usize)>,
     ) -> Batch {
         let l = if self.trim {
             rows.iter()
@@ -387,15 +393,19 @@ impl<'a> Rows<'a> {
             ..Batch::default()
         };
         let share = shared.is_some();
-        if let Some(mut rng) = shared {
-            random.draw(&[], k_random, &mut rng, &mut b.random, &mut b.random_log_q);
-            let got = b.random.len();
-            b.random.extend(std::iter::repeat_n(0, k_random - got));
-            b.random_log_q
-                .extend(std::iter::repeat_n(0.0, k_random - got));
-            b.random_rows = 1;
+        if let Some((mut rng, groups)) = shared {
+            b.group_rows = rows.len().div_ceil(groups.max(1)).max(1);
+            b.random_rows = rows.len().div_ceil(b.group_rows).max(1);
+            for g in 0..b.random_rows {
+                random.draw(&[], k_random, &mut rng, &mut b.random, &mut b.random_log_q);
+                let got = b.random.len() - g * k_random;
+                b.random.extend(std::iter::repeat_n(0, k_random - got));
+                b.random_log_q
+                    .extend(std::iter::repeat_n(0.0, k_random - got));
+            }
         } else {
             b.random_rows = rows.len();
+            b.group_rows = 1;
         }
         let mut sorted = Vec::new();
         let push_hard = |b: &mut Batch, id: Option<usize>| {
@@ -413,7 +423,7 @@ impl<'a> Rows<'a> {
                 }
             }
         };
-        for &row in rows {
+        for (r, &row) in rows.iter().enumerate() {
             let u = self.user(row);
             let seq = self.ds.train_seq(u);
             if self.sequence {
@@ -450,7 +460,9 @@ impl<'a> Rows<'a> {
             sorted.dedup();
             if share {
                 // Padding (0) and the row's own train items are masked.
-                b.random_mask.extend(b.random.iter().map(|&j| {
+                let g = r / b.group_rows;
+                let drawn = &b.random[g * k_random..(g + 1) * k_random];
+                b.random_mask.extend(drawn.iter().map(|&j| {
                     ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
                 }));
                 continue;
@@ -554,13 +566,18 @@ mod tests {
                 &s,
                 None,
                 |_| panic!("no per-row stream when the batch shares one"),
-                Some(Xoshiro256PlusPlus::seed_from_u64(9)),
+                Some((Xoshiro256PlusPlus::seed_from_u64(9), 1)),
             )
         };
         let b = build();
         assert_eq!(
-            (b.random_rows, b.random.len(), b.random_mask.len()),
-            (1, 400, 800)
+            (
+                b.random_rows,
+                b.group_rows,
+                b.random.len(),
+                b.random_mask.len()
+            ),
+            (1, 2, 400, 800)
         );
         assert_eq!(b.random, build().random, "seeded");
         // Uniform over all 10 items, ln q = -ln 10; every item drawn at 400 draws.
@@ -578,6 +595,49 @@ mod tests {
                 assert_eq!(b.random_mask[r * 400 + c], !own, "row {r}, item {j}");
             }
         }
+    }
+
+    #[test]
+    fn groups_of_rows_each_draw_their_own_and_mask_against_it() {
+        let d = ds();
+        let inst = d.instances();
+        let rows = Rows::new(&d, &inst, true, 3);
+        let s = RandomSampler::new(&crate::tests::settings(), &d);
+        let build = |ids: &[u64], groups: usize| {
+            rows.batch(
+                ids,
+                50,
+                &s,
+                None,
+                |_| panic!("no per-row stream when rows share draws"),
+                Some((Xoshiro256PlusPlus::seed_from_u64(9), groups)),
+            )
+        };
+        let one = build(&[0, 2, 0], 1);
+        let two = build(&[0, 2, 0], 2);
+        // Three rows in two groups: rows 0 and 1 share draw 0, row 2 has draw 1.
+        assert_eq!((two.random_rows, two.group_rows), (2, 2));
+        assert_eq!((two.random.len(), two.random_mask.len()), (100, 150));
+        assert_eq!(
+            &two.random[..50],
+            &one.random[..],
+            "draw 0 is the one-group draw"
+        );
+        assert_ne!(&two.random[..50], &two.random[50..], "draw 1 is a new one");
+        for (r, user, g) in [(0usize, 0u32, 0usize), (1, 2, 0), (2, 0, 1)] {
+            let seq = d.train_seq(user);
+            for c in 0..50 {
+                let j = two.random[g * 50 + c];
+                let own = seq.contains(&u32::try_from(j).expect("item"));
+                assert_eq!(two.random_mask[r * 50 + c], !own, "row {r}, item {j}");
+            }
+        }
+        // More groups than rows: one row per group.
+        let many = build(&[0, 2], 5);
+        assert_eq!(
+            (many.random_rows, many.group_rows, many.random.len()),
+            (2, 1, 100)
+        );
     }
 
     #[test]

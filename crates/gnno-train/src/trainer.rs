@@ -55,6 +55,8 @@ struct Tensors {
     random: Tensor,
     random_log_q: Tensor,
     random_mask: Tensor,
+    /// Trained positions per draw when groups of several rows share a draw.
+    group_positions: Vec<i64>,
     /// `[rows, positions, n_hard]`, empty when the epoch has none.
     hard: Option<(Tensor, Tensor)>,
 }
@@ -74,6 +76,14 @@ impl Tensors {
             )
         });
         let k = i64::try_from(k).unwrap_or(0);
+        let mut group_positions = Vec::new();
+        if b.random_rows > 1 && b.group_rows > 1 {
+            group_positions = b
+                .targets
+                .chunks(b.positions * b.group_rows)
+                .map(|g| g.iter().filter(|&&t| t > 0).count() as i64)
+                .collect();
+        }
         Self {
             hist: history_tensor(&b.hist, b.len, device),
             targets: Tensor::from_slice(&b.targets)
@@ -88,6 +98,7 @@ impl Tensors {
             random_mask: Tensor::from_slice(&b.random_mask)
                 .view([rows, k])
                 .to_device(device),
+            group_positions,
             hard,
         }
     }
@@ -134,6 +145,24 @@ fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> 
             rep.matmul(&e_rand.transpose(0, 1)),
             t.random_log_q.expand([m, k], false),
         )
+    } else if !t.group_positions.is_empty() {
+        // A draw per group of consecutive rows: the trained positions are in row
+        // order, so each group's are a contiguous run; one product per group.
+        let e_rand = model.items.forward(&t.random); // [G, K, D]
+        let parts = rep.split_with_sizes(&t.group_positions, 0);
+        let (scores, lq): (Vec<Tensor>, Vec<Tensor>) = parts
+            .iter()
+            .zip(&t.group_positions)
+            .enumerate()
+            .map(|(g, (r, &m))| {
+                let g = g as i64;
+                (
+                    r.matmul(&e_rand.get(g).transpose(0, 1)),
+                    t.random_log_q.get(g).expand([m, k], false),
+                )
+            })
+            .unzip();
+        (Tensor::cat(&scores, 0), Tensor::cat(&lq, 0))
     } else {
         // A draw per row: [B, P, K] by one batched product, then the trained
         // positions.
@@ -204,13 +233,14 @@ impl Trainer<'_> {
             .enumerate()
         {
             let shared = (cfg.random_scope == RandomScope::Batch).then(|| {
-                Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
+                let rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
                     job.seed,
                     u64::from(epoch),
                     bi as u64,
                     TAG_RANDOM,
                     TAG_BATCH,
-                ]))
+                ]));
+                (rng, cfg.random_groups as usize)
             });
             let b = self.rows.batch(
                 &chunk_ids,
@@ -597,6 +627,7 @@ pub fn throughput(
             random: item(b * k),
             random_log_q: vec![-(f64::from(n_items).ln() as f32); b * k],
             random_rows: b,
+            group_rows: 1,
             random_mask: vec![true; b * k],
             hard: item(b * p * h),
             hard_log_q: vec![-(f64::from(n_items).ln() as f32); b * p * h],
@@ -667,8 +698,12 @@ pub fn dataset_throughput(
     let all = batch_order(&rows, cfg, &ids, &order, 0, 3);
     let k = cfg.n_random as usize;
     let mut step = |chunk: &[u64]| -> Result<usize> {
-        let shared = (cfg.random_scope == RandomScope::Batch)
-            .then(|| Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[chunk[0], TAG_BATCH])));
+        let shared = (cfg.random_scope == RandomScope::Batch).then(|| {
+            (
+                Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[chunk[0], TAG_BATCH])),
+                cfg.random_groups as usize,
+            )
+        });
         let b = rows.batch(
             chunk,
             k,
@@ -695,4 +730,71 @@ pub fn dataset_throughput(
     let s = t0.elapsed().as_secs_f64();
     #[expect(clippy::cast_precision_loss, reason = "rates")]
     Ok((s * all.len() as f64 / timed.max(1) as f64, n as f64 / s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gnno_core::config::LogQ;
+
+    /// Three sequence rows of length 3 (one padded) with K = 4 random negatives.
+    fn batch(random: Vec<i64>, random_rows: usize, group_rows: usize) -> Batch {
+        let k = 4;
+        Batch {
+            rows: 3,
+            len: 3,
+            positions: 3,
+            hist: vec![1, 2, 3, 0, 4, 5, 6, 7, 8],
+            targets: vec![2, 3, 9, 0, 5, 10, 7, 8, 11],
+            random_log_q: (0..random.len()).map(|c| -2.0 - c as f32 * 0.1).collect(),
+            random,
+            random_rows,
+            group_rows,
+            random_mask: (0..3 * k).map(|c| c % 5 != 3).collect(),
+            hard: vec![],
+            hard_log_q: vec![],
+            trained: 8,
+        }
+    }
+
+    #[test]
+    fn groups_sharing_a_draw_score_as_rows_with_that_draw() {
+        let mut cfg = crate::tests::settings();
+        cfg.backbone = Backbone::Sasrec;
+        cfg.history_len = 3;
+        cfg.dim = 8;
+        cfg.heads = 1;
+        cfg.dropout = 0.0;
+        cfg.loss = Loss::SampledSoftmax;
+        cfg.logq = LogQ::All;
+        tch::manual_seed(3);
+        let (_vs, model, _, _) = new_model(&cfg, 12, Device::Cpu);
+        let (d0, d1) = (vec![3i64, 7, 11, 12], vec![1i64, 4, 6, 9]);
+        // Rows 0 and 1 share draw 0, row 2 has draw 1 ...
+        let mut lq_rows = Vec::new();
+        let grouped = batch([d0.clone(), d1.clone()].concat(), 2, 2);
+        for g in [0usize, 0, 1] {
+            lq_rows.extend_from_slice(&grouped.random_log_q[g * 4..(g + 1) * 4]);
+        }
+        // ... which is what three rows with their own draws equal to those give.
+        let mut per_row = batch([d0.clone(), d0, d1].concat(), 3, 1);
+        per_row.random_log_q = lq_rows;
+        let loss = |b: &Batch| {
+            let t = Tensors::new(b, 4, 0, Device::Cpu);
+            batch_loss(&model, &cfg, &t, 12).double_value(&[])
+        };
+        let t = Tensors::new(&grouped, 4, 0, Device::Cpu);
+        assert_eq!(t.group_positions, vec![5, 3], "trained positions per group");
+        let (a, b) = (loss(&grouped), loss(&per_row));
+        assert!(a.is_finite() && a > 0.0, "{a}");
+        assert!((a - b).abs() < 1e-6, "grouped {a} vs per row {b}");
+        // Both groups drawing the same items is the one-draw batch.
+        let same = batch([vec![3i64, 7, 11, 12], vec![3, 7, 11, 12]].concat(), 2, 2);
+        let mut one = batch(vec![3i64, 7, 11, 12], 1, 3);
+        one.random_log_q = same.random_log_q[..4].to_vec();
+        let mut same = same;
+        let first = same.random_log_q[..4].to_vec();
+        same.random_log_q = [first.clone(), first].concat();
+        assert!((loss(&same) - loss(&one)).abs() < 1e-6);
+    }
 }
