@@ -55,8 +55,9 @@ struct Tensors {
     random: Tensor,
     random_log_q: Tensor,
     random_mask: Tensor,
-    /// Trained positions per draw when groups of several rows share a draw.
-    group_positions: Vec<i64>,
+    /// When groups of several rows share a draw: each trained position's group
+    /// `[M]`, its row in the groups' padded `[G × M_max]` layout, and M_max.
+    groups: Option<(Tensor, Tensor, i64)>,
     /// `[rows, positions, n_hard]`, empty when the epoch has none.
     hard: Option<(Tensor, Tensor)>,
 }
@@ -76,14 +77,26 @@ impl Tensors {
             )
         });
         let k = i64::try_from(k).unwrap_or(0);
-        let mut group_positions = Vec::new();
-        if b.random_rows > 1 && b.group_rows > 1 {
-            group_positions = b
+        let groups = (b.random_rows > 1 && b.group_rows > 1).then(|| {
+            // Trained positions per group.
+            let group_positions: Vec<i64> = b
                 .targets
                 .chunks(b.positions * b.group_rows)
                 .map(|g| g.iter().filter(|&&t| t > 0).count() as i64)
                 .collect();
-        }
+            let m_max = group_positions.iter().copied().max().unwrap_or(0);
+            let (mut group, mut slot) = (Vec::new(), Vec::new());
+            for (g, &m) in group_positions.iter().enumerate() {
+                let g = g as i64;
+                group.extend(std::iter::repeat_n(g, m as usize));
+                slot.extend((0..m).map(|o| g * m_max + o));
+            }
+            (
+                Tensor::from_slice(&group).to_device(device),
+                Tensor::from_slice(&slot).to_device(device),
+                m_max,
+            )
+        });
         Self {
             hist: history_tensor(&b.hist, b.len, device),
             targets: Tensor::from_slice(&b.targets)
@@ -98,7 +111,7 @@ impl Tensors {
             random_mask: Tensor::from_slice(&b.random_mask)
                 .view([rows, k])
                 .to_device(device),
-            group_positions,
+            groups,
             hard,
         }
     }
@@ -145,24 +158,24 @@ fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> 
             rep.matmul(&e_rand.transpose(0, 1)),
             t.random_log_q.expand([m, k], false),
         )
-    } else if !t.group_positions.is_empty() {
+    } else if let Some((group, slot, m_max)) = &t.groups {
         // A draw per group of consecutive rows: the trained positions are in row
-        // order, so each group's are a contiguous run; one product per group.
+        // order, so each group's are a contiguous run. They are laid out as
+        // [G, M_max, D] (a constant number of ops whatever G), scored by one
+        // batched product with the groups' draws, and gathered back.
         let e_rand = model.items.forward(&t.random); // [G, K, D]
-        let parts = rep.split_with_sizes(&t.group_positions, 0);
-        let (scores, lq): (Vec<Tensor>, Vec<Tensor>) = parts
-            .iter()
-            .zip(&t.group_positions)
-            .enumerate()
-            .map(|(g, (r, &m))| {
-                let g = g as i64;
-                (
-                    r.matmul(&e_rand.get(g).transpose(0, 1)),
-                    t.random_log_q.get(g).expand([m, k], false),
-                )
-            })
-            .unzip();
-        (Tensor::cat(&scores, 0), Tensor::cat(&lq, 0))
+        let (g, d) = (e_rand.size()[0], rep.size()[1]);
+        let padded = rep
+            .new_zeros([g * m_max, d], (rep.kind(), rep.device()))
+            .index_copy(0, slot, &rep)
+            .view([g, *m_max, d]);
+        (
+            padded
+                .bmm(&e_rand.transpose(1, 2))
+                .view([g * m_max, k])
+                .index_select(0, slot),
+            t.random_log_q.index_select(0, group),
+        )
     } else {
         // A draw per row: [B, P, K] by one batched product, then the trained
         // positions.
@@ -784,7 +797,17 @@ mod tests {
             batch_loss(&model, &cfg, &t, 12).double_value(&[])
         };
         let t = Tensors::new(&grouped, 4, 0, Device::Cpu);
-        assert_eq!(t.group_positions, vec![5, 3], "trained positions per group");
+        let (group, slot, m_max) = t.groups.as_ref().expect("groups");
+        // 5 trained positions in group 0 (rows 0 and 1), 3 in group 1.
+        assert_eq!(
+            Vec::<i64>::try_from(group).expect("ids"),
+            [0, 0, 0, 0, 0, 1, 1, 1]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(slot).expect("ids"),
+            [0, 1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(*m_max, 5);
         let (a, b) = (loss(&grouped), loss(&per_row));
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "grouped {a} vs per row {b}");
