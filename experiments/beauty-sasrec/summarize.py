@@ -25,7 +25,10 @@ def seed(arm):
 def cfg(arm):
     text = open(os.path.join(here, arm + ".toml")).read()
     get = lambda k: re.search(rf"^{k} = (.*)$", text, re.M).group(1).strip('"')
-    return {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup", "random-scope"]}
+    c = {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup", "random-scope", "batch-size"]}
+    g = re.search(r"^random-groups = (\d+)$", text, re.M)
+    c["random-groups"] = int(g.group(1)) if g else 1
+    return c
 
 
 print("| arm | loss | negatives | logQ | seed | test NDCG@10 | HR@10 | NDCG@20 | HR@20 | NDCG@10, history in | best epoch / run | train s/epoch | wall |")
@@ -38,7 +41,12 @@ for r in rows:
         negs = "all items"
     else:
         hard = f"{c['n-hard']} {c['sampler']}" + (f" τ={c['temperature']}" if c["sampler"] == "gnno" else "")
-        per = "per batch" if c["random-scope"] == "batch" else "per user"
+        if c["random-scope"] != "batch":
+            per = "per user"
+        elif c["random-groups"] > 1:
+            per = f"per group of {int(c["batch-size"]) // c["random-groups"]} users"
+        else:
+            per = "per batch"
         negs = f"{c['n-random']} uniform {per} + {hard} from epoch {c['warmup']}"
     f, o = e["test_full"], e["test_full_other_protocol"]
     print(
