@@ -44,7 +44,7 @@ for r in rows:
         if c["random-scope"] != "batch":
             per = "per user"
         elif c["random-groups"] > 1:
-            per = f"per group of {int(c["batch-size"]) // c["random-groups"]} users"
+            per = f"per group of {int(c['batch-size']) // c['random-groups']} users"
         else:
             per = "per batch"
         negs = f"{c['n-random']} uniform {per} + {hard} from epoch {c['warmup']}"
