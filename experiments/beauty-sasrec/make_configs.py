@@ -78,7 +78,10 @@ ARMS = {
     "ssm-gnno-g32": dict(SSM, sampler="gnno"),
     # One seed each: variants of the method.
     "ssm-gnno-g32-tau01": dict(SSM, sampler="gnno", tau=0.1),
-    "ssm-gnno-g32-logq-random": dict(SSM, sampler="gnno", logq="random"),
+    # Hard negatives uncorrected: each weighs as one item, where a random one
+    # weighs N / K (about 47); only a concentrated draw (τ < 1) makes that weight
+    # count, so this variant is at τ = 0.1.
+    "ssm-gnno-g32-tau01-logq-random": dict(SSM, sampler="gnno", tau=0.1, logq="random"),
     "bpr-uniform": dict(loss="bpr", sampler="uniform", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
     "bpr-gnno": dict(loss="bpr", sampler="gnno", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
     "bce-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off"),
