@@ -84,7 +84,11 @@ fn expected(key: &str, train_keys: &BTreeSet<String>) -> BTreeSet<StageName> {
 
 #[test]
 fn every_documented_key_belongs_to_exactly_the_stages_whose_output_it_changes() {
-    let cfg = Config::defaults(Path::new("/x"));
+    let mut cfg = Config::defaults(Path::new("/x"));
+    // Keys added after a stage's first release are left out of its settings at
+    // their default (older configs keep their run keys): set them off default.
+    cfg.train.random_scope = gnno_core::config::RandomScope::Batch;
+    cfg.train.random_groups = 2;
     let train_keys: BTreeSet<String> = serde_json::to_value(&cfg.train)
         .expect("serializes")
         .as_object()
