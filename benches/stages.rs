@@ -1,4 +1,4 @@
-//! Whole-stage benchmarks (`cargo bench --bench stages -- [graph|negatives|train|objectives|ingest|export|all]`).
+//! Whole-stage benchmarks (`cargo bench --bench stages -- [graph|negatives|train|objectives|groups|ingest|export|all]`).
 #![expect(clippy::print_stdout, reason = "a benchmark prints its table")]
 //!
 //! Each section times our code next to a baseline run in the same process or the
@@ -532,24 +532,46 @@ fn bench_objectives(tmp: &Path) {
                 es / shared
             );
         }
-        if loss == Loss::SampledSoftmax {
-            // Groups of users with their own draw: G x K distinct negatives per batch
-            // for about the scoring cost of one shared draw.
-            cfg.batching = Batching::Random;
-            cfg.random_scope = RandomScope::Batch;
-            for groups in [8, 32] {
-                cfg.random_groups = groups;
-                let (s, _) = gnno_train::trainer::dataset_throughput(
-                    &cfg, &ds, hard, batches, "cpu", threads,
-                )
-                .expect("throughput");
-                println!(
-                    "  {:16} gnno {s:7.1} s/epoch (random batches, random-scope batch, random-groups {groups}: {} x 256 per batch)",
-                    "", groups
-                );
-            }
-            cfg.random_groups = 1;
-        }
+    }
+}
+
+/// Sampled softmax with the batch's random negatives drawn per group of users
+/// (`random-groups`), against one draw per batch and full softmax in the same run.
+fn bench_groups(tmp: &Path) {
+    use gnno_core::config::{Backbone, Batching, LogQ, Loss, RandomScope};
+    let ds = beauty(tmp);
+    let mut cfg = Config::defaults(Path::new("/")).train;
+    cfg.backbone = Backbone::Sasrec;
+    cfg.history_len = 50;
+    cfg.layers = 2;
+    cfg.heads = 1;
+    cfg.batch_size = 512;
+    cfg.n_random = 256;
+    cfg.lr = 1e-3;
+    cfg.batching = Batching::Random;
+    let (n_hard, batches) = (9usize, 12usize);
+    let threads = rayon::current_num_threads();
+    let time = |cfg: &gnno_core::config::TrainSettings, hard: usize| {
+        gnno_train::trainer::dataset_throughput(cfg, &ds, hard, batches, "cpu", threads)
+            .expect("throughput")
+            .0
+    };
+    cfg.loss = Loss::FullSoftmax;
+    let full = time(&cfg, 0);
+    println!(
+        "groups (SASRec, Beauty, batch 512 users, L 50, 256 random per draw + {n_hard} hard, {threads} threads; seconds per epoch):"
+    );
+    println!("  full softmax                      {full:6.1} s/epoch");
+    cfg.loss = Loss::SampledSoftmax;
+    cfg.logq = LogQ::All;
+    cfg.random_scope = RandomScope::Batch;
+    for groups in [1, 8, 32, 128, 512] {
+        cfg.random_groups = groups;
+        let s = time(&cfg, n_hard);
+        println!(
+            "  sampled softmax, random-groups {groups:3} {s:6.1} s/epoch   {:.3} of full softmax",
+            s / full
+        );
     }
 }
 
@@ -650,6 +672,9 @@ fn main() {
     }
     if want("objectives") {
         bench_objectives(tmp.path());
+    }
+    if want("groups") {
+        bench_groups(tmp.path());
     }
     if want("ingest") {
         bench_ingest(tmp.path());

@@ -76,6 +76,10 @@ ARMS = {
     "ssm-uniform-g32": dict(SSM, sampler="uniform"),
     # The same K with the 9 hard negatives from GNNO (authors' Beauty curriculum).
     "ssm-gnno-g32": dict(SSM, sampler="gnno"),
+    # 128 groups of 4 users (32,768 random draws per batch; bench: 5.2 s per epoch
+    # against 4.8 s with 32 groups and 25.6 s for full softmax).
+    "ssm-gnno-g128": dict(SSM, sampler="gnno", groups=128),
+    "ssm-uniform-g128": dict(SSM, sampler="uniform", groups=128),
     # One seed each: variants of the method.
     "ssm-gnno-g32-tau01": dict(SSM, sampler="gnno", tau=0.1),
     # Hard negatives uncorrected: each weighs as one item, where a random one
