@@ -53,6 +53,7 @@ fn every_loss_trains_every_backbone() {
         ("sasrec", "gbce", batch),
         ("encoder", "bpr", ""),
         ("encoder", "sampled-softmax", batch),
+        ("encoder", "sampled-softmax", groups),
         ("gru4rec", "bpr", ""),
         ("gru4rec", "full-softmax", ""),
     ]);

@@ -65,8 +65,8 @@ batch-size = 2048
 
 SEEDS = [42, 7, 123]
 # The sampled objectives draw their K = 256 random negatives per group of 16 users
-# (random-scope = "batch", random-groups = 32: 8,192 distinct random negatives per
-# batch of 512 users, at the scoring cost of 256 per position); BPR keeps the
+# (random-scope = "batch", random-groups = 32: 8,192 random draws per
+# batch of 512 users, at nearly the scoring cost of one draw); BPR keeps the
 # paper's 16 per user.
 SSM = dict(loss="sampled-softmax", tau=1.0, n_hard=9, warmup=19, n_random=256, logq="all", groups=32)
 ARMS = {

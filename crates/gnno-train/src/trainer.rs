@@ -750,15 +750,16 @@ mod tests {
     use super::*;
     use gnno_core::config::LogQ;
 
-    /// Three sequence rows of length 3 (one padded) with K = 4 random negatives.
+    /// Three sequence rows of length 3 (1, 1 and 3 trained positions) with K = 4
+    /// random negatives.
     fn batch(random: Vec<i64>, random_rows: usize, group_rows: usize) -> Batch {
         let k = 4;
         Batch {
             rows: 3,
             len: 3,
             positions: 3,
-            hist: vec![1, 2, 3, 0, 4, 5, 6, 7, 8],
-            targets: vec![2, 3, 9, 0, 5, 10, 7, 8, 11],
+            hist: vec![0, 0, 1, 0, 0, 4, 6, 7, 8],
+            targets: vec![0, 0, 2, 0, 0, 5, 7, 8, 11],
             random_log_q: (0..random.len()).map(|c| -2.0 - c as f32 * 0.1).collect(),
             random,
             random_rows,
@@ -766,7 +767,7 @@ mod tests {
             random_mask: (0..3 * k).map(|c| c % 5 != 3).collect(),
             hard: vec![],
             hard_log_q: vec![],
-            trained: 8,
+            trained: 5,
         }
     }
 
@@ -798,16 +799,11 @@ mod tests {
         };
         let t = Tensors::new(&grouped, 4, 0, Device::Cpu);
         let (group, slot, m_max) = t.groups.as_ref().expect("groups");
-        // 5 trained positions in group 0 (rows 0 and 1), 3 in group 1.
-        assert_eq!(
-            Vec::<i64>::try_from(group).expect("ids"),
-            [0, 0, 0, 0, 0, 1, 1, 1]
-        );
-        assert_eq!(
-            Vec::<i64>::try_from(slot).expect("ids"),
-            [0, 1, 2, 3, 4, 5, 6, 7]
-        );
-        assert_eq!(*m_max, 5);
+        // 2 trained positions in group 0 (rows 0 and 1), 3 in group 1, laid out
+        // in rows of M_max = 3.
+        assert_eq!(Vec::<i64>::try_from(group).expect("ids"), [0, 0, 1, 1, 1]);
+        assert_eq!(Vec::<i64>::try_from(slot).expect("ids"), [0, 1, 3, 4, 5]);
+        assert_eq!(*m_max, 3);
         let (a, b) = (loss(&grouped), loss(&per_row));
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "grouped {a} vs per row {b}");
