@@ -444,21 +444,28 @@ fn bench_ingest(tmp: &Path) {
     }
 }
 
-/// Each objective's per-epoch training time for SASRec on Beauty's sequence rows,
-/// next to the same model and loss in PyTorch eager (benches/torch_objectives.py)
-/// run in the same bench run.
-fn bench_objectives(tmp: &Path) {
-    use gnno_core::config::{Backbone, Batching, LogQ, Loss, RandomScope};
-    let ds = beauty(tmp);
-    let beauty = shared().join("data/s3rec/Beauty.txt");
+/// The benched SASRec: the field's Beauty setting (L 50, 2 blocks, 1 head, batch
+/// 512 users, 256 random negatives).
+fn sasrec_beauty() -> gnno_core::config::TrainSettings {
     let mut cfg = Config::defaults(Path::new("/")).train;
-    cfg.backbone = Backbone::Sasrec;
+    cfg.backbone = gnno_core::config::Backbone::Sasrec;
     cfg.history_len = 50;
     cfg.layers = 2;
     cfg.heads = 1;
     cfg.batch_size = 512;
     cfg.n_random = 256;
     cfg.lr = 1e-3;
+    cfg
+}
+
+/// Each objective's per-epoch training time for SASRec on Beauty's sequence rows,
+/// next to the same model and loss in PyTorch eager (benches/torch_objectives.py)
+/// run in the same bench run.
+fn bench_objectives(tmp: &Path) {
+    use gnno_core::config::{Batching, LogQ, Loss, RandomScope};
+    let ds = beauty(tmp);
+    let beauty = shared().join("data/s3rec/Beauty.txt");
+    let mut cfg = sasrec_beauty();
     let (n_hard, batches) = (9usize, 6usize);
     let threads = rayon::current_num_threads();
     let inst = ds.instances();
@@ -538,16 +545,9 @@ fn bench_objectives(tmp: &Path) {
 /// Sampled softmax with the batch's random negatives drawn per group of users
 /// (`random-groups`), against one draw per batch and full softmax in the same run.
 fn bench_groups(tmp: &Path) {
-    use gnno_core::config::{Backbone, Batching, LogQ, Loss, RandomScope};
+    use gnno_core::config::{Batching, LogQ, Loss, RandomScope};
     let ds = beauty(tmp);
-    let mut cfg = Config::defaults(Path::new("/")).train;
-    cfg.backbone = Backbone::Sasrec;
-    cfg.history_len = 50;
-    cfg.layers = 2;
-    cfg.heads = 1;
-    cfg.batch_size = 512;
-    cfg.n_random = 256;
-    cfg.lr = 1e-3;
+    let mut cfg = sasrec_beauty();
     cfg.batching = Batching::Random;
     let (n_hard, batches) = (9usize, 12usize);
     let threads = rayon::current_num_threads();

@@ -42,8 +42,8 @@ fn every_loss_trains_every_backbone() {
         .as_f64()
         .expect("items");
     // Every loss on SASRec (sequence rows), the sampled ones also with random
-    // negatives shared by the batch (or by groups of its rows); the other backbones with the paper's loss and
-    // the sampled softmax.
+    // negatives shared by the batch (or by groups of its rows); the other
+    // backbones with the paper's loss and the sampled softmax.
     let all = ["bpr", "bce", "gbce", "sampled-softmax", "full-softmax"];
     let batch = "random-scope = \"batch\"";
     let groups = "random-scope = \"batch\"\nrandom-groups = 4";

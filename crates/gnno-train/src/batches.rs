@@ -553,22 +553,25 @@ mod tests {
         }
     }
 
+    /// A batch of `ids` whose rows share `groups` draws of `k` from seed 9.
+    fn shared_draws(rows: &Rows, s: &RandomSampler, ids: &[u64], k: usize, groups: usize) -> Batch {
+        rows.batch(
+            ids,
+            k,
+            s,
+            None,
+            |_| panic!("no per-row stream when rows share draws"),
+            Some((Xoshiro256PlusPlus::seed_from_u64(9), groups)),
+        )
+    }
+
     #[test]
     fn a_shared_draw_serves_every_row_and_each_row_masks_its_history() {
         let d = ds();
         let inst = d.instances();
         let rows = Rows::new(&d, &inst, true, 3);
         let s = RandomSampler::new(&crate::tests::settings(), &d);
-        let build = || {
-            rows.batch(
-                &[0, 2],
-                400,
-                &s,
-                None,
-                |_| panic!("no per-row stream when the batch shares one"),
-                Some((Xoshiro256PlusPlus::seed_from_u64(9), 1)),
-            )
-        };
+        let build = || shared_draws(&rows, &s, &[0, 2], 400, 1);
         let b = build();
         assert_eq!(
             (
@@ -603,16 +606,7 @@ mod tests {
         let inst = d.instances();
         let rows = Rows::new(&d, &inst, true, 3);
         let s = RandomSampler::new(&crate::tests::settings(), &d);
-        let build = |ids: &[u64], groups: usize| {
-            rows.batch(
-                ids,
-                50,
-                &s,
-                None,
-                |_| panic!("no per-row stream when rows share draws"),
-                Some((Xoshiro256PlusPlus::seed_from_u64(9), groups)),
-            )
-        };
+        let build = |ids: &[u64], groups: usize| shared_draws(&rows, &s, ids, 50, groups);
         let one = build(&[0, 2, 0], 1);
         let two = build(&[0, 2, 0], 2);
         // Three rows in two groups: rows 0 and 1 share draw 0, row 2 has draw 1.

@@ -164,11 +164,13 @@ fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> 
         // [G, M_max, D] (a constant number of ops whatever G), scored by one
         // batched product with the groups' draws, and gathered back.
         let e_rand = model.items.forward(&t.random); // [G, K, D]
-        let (g, d) = (e_rand.size()[0], rep.size()[1]);
-        let padded = rep
-            .new_zeros([g * m_max, d], (rep.kind(), rep.device()))
-            .index_copy(0, slot, &rep)
-            .view([g, *m_max, d]);
+        let g = e_rand.size()[0];
+        let padded = Packing {
+            idx: slot,
+            b: g,
+            l: *m_max,
+        }
+        .pad(&rep);
         (
             padded
                 .bmm(&e_rand.transpose(1, 2))
@@ -760,7 +762,8 @@ mod tests {
             positions: 3,
             hist: vec![0, 0, 1, 0, 0, 4, 6, 7, 8],
             targets: vec![0, 0, 2, 0, 0, 5, 7, 8, 11],
-            random_log_q: (0..random.len()).map(|c| -2.0 - c as f32 * 0.1).collect(),
+            // ln q follows the item, so a draw carries its own.
+            random_log_q: random.iter().map(|&j| -2.0 - j as f32 * 0.1).collect(),
             random,
             random_rows,
             group_rows,
@@ -785,14 +788,9 @@ mod tests {
         let (_vs, model, _, _) = new_model(&cfg, 12, Device::Cpu);
         let (d0, d1) = (vec![3i64, 7, 11, 12], vec![1i64, 4, 6, 9]);
         // Rows 0 and 1 share draw 0, row 2 has draw 1 ...
-        let mut lq_rows = Vec::new();
         let grouped = batch([d0.clone(), d1.clone()].concat(), 2, 2);
-        for g in [0usize, 0, 1] {
-            lq_rows.extend_from_slice(&grouped.random_log_q[g * 4..(g + 1) * 4]);
-        }
         // ... which is what three rows with their own draws equal to those give.
-        let mut per_row = batch([d0.clone(), d0, d1].concat(), 3, 1);
-        per_row.random_log_q = lq_rows;
+        let per_row = batch([d0.clone(), d0, d1].concat(), 3, 1);
         let loss = |b: &Batch| {
             let t = Tensors::new(b, 4, 0, Device::Cpu);
             batch_loss(&model, &cfg, &t, 12).double_value(&[])
@@ -809,11 +807,7 @@ mod tests {
         assert!((a - b).abs() < 1e-6, "grouped {a} vs per row {b}");
         // Both groups drawing the same items is the one-draw batch.
         let same = batch([vec![3i64, 7, 11, 12], vec![3, 7, 11, 12]].concat(), 2, 2);
-        let mut one = batch(vec![3i64, 7, 11, 12], 1, 3);
-        one.random_log_q = same.random_log_q[..4].to_vec();
-        let mut same = same;
-        let first = same.random_log_q[..4].to_vec();
-        same.random_log_q = [first.clone(), first].concat();
+        let one = batch(vec![3i64, 7, 11, 12], 1, 3);
         assert!((loss(&same) - loss(&one)).abs() < 1e-6);
     }
 }
