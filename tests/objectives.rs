@@ -101,6 +101,26 @@ fn every_loss_trains_every_backbone() {
                 // No hard negatives enter it: the loss falls epoch by epoch.
                 assert!(l[2] < l[1] && l[1] < l[0], "{backbone}: {l:?}");
             }
+            // How hard the negatives were: shares in [0, 1] for the sampled
+            // losses, the hard ones only from the warm-up (epoch 1) on; none for
+            // the full softmax, which samples nothing.
+            for (i, e) in t["epochs"].as_array().expect("epochs").iter().enumerate() {
+                let (r, h) = (&e["random_above_target"], &e["hard_above_target"]);
+                if loss == "full-softmax" {
+                    assert!(r.is_null() && h.is_null(), "{e}");
+                    continue;
+                }
+                let r = r.as_f64().expect("random share");
+                assert!((0.0..=1.0).contains(&r), "{e}");
+                if i == 0 {
+                    assert!(h.is_null(), "{e}");
+                } else {
+                    assert!(
+                        (0.0..=1.0).contains(&h.as_f64().expect("hard share")),
+                        "{e}"
+                    );
+                }
+            }
             let e = p.json(&["report", "evaluate", "--json"])["report"].clone();
             assert_eq!(e["exclude_history"], true, "the headline protocol");
             if backbone == "sasrec" {

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Where each arm's training stands, read from its newest epoch checkpoint
 (work/<arm>/train/run-*/checkpoint/state.json): epochs done, best dev NDCG@10 and
-its epoch, the last epoch's dev NDCG@10 and seconds. Optional: dev NDCG@10 of the
-given arms side by side at every 10th epoch.
-Usage: progress.py [--curves arm ...]"""
+its epoch, the last epoch's dev NDCG@10 and seconds, and how hard the last epoch's
+negatives were (share of random / hard negatives the model scored above the target).
+Optional: dev NDCG@10 of the given arms side by side at every 10th epoch, or
+(--hardness) the hard negatives' share above the target.
+Usage: progress.py [--curves|--hardness arm ...]"""
 import glob
 import json
 import os
@@ -19,17 +21,28 @@ def history(arm):
     return json.load(open(max(states, key=os.path.getmtime)))["history"]
 
 
-if len(sys.argv) > 2 and sys.argv[1] == "--curves":
+def cell(row, key):
+    v = row.get(key) if row else None
+    return f"{v:22.4f}" if v is not None else " " * 22
+
+
+if len(sys.argv) > 2 and sys.argv[1] in ("--curves", "--hardness"):
+    key = "dev_ndcg10" if sys.argv[1] == "--curves" else "hard_above_target"
     arms = sys.argv[2:]
     hs = {a: history(a) or [] for a in arms}
     print("epoch " + " ".join(f"{a:>22}" for a in arms))
     for e in range(0, max(len(h) for h in hs.values()), 10):
-        print(f"{e:5d} " + " ".join(f"{hs[a][e]['dev_ndcg10']:22.4f}" if e < len(hs[a]) else " " * 22 for a in arms))
+        print(f"{e:5d} " + " ".join(cell(hs[a][e] if e < len(hs[a]) else None, key) for a in arms))
     sys.exit()
+
+
+def share(v):
+    return "  -   " if v is None else f"{v:.4f}"
+
 for d in sorted(os.listdir(os.path.join(here, "work"))):
     h = history(d)
     if not h:
         continue
     best = max(range(len(h)), key=lambda i: h[i]["dev_ndcg10"])
     done = os.path.exists(os.path.join(here, f"{d}.result.json"))
-    print(f"{d:28} epochs {len(h):3d}  best dev {h[best]['dev_ndcg10']:.4f} at {best:3d}  last {h[-1]['dev_ndcg10']:.4f}  {h[-1]['seconds']:5.1f} s{'  (result written)' if done else ''}")
+    print(f"{d:28} epochs {len(h):3d}  best dev {h[best]['dev_ndcg10']:.4f} at {best:3d}  last {h[-1]['dev_ndcg10']:.4f}  {h[-1]['seconds']:5.1f} s  above target {share(h[-1].get('random_above_target'))} / {share(h[-1].get('hard_above_target'))}{'  (result written)' if done else ''}")

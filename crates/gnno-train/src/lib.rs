@@ -101,6 +101,15 @@ pub struct EpochRow {
     pub seconds: f64,
     /// Trained positions (instances) per second of training.
     pub instances_per_second: f64,
+    /// How hard the epoch's negatives were for the model as it trained (dropout on):
+    /// the share of valid random (`random_above_target`) and hard
+    /// (`hard_above_target`) negatives scored above their position's target. Null
+    /// where the epoch had none of that kind (full softmax, epochs before warm-up),
+    /// and in rows written before these fields existed.
+    #[serde(default)]
+    pub random_above_target: Option<f64>,
+    #[serde(default)]
+    pub hard_above_target: Option<f64>,
 }
 
 /// What the train and evaluate stages are given.

@@ -117,9 +117,51 @@ impl Tensors {
     }
 }
 
+/// Of one kind of negative: how many valid ones the model scored above their
+/// position's target, and how many valid ones there were.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct AboveTarget {
+    above: f64,
+    valid: f64,
+}
+
+impl AboveTarget {
+    /// `scores` `[M, K]`, `pos` `[M]`, `mask` `[M, K]` (valid negatives).
+    fn count(scores: &Tensor, pos: &Tensor, mask: &Tensor) -> Self {
+        let above = scores.gt_tensor(&pos.unsqueeze(1)).logical_and(mask);
+        Self {
+            above: above.sum(Kind::Float).double_value(&[]),
+            valid: mask.sum(Kind::Float).double_value(&[]),
+        }
+    }
+
+    fn add(&mut self, other: Self) {
+        self.above += other.above;
+        self.valid += other.valid;
+    }
+
+    fn share(self) -> Option<f64> {
+        (self.valid > 0.0).then(|| self.above / self.valid)
+    }
+}
+
+/// An epoch's tally of how hard its random and hard negatives were.
+#[derive(Debug, Default, Clone, Copy)]
+struct Hardness {
+    random: AboveTarget,
+    hard: AboveTarget,
+}
+
 /// The loss of one batch: representations at the trained positions scored against
-/// their candidates.
-fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> Tensor {
+/// their candidates. With `tally`, the negatives scored above their target are
+/// counted into it (no effect on the loss).
+fn batch_loss(
+    model: &Model,
+    cfg: &TrainSettings,
+    t: &Tensors,
+    n_items: u32,
+    mut tally: Option<&mut Hardness>,
+) -> Tensor {
     let p = t.targets.size()[1];
     let valid = t.targets.gt(0); // [B, P]
                                  // [M] flat positions. Sequence rows pad inputs and targets alike (P = L), so
@@ -192,6 +234,11 @@ fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> 
         )
     };
     let rand_mask = flat(t.random_mask.unsqueeze(1).expand([-1, p, k], false), k);
+    if let Some(tally) = tally.as_deref_mut() {
+        tally
+            .random
+            .add(AboveTarget::count(&rand_scores, &pos, &rand_mask));
+    }
     let (neg, mask, log_q, k_hard) = match &t.hard {
         Some((hard, hard_lq)) => {
             let h = hard.size()[2];
@@ -201,9 +248,13 @@ fn batch_loss(model: &Model, cfg: &TrainSettings, t: &Tensors, n_items: u32) -> 
                 false,
                 Kind::Float,
             );
+            let hard_mask = hard.gt(0);
+            if let Some(tally) = tally {
+                tally.hard.add(AboveTarget::count(&hs, &pos, &hard_mask));
+            }
             (
                 Tensor::cat(&[rand_scores, hs], 1),
-                Tensor::cat(&[rand_mask, hard.gt(0)], 1),
+                Tensor::cat(&[rand_mask, hard_mask], 1),
                 Tensor::cat(&[rand_lq, flat(hard_lq.shallow_clone(), h)], 1),
                 h,
             )
@@ -231,7 +282,7 @@ struct Trainer<'a> {
 
 impl Trainer<'_> {
     /// One epoch over every row in a seeded order; returns (mean loss, trained positions).
-    fn epoch(&mut self, epoch: u32, hard: Option<&EpochNegatives>) -> Result<(f64, u64)> {
+    fn epoch(&mut self, epoch: u32, hard: Option<&EpochNegatives>) -> Result<(f64, u64, Hardness)> {
         let (job, cfg) = (self.job, self.job.cfg);
         let ids = self.rows.ids();
         let order = permutation(
@@ -243,6 +294,7 @@ impl Trainer<'_> {
         let mut loss_sum = 0.0;
         let mut batches = 0u64;
         let mut trained = 0u64;
+        let mut hardness = Hardness::default();
         for (bi, chunk_ids) in batch_order(&self.rows, cfg, &ids, &order, epoch, job.seed)
             .into_iter()
             .enumerate()
@@ -273,7 +325,7 @@ impl Trainer<'_> {
                 shared,
             );
             let t = Tensors::new(&b, k, n_hard, self.device);
-            let mut loss = batch_loss(&self.model, cfg, &t, job.ds.n_items);
+            let mut loss = batch_loss(&self.model, cfg, &t, job.ds.n_items, Some(&mut hardness));
             if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
                 loss += self.contrastive(epoch, &b, &chunk_ids) * cfg.gamma;
             }
@@ -297,7 +349,7 @@ impl Trainer<'_> {
             job.progress.advance(b.trained as u64);
         }
         #[expect(clippy::cast_precision_loss, reason = "batch counts")]
-        Ok((loss_sum / batches.max(1) as f64, trained))
+        Ok((loss_sum / batches.max(1) as f64, trained, hardness))
     }
 
     /// ContraRec's context-context term over two augmented views of each history.
@@ -501,7 +553,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
         } else {
             None
         };
-        let (loss, trained) = tr.epoch(epoch, hard.as_ref())?;
+        let (loss, trained, hardness) = tr.epoch(epoch, hard.as_ref())?;
         let train_s = t0.elapsed().as_secs_f64();
         let dev = evaluate::rank_users(
             &tr.model,
@@ -526,6 +578,8 @@ pub fn train(job: &Job) -> Result<TrainReport> {
             train_seconds: train_s,
             seconds: t0.elapsed().as_secs_f64(),
             instances_per_second: trained as f64 / train_s.max(1e-9),
+            random_above_target: hardness.random.share(),
+            hard_above_target: hardness.hard.share(),
         };
         tracing::info!(
             epoch,
@@ -649,7 +703,7 @@ pub fn throughput(
             trained: b * p,
         };
         let t = Tensors::new(&batch, k, h, device);
-        let mut loss = batch_loss(&model, cfg, &t, n_items);
+        let mut loss = batch_loss(&model, cfg, &t, n_items, None);
         if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
             let views: Vec<Tensor> = (0..2)
                 .map(|_| {
@@ -728,7 +782,7 @@ pub fn dataset_throughput(
             shared,
         );
         let t = Tensors::new(&b, k, n_hard, device);
-        let loss = batch_loss(&model, cfg, &t, ds.n_items);
+        let loss = batch_loss(&model, cfg, &t, ds.n_items, None);
         opt.zero_grad();
         loss.backward();
         opt.step();
@@ -775,6 +829,27 @@ mod tests {
     }
 
     #[test]
+    fn above_target_counts_valid_negatives_scored_over_the_target() {
+        let scores = Tensor::from_slice(&[1.0f32, 3.0, 2.0, 0.0, 5.0, -1.0]).view([2, 3]);
+        let pos = Tensor::from_slice(&[2.0f32, 0.0]);
+        let mask = Tensor::from_slice(&[true, true, false, true, true, true]).view([2, 3]);
+        // Row 0: 3 > 2 (the masked 2 is not counted, nor would a tie be); row 1: 5 > 0.
+        let c = AboveTarget::count(&scores, &pos, &mask);
+        assert_eq!(
+            c,
+            AboveTarget {
+                above: 2.0,
+                valid: 5.0
+            }
+        );
+        let mut sum = AboveTarget::default();
+        assert_eq!(sum.share(), None);
+        sum.add(c);
+        sum.add(c);
+        assert_eq!(sum.share(), Some(0.4));
+    }
+
+    #[test]
     fn groups_sharing_a_draw_score_as_rows_with_that_draw() {
         let mut cfg = crate::tests::settings();
         cfg.backbone = Backbone::Sasrec;
@@ -793,7 +868,7 @@ mod tests {
         let per_row = batch([d0.clone(), d0, d1].concat(), 3, 1);
         let loss = |b: &Batch| {
             let t = Tensors::new(b, 4, 0, Device::Cpu);
-            batch_loss(&model, &cfg, &t, 12).double_value(&[])
+            batch_loss(&model, &cfg, &t, 12, None).double_value(&[])
         };
         let t = Tensors::new(&grouped, 4, 0, Device::Cpu);
         let (group, slot, m_max) = t.groups.as_ref().expect("groups");
@@ -802,6 +877,24 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(group).expect("ids"), [0, 0, 1, 1, 1]);
         assert_eq!(Vec::<i64>::try_from(slot).expect("ids"), [0, 1, 3, 4, 5]);
         assert_eq!(*m_max, 3);
+        // The hardness tally counts each trained position's valid negatives
+        // (3 + 4 + 3 x 3 here), and the same draws give the same counts.
+        let tally = |b: &Batch| {
+            let mut h = Hardness::default();
+            let _loss = batch_loss(
+                &model,
+                &cfg,
+                &Tensors::new(b, 4, 0, Device::Cpu),
+                12,
+                Some(&mut h),
+            );
+            h
+        };
+        let (tg, tr) = (tally(&grouped), tally(&per_row));
+        assert_eq!(tg.random.valid, 16.0);
+        assert!((0.0..=16.0).contains(&tg.random.above));
+        assert_eq!(tg.random, tr.random);
+        assert_eq!(tg.hard, AboveTarget::default());
         let (a, b) = (loss(&grouped), loss(&per_row));
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "grouped {a} vs per row {b}");
