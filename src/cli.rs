@@ -129,9 +129,9 @@ pub enum Inspect {
 pub enum Audit {
     /// Statistics of the stored negative shards, per epoch, and a plot.
     Negatives {
-        /// Only this epoch.
-        #[arg(long)]
-        epoch: Option<u32>,
+        /// Only these epochs (`--epoch 20` or `--epoch 20,60,100`).
+        #[arg(long, value_delimiter = ',')]
+        epoch: Vec<u32>,
         #[arg(long)]
         json: bool,
         /// Where to write the SVG plot (default: <workdir>/negatives/audit.svg).
@@ -141,5 +141,12 @@ pub enum Audit {
         /// against the ingest and graph runs it was drawn from.
         #[arg(long)]
         run: Option<String>,
+        /// A trained model (an export folder, or its model.safetensors) for this
+        /// config's [train] settings: each audited epoch's batches, drawn exactly as
+        /// training draws them, are scored by it, and the shares of random and hard
+        /// negatives it scores above the target are reported (a forward pass over
+        /// the epoch per epoch audited: pass --epoch to choose a few).
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
 }

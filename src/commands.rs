@@ -62,8 +62,16 @@ pub fn dispatch(cli: &Cli) -> Result<()> {
                     json,
                     plot,
                     run,
+                    model,
                 },
-        } => audit(&p, *epoch, *json, plot.as_deref(), run.as_deref()),
+        } => audit(
+            &p,
+            epoch,
+            *json,
+            plot.as_deref(),
+            run.as_deref(),
+            model.as_deref(),
+        ),
     }
 }
 
@@ -266,10 +274,11 @@ fn inspect_item(p: &Pipeline, id: &str, top: usize, json: bool) -> Result<()> {
 
 fn audit(
     p: &Pipeline,
-    epoch: Option<u32>,
+    want: &[u32],
     json: bool,
     plot: Option<&std::path::Path>,
     kept_run: Option<&str>,
+    model: Option<&std::path::Path>,
 ) -> Result<()> {
     let dir = p.stage_dir(StageName::Negatives);
     let (m, ds, store) = match kept_run {
@@ -322,7 +331,7 @@ fn audit(
                 .unwrap_or(0),
         )
         .unwrap_or(0);
-        if epoch.is_some_and(|want| want != ep) {
+        if !want.is_empty() && !want.contains(&ep) {
             continue;
         }
         let h = e.get("hardness").and_then(serde_json::Value::as_f64);
@@ -351,19 +360,35 @@ fn audit(
             Some(&index),
         )?);
     }
-    if let Some(want) = epoch {
-        if audits.is_empty() {
-            return Err(gnno_core::Error::usage(format!(
-                "epoch {want} was not drawn (epochs 0..{})",
-                epochs.len()
-            ))
-            .into());
-        }
+    if let Some(missing) = want.iter().find(|w| !audits.iter().any(|a| a.epoch == **w)) {
+        return Err(gnno_core::Error::usage(format!(
+            "epoch {missing} was not drawn (epochs 0..{})",
+            epochs.len()
+        ))
+        .into());
     }
+    let scored = match model {
+        None => Vec::new(),
+        Some(m) => {
+            let file = if m.is_dir() {
+                m.join(gnno_train::export::MODEL_FILE)
+            } else {
+                m.to_path_buf()
+            };
+            let progress = gnno_core::progress::NoProgress;
+            let job = crate::stages::train_job(p, &ds, &run, &run, &progress);
+            let ep: Vec<u32> = audits.iter().map(|a| a.epoch).collect();
+            gnno_train::hardness(&job, &file, &ep)?
+        }
+    };
     let plot_path = plot.map_or_else(|| dir.join("audit.svg"), std::path::Path::to_path_buf);
     std::fs::write(&plot_path, gnno_negatives::audit::plot_svg(&audits)).at(&plot_path)?;
     if json {
-        let v = serde_json::json!({ "epochs": audits, "plot": plot_path.display().to_string(), "checksums_verified": m.outputs.len() });
+        let mut rows = serde_json::to_value(&audits)?;
+        for (row, s) in rows.as_array_mut().into_iter().flatten().zip(&scored) {
+            row["model"] = serde_json::to_value(s)?;
+        }
+        let v = serde_json::json!({ "epochs": rows, "plot": plot_path.display().to_string(), "checksums_verified": m.outputs.len(), "model": model.map(|m| m.display().to_string()) });
         writeln!(out(), "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
@@ -392,6 +417,25 @@ fn audit(
                 a.distinct_items,
                 a.top_negatives.iter().take(3).map(|(r, c)| format!("{r}({c})")).collect::<Vec<_>>().join(" ")
             )?,
+        }
+    }
+    if let Some(m) = model {
+        writeln!(
+            o,
+            "scored by {}: share of the valid negatives above the target",
+            m.display()
+        )?;
+        writeln!(o, "epoch  loss     random   hard")?;
+        let share = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+        for s in &scored {
+            writeln!(
+                o,
+                "{:<6} {:<8.4} {:<8} {}",
+                s.epoch,
+                s.loss,
+                share(s.random_above_target),
+                share(s.hard_above_target)
+            )?;
         }
     }
     writeln!(o, "plot: {}", plot_path.display())?;

@@ -181,6 +181,68 @@ fn audit_reports_each_epoch_and_names_a_damaged_shard() {
 }
 
 #[test]
+fn audit_scores_the_negatives_with_a_trained_model() {
+    let p = project("");
+    p.ok(&["run"]);
+    let model = p.workdir().join("current");
+    let m = model.to_str().expect("path");
+    let a = p.json(&[
+        "audit",
+        "negatives",
+        "--epoch",
+        "0,2",
+        "--model",
+        m,
+        "--json",
+    ]);
+    let epochs = a["epochs"].as_array().expect("epochs");
+    assert_eq!(epochs.len(), 2, "{a}");
+    let (e0, e2) = (&epochs[0]["model"], &epochs[1]["model"]);
+    assert_eq!(
+        (e0["epoch"].as_u64(), e2["epoch"].as_u64()),
+        (Some(0), Some(2))
+    );
+    // The warm-up epoch has random negatives only.
+    assert!(e0["hard_above_target"].is_null(), "{e0}");
+    for e in [e0, e2] {
+        let loss = e["loss"].as_f64().expect("loss");
+        assert!(loss.is_finite() && loss > 0.0, "{e}");
+        let r = e["random_above_target"].as_f64().expect("random");
+        // A trained model puts the target above most random items (an untrained
+        // one above half of them).
+        assert!(r < 0.4, "{e}");
+    }
+    let h = e2["hard_above_target"].as_f64().expect("hard");
+    assert!((0.0..=1.0).contains(&h), "{e2}");
+    // The batches are drawn as training draws them: the same figures again, and
+    // the model file itself names the same model as its export folder.
+    let file = model.join("model.safetensors");
+    let again = p.json(&[
+        "audit",
+        "negatives",
+        "--epoch",
+        "2",
+        "--model",
+        file.to_str().expect("path"),
+        "--json",
+    ]);
+    assert_eq!(again["epochs"][0]["model"], *e2);
+    let text = p.ok(&["audit", "negatives", "--epoch", "2", "--model", m]);
+    assert!(
+        text.contains("share of the valid negatives above the target"),
+        "{text}"
+    );
+    // An epoch that was never drawn is named.
+    let o = p.gnno(&["audit", "negatives", "--epoch", "2,9", "--model", m]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("epoch 9 was not drawn"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn inspect_item_shows_neighbours_with_raw_ids() {
     let p = project("");
     p.ok(&["run", "--to", "graph"]);

@@ -129,7 +129,7 @@ impl StageOutput {
 /// A config section serialized, without the keys that cannot change an output.
 /// What gnno-train's train and evaluate stages are given: the dataset, the
 /// upstream run folder (`input`) and the config's train, evaluate and run settings.
-fn train_job<'a>(
+pub(crate) fn train_job<'a>(
     p: &'a Pipeline,
     ds: &'a gnno_core::dataset::Dataset,
     input: &'a Path,

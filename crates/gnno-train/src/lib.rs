@@ -37,7 +37,7 @@ use std::path::Path;
 use tch::{Device, Tensor};
 
 pub use evaluate::{evaluate, EvalReport};
-pub use trainer::{throughput, train, TrainReport};
+pub use trainer::{hardness, throughput, train, ModelHardness, TrainReport};
 
 pub const BEST_MODEL: &str = "best.ot";
 pub const CHECKPOINT_DIR: &str = "checkpoint";

@@ -160,6 +160,7 @@ fn batch_loss(
     cfg: &TrainSettings,
     t: &Tensors,
     n_items: u32,
+    train: bool,
     mut tally: Option<&mut Hardness>,
 ) -> Tensor {
     let p = t.targets.size()[1];
@@ -171,14 +172,14 @@ fn batch_loss(
         !model.is_causal() || t.hist.ne(0).equal(&valid),
         "sequence rows: inputs and targets padded alike"
     );
-    let (rep, rep_all) = match model.encode_real(&t.hist, &idx, true) {
+    let (rep, rep_all) = match model.encode_real(&t.hist, &idx, train) {
         Some(rep) => (rep, None), // [M, D]
         None => {
             let r = if model.is_causal() {
-                model.encode_all(&t.hist, true)
+                model.encode_all(&t.hist, train)
             } else {
                 // Prefix rows: the one target is the last position.
-                model.encode(&t.hist, true).unsqueeze(1)
+                model.encode(&t.hist, train).unsqueeze(1)
             };
             let r = r.narrow(1, r.size()[1] - p, p); // [B, P, D]
             let d = r.size()[2];
@@ -281,8 +282,15 @@ struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
-    /// One epoch over every row in a seeded order; returns (mean loss, trained positions).
-    fn epoch(&mut self, epoch: u32, hard: Option<&EpochNegatives>) -> Result<(f64, u64, Hardness)> {
+    /// One epoch over every row in a seeded order; returns (mean loss, trained
+    /// positions, how hard the negatives were). With `learn` false the same batches
+    /// are only scored (no dropout, no step): `hardness` audits a trained model.
+    fn epoch(
+        &mut self,
+        epoch: u32,
+        hard: Option<&EpochNegatives>,
+        learn: bool,
+    ) -> Result<(f64, u64, Hardness)> {
         let (job, cfg) = (self.job, self.job.cfg);
         let ids = self.rows.ids();
         let order = permutation(
@@ -325,7 +333,20 @@ impl Trainer<'_> {
                 shared,
             );
             let t = Tensors::new(&b, k, n_hard, self.device);
-            let mut loss = batch_loss(&self.model, cfg, &t, job.ds.n_items, Some(&mut hardness));
+            let mut loss = batch_loss(
+                &self.model,
+                cfg,
+                &t,
+                job.ds.n_items,
+                learn,
+                Some(&mut hardness),
+            );
+            if !learn {
+                loss_sum += loss.double_value(&[]);
+                batches += 1;
+                trained += b.trained as u64;
+                continue;
+            }
             if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
                 loss += self.contrastive(epoch, &b, &chunk_ids) * cfg.gamma;
             }
@@ -553,7 +574,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
         } else {
             None
         };
-        let (loss, trained, hardness) = tr.epoch(epoch, hard.as_ref())?;
+        let (loss, trained, hardness) = tr.epoch(epoch, hard.as_ref(), true)?;
         let train_s = t0.elapsed().as_secs_f64();
         let dev = evaluate::rank_users(
             &tr.model,
@@ -660,6 +681,75 @@ pub fn train(job: &Job) -> Result<TrainReport> {
     })
 }
 
+/// One epoch's negatives as a trained model sees them (`gnno audit negatives
+/// --model`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelHardness {
+    pub epoch: u32,
+    /// The model's mean batch loss over the epoch's batches.
+    pub loss: f64,
+    /// Share of the valid random / hard negatives it scores above the target.
+    pub random_above_target: Option<f64>,
+    pub hard_above_target: Option<f64>,
+}
+
+/// How hard each of `epochs`' negatives is for the exported model `model_file`
+/// (a `model.safetensors` for this config's backbone and shape, items matched by
+/// raw id; every item of the data must be known to it). Each epoch's batches are
+/// drawn exactly as training draws them (same rows, random draws and shard rows)
+/// and scored without dropout and without a step.
+pub fn hardness(
+    job: &Job,
+    model_file: &std::path::Path,
+    epochs: &[u32],
+) -> Result<Vec<ModelHardness>> {
+    let device = resolve_device(job.device)?;
+    tch::set_num_threads(i32::try_from(job.threads).unwrap_or(1));
+    let _no_grad = tch::no_grad_guard();
+    let (cfg, ds) = (job.cfg, job.ds);
+    let inst = ds.instances();
+    let (vs, model, opt, _) = new_model(cfg, ds.n_items, device);
+    let (_, unknown, _) = crate::warm::load(&vs, cfg, &ds.item_raw, model_file)?;
+    if unknown > 0 {
+        return Err(Error::usage(format!(
+            "{}: the model does not know {unknown} of the data's {} items, so it cannot \
+             score their negatives",
+            model_file.display(),
+            ds.n_items
+        )));
+    }
+    let mut tr = Trainer {
+        job,
+        rows: {
+            let mut r = Rows::new(ds, &inst, model.is_causal(), cfg.history_len as usize);
+            r.trim = model.trims_padding();
+            r
+        },
+        random: RandomSampler::new(cfg, ds),
+        device,
+        model,
+        vs,
+        opt,
+    };
+    epochs
+        .iter()
+        .map(|&epoch| {
+            let hard = (epoch >= job.hard_from && cfg.loss != Loss::FullSoftmax)
+                .then(|| {
+                    EpochNegatives::load(job.input, epoch, job.n_hard as usize, &inst, ds.n_items)
+                })
+                .transpose()?;
+            let (loss, _, h) = tr.epoch(epoch, hard.as_ref(), false)?;
+            Ok(ModelHardness {
+                epoch,
+                loss,
+                random_above_target: h.random.share(),
+                hard_above_target: h.hard.share(),
+            })
+        })
+        .collect()
+}
+
 /// Training throughput on synthetic batches (benchmarks): positions per second of
 /// forward, backward and Adam step for `cfg` on `rows` of length `history-len`
 /// (every row full), with `n_hard` hard negatives per position and random
@@ -703,7 +793,7 @@ pub fn throughput(
             trained: b * p,
         };
         let t = Tensors::new(&batch, k, h, device);
-        let mut loss = batch_loss(&model, cfg, &t, n_items, None);
+        let mut loss = batch_loss(&model, cfg, &t, n_items, true, None);
         if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
             let views: Vec<Tensor> = (0..2)
                 .map(|_| {
@@ -782,7 +872,7 @@ pub fn dataset_throughput(
             shared,
         );
         let t = Tensors::new(&b, k, n_hard, device);
-        let loss = batch_loss(&model, cfg, &t, ds.n_items, None);
+        let loss = batch_loss(&model, cfg, &t, ds.n_items, true, None);
         opt.zero_grad();
         loss.backward();
         opt.step();
@@ -868,7 +958,7 @@ mod tests {
         let per_row = batch([d0.clone(), d0, d1].concat(), 3, 1);
         let loss = |b: &Batch| {
             let t = Tensors::new(b, 4, 0, Device::Cpu);
-            batch_loss(&model, &cfg, &t, 12, None).double_value(&[])
+            batch_loss(&model, &cfg, &t, 12, true, None).double_value(&[])
         };
         let t = Tensors::new(&grouped, 4, 0, Device::Cpu);
         let (group, slot, m_max) = t.groups.as_ref().expect("groups");
@@ -886,6 +976,7 @@ mod tests {
                 &cfg,
                 &Tensors::new(b, 4, 0, Device::Cpu),
                 12,
+                true,
                 Some(&mut h),
             );
             h
