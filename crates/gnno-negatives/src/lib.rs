@@ -120,12 +120,21 @@ impl Sampler {
             Self::Uniform { n_items } => sampler::uniform_log_norm(*n_items, t, exclude),
             Self::Popularity(p) => p.log_norm(t, exclude),
         };
+        let mut fallback = None;
         for _ in 0..n {
             let got = match self {
                 Self::Gnno { index, tau } => prep.and_then(|p| {
-                    sampler::draw_excluding_prepared(index, p, t, h, *tau, exclude, rng).map(
-                        |(j, v)| (j, v, index.log_weight(p, t, j).unwrap_or(f64::NEG_INFINITY)),
+                    sampler::draw_excluding_prepared(
+                        index,
+                        p,
+                        t,
+                        h,
+                        *tau,
+                        exclude,
+                        &mut fallback,
+                        rng,
                     )
+                    .map(|(j, v)| (j, v, index.log_weight(p, t, j).unwrap_or(f64::NEG_INFINITY)))
                 }),
                 Self::Uniform { n_items } => {
                     sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0, 0.0))
@@ -133,11 +142,14 @@ impl Sampler {
                 Self::Popularity(p) => p.draw(t, exclude, rng).map(|j| (j, 0.0, p.weight(j).ln())),
             };
             if let Some((item, overlap, log_w)) = got {
+                // A draw that holds all the remaining mass has ln q = 0, which the
+                // subtraction can overshoot by rounding (ln q = 7e-15 at τ = 0.01
+                // with the heavier items excluded); no probability exceeds 1.
                 #[expect(clippy::cast_possible_truncation, reason = "stored as f32")]
                 out.push(Drawn {
                     item,
                     overlap,
-                    log_prob: (log_w - log_norm) as f32,
+                    log_prob: (log_w - log_norm).min(0.0) as f32,
                 });
             }
         }

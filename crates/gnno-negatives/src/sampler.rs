@@ -330,10 +330,18 @@ pub fn draw_excluding<R: rand::Rng>(
     exclude: &[ItemIdx],
     rng: &mut R,
 ) -> Option<(ItemIdx, f32)> {
-    draw_excluding_prepared(idx, &idx.prepare(t, h), t, h, tau, exclude, rng)
+    draw_excluding_prepared(idx, &idx.prepare(t, h), t, h, tau, exclude, &mut None, rng)
 }
 
 /// [`draw_excluding`] with the (t, h) parts prepared once for several draws.
+/// `fallback` keeps the enumerated distribution between draws of one instance
+/// (same t, h and exclusions): where the excluded items hold most of the mass
+/// (small τ, the user's history among the target's closest neighbours) every draw
+/// falls back, and the O(N) enumeration is then paid once, not once per draw.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the hot path keeps its inputs unbundled"
+)]
 pub fn draw_excluding_prepared<R: rand::Rng>(
     idx: &OverlapIndex,
     p: &Prepared,
@@ -341,6 +349,7 @@ pub fn draw_excluding_prepared<R: rand::Rng>(
     h: f64,
     tau: f64,
     exclude: &[ItemIdx],
+    fallback: &mut Option<Vec<(ItemIdx, f64)>>,
     rng: &mut R,
 ) -> Option<(ItemIdx, f32)> {
     for _ in 0..64 {
@@ -349,9 +358,9 @@ pub fn draw_excluding_prepared<R: rand::Rng>(
             return Some((j, v));
         }
     }
-    let probs = idx.probabilities(t, h, tau, exclude);
+    let probs = fallback.get_or_insert_with(|| idx.probabilities(t, h, tau, exclude));
     let mut u = rng.random::<f64>();
-    for &(j, p) in &probs {
+    for &(j, p) in probs.iter() {
         if u < p {
             return Some((j, idx.overlap(t, j)));
         }
