@@ -95,7 +95,7 @@ ARMS = {
     "ssm-uniform": dict(SSM, sampler="uniform", groups=1),
     "ssm-gnno": dict(SSM, sampler="gnno", groups=1),
 }
-MULTI_SEED = {"full-softmax", "ssm-uniform-g32", "ssm-gnno-g32"}
+MULTI_SEED = {"full-softmax", "ssm-uniform-g32", "ssm-gnno-g32", "ssm-gnno-g32-tau01"}
 
 here = Path(__file__).parent
 for name, a in ARMS.items():
