@@ -86,6 +86,9 @@ ARMS = {
     # weighs N / K (about 47); only a concentrated draw (τ < 1) makes that weight
     # count, so this variant is at τ = 0.1.
     "ssm-gnno-g32-tau01-logq-random": dict(SSM, sampler="gnno", tau=0.1, logq="random"),
+    # τ = 0.01: the hard negatives a trained SASRec scores above the target 10x as
+    # often as uniform ones (hardness/run.sh), at 35x the test-item leakage.
+    "ssm-gnno-g32-tau001": dict(SSM, sampler="gnno", tau=0.01),
     "bpr-uniform": dict(loss="bpr", sampler="uniform", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
     "bpr-gnno": dict(loss="bpr", sampler="gnno", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
     "bce-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off"),
