@@ -264,6 +264,18 @@ fn tiny_temperature_draws_the_largest_allowed_overlap_without_overflow() {
     }
 }
 
+/// The items other than `t`, largest J(t, ·) first.
+fn heaviest_first(case: &Value, t: u32) -> Vec<u32> {
+    let base = index(case, 1.0);
+    let n = u32::try_from(case["n_items"].as_u64().expect("n")).expect("u32");
+    let mut by_j: Vec<(u32, f32)> = (1..=n)
+        .filter(|&j| j != t)
+        .map(|j| (j, base.overlap(t, j)))
+        .collect();
+    by_j.sort_by(|a, b| b.1.total_cmp(&a.1));
+    by_j.into_iter().map(|p| p.0).collect()
+}
+
 #[test]
 fn no_draw_is_more_likely_than_certain() {
     // Where one item holds (nearly) all the remaining mass its ln q is 0 up to
@@ -273,17 +285,12 @@ fn no_draw_is_more_likely_than_certain() {
     for case in vectors()["cases"].as_array().expect("cases") {
         let n = u32::try_from(case["n_items"].as_u64().expect("n")).expect("u32");
         for tau in [0.1, 0.01, 1e-3, 1e-6] {
-            let base = index(case, 1.0);
             for t in 1..=n {
+                let by_j = heaviest_first(case, t);
                 for h in [0.3, 0.5, 1.0] {
-                    let mut by_j: Vec<(u32, f32)> = (1..=n)
-                        .filter(|&j| j != t)
-                        .map(|j| (j, base.overlap(t, j)))
-                        .collect();
-                    by_j.sort_by(|a, b| b.1.total_cmp(&a.1));
                     for k in 0..by_j.len() {
-                        let exclude: Vec<u32> = by_j[..k].iter().map(|p| p.0).collect();
-                        for d in draws(index(case, tau), tau, t, h, &exclude, 20) {
+                        let exclude = &by_j[..k];
+                        for d in draws(index(case, tau), tau, t, h, exclude, 20) {
                             assert!(
                                 d.log_prob <= 0.0,
                                 "t={t} h={h} tau={tau} excluded {k}: ln q {} for {}",
@@ -305,16 +312,11 @@ fn the_kept_fallback_draws_what_a_fresh_one_draws() {
     // draws. The same seed gives the same items as drawing each one on its own.
     let case = &vectors()["cases"][0];
     let n = u32::try_from(case["n_items"].as_u64().expect("n")).expect("u32");
-    let base = index(case, 1.0);
     let mut spread = 0;
     for t in 1..=n {
-        let mut by_j: Vec<(u32, f32)> = (1..=n)
-            .filter(|&j| j != t)
-            .map(|j| (j, base.overlap(t, j)))
-            .collect();
-        by_j.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let by_j = heaviest_first(case, t);
         for (tau, k) in [(0.01, 1), (0.01, 3), (0.03, 2), (0.05, 3)] {
-            let exclude: Vec<u32> = by_j[..k].iter().map(|p| p.0).collect();
+            let exclude = by_j[..k].to_vec();
             let kept: Vec<u32> = draws(index(case, tau), tau, t, 0.5, &exclude, 200)
                 .iter()
                 .map(|d| d.item)

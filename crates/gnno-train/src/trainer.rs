@@ -14,6 +14,7 @@ use crate::{
     CHECKPOINT_DIR, HISTORY_FILE, TAG_BATCH, TAG_ORDER, TAG_RANDOM, TAG_VIEW,
 };
 use gnno_core::config::{Backbone, Batching, Loss, RandomScope, TrainSettings};
+use gnno_core::dataset::{Dataset, Instances};
 use gnno_core::error::{Error, Result};
 use gnno_core::{fsutil, mix_seed};
 use rand::rngs::Xoshiro256PlusPlus;
@@ -281,7 +282,24 @@ struct Trainer<'a> {
     opt: Adam,
 }
 
-impl Trainer<'_> {
+impl<'a> Trainer<'a> {
+    /// A fresh model for `job` (libtorch's seed set by the caller) over the rows of
+    /// `inst`; also returns the model's trainable parameter count.
+    fn new(job: &'a Job<'a>, inst: &'a Instances, device: Device) -> (Self, i64) {
+        let (cfg, ds) = (job.cfg, job.ds);
+        let (vs, model, opt, n_params) = new_model(cfg, ds.n_items, device);
+        let tr = Trainer {
+            job,
+            rows: rows_for(ds, inst, &model, cfg),
+            random: RandomSampler::new(cfg, ds),
+            device,
+            model,
+            vs,
+            opt,
+        };
+        (tr, n_params)
+    }
+
     /// One epoch over every row in a seeded order; returns (mean loss, trained
     /// positions, how hard the negatives were). With `learn` false the same batches
     /// are only scored (no dropout, no step): `hardness` audits a trained model.
@@ -449,6 +467,19 @@ fn new_model(
     (vs, model, opt, n_params)
 }
 
+/// The training rows of `inst` as `model` takes them (one per user for a causal
+/// model, one per instance otherwise; padding trimmed where the model allows).
+fn rows_for<'a>(
+    ds: &'a Dataset,
+    inst: &'a Instances,
+    model: &Model,
+    cfg: &TrainSettings,
+) -> Rows<'a> {
+    let mut r = Rows::new(ds, inst, model.is_causal(), cfg.history_len as usize);
+    r.trim = model.trims_padding();
+    r
+}
+
 /// Start from the exported model in `from`: load it into the fresh model by raw
 /// item id, rank dev with it, and save it as the best model so far, so the best
 /// checkpoint is never worse on dev than the starting point.
@@ -505,22 +536,8 @@ pub fn train(job: &Job) -> Result<TrainReport> {
             "no training instances: every user has fewer than two train items",
         ));
     }
-    let (vs, model, opt, n_params) = new_model(cfg, ds.n_items, device);
-    let sequence = model.is_causal();
-    let trim = model.trims_padding();
-    let mut tr = Trainer {
-        job,
-        rows: {
-            let mut r = Rows::new(ds, &inst, sequence, cfg.history_len as usize);
-            r.trim = trim;
-            r
-        },
-        random: RandomSampler::new(cfg, ds),
-        device,
-        model,
-        vs,
-        opt,
-    };
+    let (mut tr, n_params) = Trainer::new(job, &inst, device);
+    let sequence = tr.model.is_causal();
 
     // Resume from the last checkpoint of a killed run with the same settings.
     let ckpt_dir = job.out.join(CHECKPOINT_DIR);
@@ -708,8 +725,8 @@ pub fn hardness(
     let _no_grad = tch::no_grad_guard();
     let (cfg, ds) = (job.cfg, job.ds);
     let inst = ds.instances();
-    let (vs, model, opt, _) = new_model(cfg, ds.n_items, device);
-    let (_, unknown, _) = crate::warm::load(&vs, cfg, &ds.item_raw, model_file)?;
+    let (mut tr, _) = Trainer::new(job, &inst, device);
+    let (_, unknown, _) = crate::warm::load(&tr.vs, cfg, &ds.item_raw, model_file)?;
     if unknown > 0 {
         return Err(Error::usage(format!(
             "{}: the model does not know {unknown} of the data's {} items, so it cannot \
@@ -718,19 +735,6 @@ pub fn hardness(
             ds.n_items
         )));
     }
-    let mut tr = Trainer {
-        job,
-        rows: {
-            let mut r = Rows::new(ds, &inst, model.is_causal(), cfg.history_len as usize);
-            r.trim = model.trims_padding();
-            r
-        },
-        random: RandomSampler::new(cfg, ds),
-        device,
-        model,
-        vs,
-        opt,
-    };
     epochs
         .iter()
         .map(|&epoch| {
@@ -841,8 +845,7 @@ pub fn dataset_throughput(
     tch::manual_seed(1);
     let (_vs, model, mut opt, _) = new_model(cfg, ds.n_items, device);
     let inst = ds.instances();
-    let mut rows = Rows::new(ds, &inst, model.is_causal(), cfg.history_len as usize);
-    rows.trim = model.trims_padding();
+    let rows = rows_for(ds, &inst, &model, cfg);
     let random = RandomSampler::new(cfg, ds);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
     let hard = (n_hard > 0).then(|| EpochNegatives {
