@@ -214,8 +214,8 @@ fn audit_scores_the_negatives_with_a_trained_model() {
     }
     let h = e2["hard_above_target"].as_f64().expect("hard");
     assert!((0.0..=1.0).contains(&h), "{e2}");
-    // The batches are drawn as training draws them: the same figures again, and
-    // the model file itself names the same model as its export folder.
+    // Deterministic: the same figures again, with the model named by its file
+    // instead of its export folder.
     let file = model.join("model.safetensors");
     let again = p.json(&[
         "audit",

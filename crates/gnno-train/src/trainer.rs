@@ -118,36 +118,46 @@ impl Tensors {
     }
 }
 
-/// Of one kind of negative: how many valid ones the model scored above their
-/// position's target, and how many valid ones there were.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct AboveTarget {
-    above: f64,
-    valid: f64,
-}
+/// Of one kind of negative, summed over an epoch's batches: how many valid ones the
+/// model scored above their position's target, and how many valid ones there were
+/// (`[2]` Int64, on the device: the counts are read once, at the epoch's end, so
+/// the tally adds no synchronisation to a batch).
+#[derive(Debug, Default)]
+struct AboveTarget(Option<Tensor>);
 
 impl AboveTarget {
-    /// `scores` `[M, K]`, `pos` `[M]`, `mask` `[M, K]` (valid negatives).
-    fn count(scores: &Tensor, pos: &Tensor, mask: &Tensor) -> Self {
+    /// Adds a batch: `scores` `[M, K]`, `pos` `[M]`, `mask` `[M, K]` (valid negatives).
+    fn add(&mut self, scores: &Tensor, pos: &Tensor, mask: &Tensor) {
         let above = scores.gt_tensor(&pos.unsqueeze(1)).logical_and(mask);
-        Self {
-            above: above.sum(Kind::Float).double_value(&[]),
-            valid: mask.sum(Kind::Float).double_value(&[]),
-        }
+        let c = Tensor::stack(&[above.sum(Kind::Int64), mask.sum(Kind::Int64)], 0);
+        self.0 = Some(match self.0.take() {
+            Some(sum) => sum + c,
+            None => c,
+        });
     }
 
-    fn add(&mut self, other: Self) {
-        self.above += other.above;
-        self.valid += other.valid;
+    /// (above, valid); (0, 0) before any batch.
+    fn counts(&self) -> (i64, i64) {
+        let v: Vec<i64> = self
+            .0
+            .as_ref()
+            .and_then(|c| Vec::try_from(c.to_device(Device::Cpu)).ok())
+            .unwrap_or_default();
+        (
+            v.first().copied().unwrap_or(0),
+            v.get(1).copied().unwrap_or(0),
+        )
     }
 
-    fn share(self) -> Option<f64> {
-        (self.valid > 0.0).then(|| self.above / self.valid)
+    fn share(&self) -> Option<f64> {
+        let (above, valid) = self.counts();
+        #[expect(clippy::cast_precision_loss, reason = "a share")]
+        (valid > 0).then(|| above as f64 / valid as f64)
     }
 }
 
 /// An epoch's tally of how hard its random and hard negatives were.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Hardness {
     random: AboveTarget,
     hard: AboveTarget,
@@ -237,9 +247,7 @@ fn batch_loss(
     };
     let rand_mask = flat(t.random_mask.unsqueeze(1).expand([-1, p, k], false), k);
     if let Some(tally) = tally.as_deref_mut() {
-        tally
-            .random
-            .add(AboveTarget::count(&rand_scores, &pos, &rand_mask));
+        tally.random.add(&rand_scores, &pos, &rand_mask);
     }
     let (neg, mask, log_q, k_hard) = match &t.hard {
         Some((hard, hard_lq)) => {
@@ -252,7 +260,7 @@ fn batch_loss(
             );
             let hard_mask = hard.gt(0);
             if let Some(tally) = tally {
-                tally.hard.add(AboveTarget::count(&hs, &pos, &hard_mask));
+                tally.hard.add(&hs, &pos, &hard_mask);
             }
             (
                 Tensor::cat(&[rand_scores, hs], 1),
@@ -359,29 +367,27 @@ impl<'a> Trainer<'a> {
                 learn,
                 Some(&mut hardness),
             );
-            if !learn {
-                loss_sum += loss.double_value(&[]);
-                batches += 1;
-                trained += b.trained as u64;
-                continue;
-            }
-            if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
+            if learn && cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
                 loss += self.contrastive(epoch, &b, &chunk_ids) * cfg.gamma;
             }
-            if fault_nan(epoch) {
+            if learn && fault_nan(epoch) {
                 // Test hook: a diverged model.
                 loss *= f64::NAN;
             }
             let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                return Err(Error::usage(format!(
-                    "training diverged: epoch {epoch}, batch {bi}: the loss is {value}"
-                ))
-                .with_hint("nothing of this epoch was kept; lower train.lr (or check the data)"));
+            if learn {
+                if !value.is_finite() {
+                    return Err(Error::usage(format!(
+                        "training diverged: epoch {epoch}, batch {bi}: the loss is {value}"
+                    ))
+                    .with_hint(
+                        "nothing of this epoch was kept; lower train.lr (or check the data)",
+                    ));
+                }
+                self.opt.zero_grad();
+                loss.backward();
+                self.opt.step();
             }
-            self.opt.zero_grad();
-            loss.backward();
-            self.opt.step();
             loss_sum += value;
             batches += 1;
             trained += b.trained as u64;
@@ -465,6 +471,14 @@ fn new_model(
     let n_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
     let opt = Adam::new(params, cfg.lr, cfg.weight_decay);
     (vs, model, opt, n_params)
+}
+
+/// The epoch's hard negatives from the shards, where it has any (from the
+/// warm-up on; never for the full softmax, which scores every item).
+fn epoch_negatives(job: &Job, epoch: u32, inst: &Instances) -> Result<Option<EpochNegatives>> {
+    (epoch >= job.hard_from && job.cfg.loss != Loss::FullSoftmax)
+        .then(|| EpochNegatives::load(job.input, epoch, job.n_hard as usize, inst, job.ds.n_items))
+        .transpose()
 }
 
 /// The training rows of `inst` as `model` takes them (one per user for a causal
@@ -580,17 +594,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
         #[expect(clippy::cast_possible_wrap, reason = "seed bits")]
         tch::manual_seed(mix_seed(&[job.seed, u64::from(epoch), 0x4452_4F50]) as i64);
         let t0 = Instant::now();
-        let hard = if epoch >= job.hard_from && cfg.loss != Loss::FullSoftmax {
-            Some(EpochNegatives::load(
-                job.input,
-                epoch,
-                job.n_hard as usize,
-                &inst,
-                ds.n_items,
-            )?)
-        } else {
-            None
-        };
+        let hard = epoch_negatives(job, epoch, &inst)?;
         let (loss, trained, hardness) = tr.epoch(epoch, hard.as_ref(), true)?;
         let train_s = t0.elapsed().as_secs_f64();
         let dev = evaluate::rank_users(
@@ -738,11 +742,7 @@ pub fn hardness(
     epochs
         .iter()
         .map(|&epoch| {
-            let hard = (epoch >= job.hard_from && cfg.loss != Loss::FullSoftmax)
-                .then(|| {
-                    EpochNegatives::load(job.input, epoch, job.n_hard as usize, &inst, ds.n_items)
-                })
-                .transpose()?;
+            let hard = epoch_negatives(job, epoch, &inst)?;
             let (loss, _, h) = tr.epoch(epoch, hard.as_ref(), false)?;
             Ok(ModelHardness {
                 epoch,
@@ -923,23 +923,16 @@ mod tests {
 
     #[test]
     fn above_target_counts_valid_negatives_scored_over_the_target() {
-        let scores = Tensor::from_slice(&[1.0f32, 3.0, 2.0, 0.0, 5.0, -1.0]).view([2, 3]);
+        let scores = Tensor::from_slice(&[1.0f32, 3.0, 4.0, 0.0, 5.0, 0.0]).view([2, 3]);
         let pos = Tensor::from_slice(&[2.0f32, 0.0]);
         let mask = Tensor::from_slice(&[true, true, false, true, true, true]).view([2, 3]);
-        // Row 0: 3 > 2 (the masked 2 is not counted, nor would a tie be); row 1: 5 > 0.
-        let c = AboveTarget::count(&scores, &pos, &mask);
-        assert_eq!(
-            c,
-            AboveTarget {
-                above: 2.0,
-                valid: 5.0
-            }
-        );
-        let mut sum = AboveTarget::default();
-        assert_eq!(sum.share(), None);
-        sum.add(c);
-        sum.add(c);
-        assert_eq!(sum.share(), Some(0.4));
+        // Row 0: 3 > 2; the 4 is above too but masked. Row 1: 5 > 0; the 0s tie.
+        let mut c = AboveTarget::default();
+        assert_eq!((c.counts(), c.share()), ((0, 0), None));
+        c.add(&scores, &pos, &mask);
+        assert_eq!(c.counts(), (2, 5));
+        c.add(&scores, &pos, &mask);
+        assert_eq!(c.share(), Some(0.4));
     }
 
     #[test]
@@ -985,10 +978,11 @@ mod tests {
             h
         };
         let (tg, tr) = (tally(&grouped), tally(&per_row));
-        assert_eq!(tg.random.valid, 16.0);
-        assert!((0.0..=16.0).contains(&tg.random.above));
-        assert_eq!(tg.random, tr.random);
-        assert_eq!(tg.hard, AboveTarget::default());
+        let (above, valid) = tg.random.counts();
+        assert_eq!(valid, 16);
+        assert!((0..=16).contains(&above));
+        assert_eq!(tg.random.counts(), tr.random.counts());
+        assert_eq!((tg.hard.counts(), tg.hard.share()), ((0, 0), None));
         let (a, b) = (loss(&grouped), loss(&per_row));
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "grouped {a} vs per row {b}");
