@@ -55,7 +55,7 @@ early-stop-metric = "NDCG@10"
 # i.i.d. batches of users, as the field trains; SASRec computes only their real
 # positions, so the 87% padding of a random batch at L = 50 costs little.
 batching = "random"
-
+{form}
 [evaluate]
 ks = [5, 10, 20, 50]
 exclude-history = true
@@ -68,10 +68,22 @@ SEEDS = [42, 7, 123]
 # (random-scope = "batch", random-groups = 32: 8,192 random draws per
 # batch of 512 users, at nearly the scoring cost of one draw); BPR keeps the
 # paper's 16 per user.
+FREEREC = """# FreeRec's SASRec block and initialisation (docs/CONFIG.md).
+sasrec-residual = "input"
+sasrec-padding = "attended"
+sasrec-init = "xavier"
+"""
 SSM = dict(loss="sampled-softmax", tau=1.0, n_hard=9, warmup=19, n_random=256, logq="all", groups=32)
 ARMS = {
     # The field's standard recipe: cross-entropy over all 12,101 items.
     "full-softmax": dict(loss="full-softmax", sampler="uniform", tau=1.0, n_hard=0, warmup=0, n_random=0, logq="off"),
+    # Full softmax with FreeRec's SASRec block (Xu et al.'s code): the attention
+    # added to the block's input, padding slots attended as zero vectors, PyTorch's
+    # initialisation. The other arms keep Kang and McAuley's form.
+    "full-softmax-freerec": dict(
+        loss="full-softmax", sampler="uniform", tau=1.0, n_hard=0, warmup=0, n_random=0, logq="off",
+        form=FREEREC,
+    ),
     # Sampled softmax, 256 random + 9 uniform "hard" negatives (265 in all), logQ on.
     "ssm-uniform-g32": dict(SSM, sampler="uniform"),
     # The same K with the 9 hard negatives from GNNO (authors' Beauty curriculum).
@@ -105,5 +117,5 @@ for name, a in ARMS.items():
     for seed in SEEDS if name in MULTI_SEED else SEEDS[:1]:
         arm = name if seed == SEEDS[0] else f"{name}-s{seed}"
         scope = "row" if a["loss"] in ("bpr", "full-softmax") else "batch"
-        a = {"groups": 1, **a}
+        a = {"groups": 1, "form": "", **a}
         (here / f"{arm}.toml").write_text(BASE.format(arm=arm, seed=seed, scope=scope, **a))

@@ -238,6 +238,48 @@ fn is_one(n: &u32) -> bool {
     *n == 1
 }
 
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
+/// What SASRec's attention adds its output to (docs/CONFIG.md, `train.sasrec-residual`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SasrecResidual {
+    /// The LayerNormed query (Kang and McAuley's code).
+    #[default]
+    Query,
+    /// The block's unnormalised input (a pre-LN residual stream, as FreeRec's SASRec).
+    Input,
+}
+
+/// What SASRec's attention does with the padding of a left-padded history
+/// (docs/CONFIG.md, `train.sasrec-padding`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SasrecPadding {
+    /// Padded keys are masked out.
+    #[default]
+    Masked,
+    /// Each padded slot up to `history-len` is a key and value of its own, as in
+    /// the common implementations that pad to `history-len` with zero vectors and
+    /// mask causally only: its key and value are the projections' biases.
+    Attended,
+}
+
+/// How SASRec's weights start (docs/CONFIG.md, `train.sasrec-init`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SasrecInit {
+    /// Every weight N(0, 0.01), biases 0.
+    #[default]
+    Normal,
+    /// PyTorch's: Xavier-normal embeddings and attention output, Xavier-uniform
+    /// query/key/value projections (as one 3d × d matrix), the default
+    /// Kaiming-uniform feed-forward with uniform biases.
+    Xavier,
+}
+
 /// How an epoch's rows are grouped into batches.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -296,6 +338,14 @@ pub struct TrainSettings {
     pub layers: u32,
     pub heads: u32,
     pub dropout: f64,
+    /// SASRec's block and initialisation; left out of the serialised form at
+    /// their defaults, so configs written before them keep their stage keys.
+    #[serde(skip_serializing_if = "is_default")]
+    pub sasrec_residual: SasrecResidual,
+    #[serde(skip_serializing_if = "is_default")]
+    pub sasrec_padding: SasrecPadding,
+    #[serde(skip_serializing_if = "is_default")]
+    pub sasrec_init: SasrecInit,
     /// Weight of the contrastive term (encoder only); 0 = plain BPR.
     pub gamma: f64,
     pub cl_temperature: f64,
@@ -641,6 +691,20 @@ impl Config {
                 self.train.random_groups
             ));
         }
+        if self.train.backbone != Backbone::Sasrec {
+            let t = &self.train;
+            for (key, set) in [
+                ("sasrec-residual", !is_default(&t.sasrec_residual)),
+                ("sasrec-padding", !is_default(&t.sasrec_padding)),
+                ("sasrec-init", !is_default(&t.sasrec_init)),
+            ] {
+                if set {
+                    problems.push(format!(
+                        "train.{key}: applies to backbone = \"sasrec\" only"
+                    ));
+                }
+            }
+        }
         if self.train.backbone != Backbone::Gru4rec
             && !self.train.dim.is_multiple_of(self.train.heads)
         {
@@ -913,6 +977,30 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         layers: s.uint("layers", 2, 1, 64),
         heads: s.uint("heads", 2, 1, 64),
         dropout: s.float("dropout", 0.0, 0.0, 0.99),
+        sasrec_residual: s.choice(
+            "sasrec-residual",
+            SasrecResidual::Query,
+            &[
+                ("query", SasrecResidual::Query),
+                ("input", SasrecResidual::Input),
+            ],
+        ),
+        sasrec_padding: s.choice(
+            "sasrec-padding",
+            SasrecPadding::Masked,
+            &[
+                ("masked", SasrecPadding::Masked),
+                ("attended", SasrecPadding::Attended),
+            ],
+        ),
+        sasrec_init: s.choice(
+            "sasrec-init",
+            SasrecInit::Normal,
+            &[
+                ("normal", SasrecInit::Normal),
+                ("xavier", SasrecInit::Xavier),
+            ],
+        ),
         gamma: s.float("gamma", 1.0, 0.0, 1e6),
         cl_temperature: s.float("cl-temperature", 0.2, 1e-6, 1e6),
         n_random: s.uint("n-random", 16, 0, 100_000),
@@ -1195,6 +1283,44 @@ mod tests {
         assert!(
             problems[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\"")
         );
+    }
+
+    #[test]
+    fn sasrec_forms_are_sasrec_only_and_stay_out_of_the_key_at_default() {
+        let c = Config::defaults(Path::new("/x"));
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        for k in ["sasrec_residual", "sasrec_padding", "sasrec_init"] {
+            assert!(key.get(k).is_none(), "{k} at its default changed the key");
+        }
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"sasrec\"\nsasrec-residual = \"input\"\nsasrec-padding = \"attended\"\nsasrec-init = \"xavier\"\n",
+            Path::new("."),
+        )
+        .expect("parses");
+        let t = &c.train;
+        assert_eq!(
+            (t.sasrec_residual, t.sasrec_padding, t.sasrec_init),
+            (
+                SasrecResidual::Input,
+                SasrecPadding::Attended,
+                SasrecInit::Xavier
+            )
+        );
+        let key = serde_json::to_value(t).expect("serialises");
+        assert_eq!(key["sasrec_padding"], "attended");
+        let Err(Error::Config { problems, .. }) = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"gru4rec\"\nsasrec-init = \"xavier\"\nsasrec-padding = \"open\"\n",
+            Path::new("."),
+        ) else {
+            panic!("expected config error")
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(
+            |p| p == "train.sasrec-padding: expected one of masked | attended, found \"open\""
+        ));
+        assert!(problems
+            .iter()
+            .any(|p| p == "train.sasrec-init: applies to backbone = \"sasrec\" only"));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! same model as zeroing the padding after each block, at the cost of the real
 //! positions. The encoder keeps the authors' post-LN blocks with GELU.
 
-use gnno_core::config::{Backbone, TrainSettings};
+use gnno_core::config::{Backbone, SasrecInit, SasrecPadding, SasrecResidual, TrainSettings};
 use tch::nn::{self, Module, RNN};
 use tch::{Kind, Tensor};
 
@@ -27,22 +27,56 @@ struct Attention {
 
 /// A `d → d` linear layer with N(0, 0.01) weights and zero bias.
 fn linear(p: &nn::Path, name: &str, d: i64) -> nn::Linear {
+    linear_init(p, name, d, normal(), nn::Init::Const(0.0))
+}
+
+fn linear_init(p: &nn::Path, name: &str, d: i64, ws: nn::Init, bs: nn::Init) -> nn::Linear {
     let c = nn::LinearConfig {
-        ws_init: normal(),
-        bs_init: Some(nn::Init::Const(0.0)),
+        ws_init: ws,
+        bs_init: Some(bs),
         bias: true,
     };
     nn::linear(p / name, d, d, c)
 }
 
+/// U(−b, b).
+fn uniform(b: f64) -> nn::Init {
+    nn::Init::Uniform { lo: -b, up: b }
+}
+
+/// Xavier-normal for a `fan_out × fan_in` weight.
+#[expect(clippy::cast_precision_loss, reason = "layer sizes")]
+fn xavier_normal(fan_in: i64, fan_out: i64) -> nn::Init {
+    nn::Init::Randn {
+        mean: 0.0,
+        stdev: (2.0 / (fan_in + fan_out) as f64).sqrt(),
+    }
+}
+
 impl Attention {
-    fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
-        Self {
-            q: linear(p, "q", d),
-            k: linear(p, "k", d),
-            v: linear(p, "v", d),
-            o: linear(p, "o", d),
-            heads,
+    fn new(p: &nn::Path, d: i64, heads: i64, init: SasrecInit) -> Self {
+        match init {
+            SasrecInit::Normal => Self {
+                q: linear(p, "q", d),
+                k: linear(p, "k", d),
+                v: linear(p, "v", d),
+                o: linear(p, "o", d),
+                heads,
+            },
+            SasrecInit::Xavier => {
+                // PyTorch's MultiheadAttention: Xavier-uniform over the stacked
+                // 3d × d projection, Xavier-normal output (a Linear), zero biases.
+                #[expect(clippy::cast_precision_loss, reason = "layer sizes")]
+                let qkv = || uniform((6.0 / (4 * d) as f64).sqrt());
+                let zero = || nn::Init::Const(0.0);
+                Self {
+                    q: linear_init(p, "q", d, qkv(), zero()),
+                    k: linear_init(p, "k", d, qkv(), zero()),
+                    v: linear_init(p, "v", d, qkv(), zero()),
+                    o: linear_init(p, "o", d, xavier_normal(d, d), zero()),
+                    heads,
+                }
+            }
         }
     }
 
@@ -63,23 +97,56 @@ impl Attention {
     /// The same on packed rows `[T, D]` (the real positions `p.idx` of a `[B, L]`
     /// batch): the projections run on the T real positions only, and only the
     /// attention itself sees the padded layout.
+    ///
+    /// `pad_slots`: with `sasrec-padding = "attended"`, ln of each row's number of
+    /// padding slots up to L `[B, 1, 1, 1]` (−1e9 for none). A zero vector at n
+    /// slots projects to the key and value biases, so the n slots act as one
+    /// extra key b_k whose weight is n·exp(q·b_k/√d_h), with value b_v: one extra
+    /// column with logit q·b_k/√d_h + ln n. (Dropout then drops the n slots'
+    /// weight together, not each slot on its own: the same expectation.)
+    #[expect(clippy::too_many_arguments, reason = "one attention call")]
     fn forward_packed(
         &self,
         xq: &Tensor,
         x: &Tensor,
         bias: &Tensor,
         p: &Packing,
+        pad_slots: Option<&Tensor>,
         dropout: f64,
         train: bool,
     ) -> Tensor {
-        let y = self.attend(
-            &p.pad(&self.q.forward(xq)),
-            &p.pad(&self.k.forward(x)),
-            &p.pad(&self.v.forward(x)),
-            bias,
-            dropout,
-            train,
-        );
+        let q = p.pad(&self.q.forward(xq));
+        let k = p.pad(&self.k.forward(x));
+        let v = p.pad(&self.v.forward(x));
+        let y = match pad_slots {
+            None => self.attend(&q, &k, &v, bias, dropout, train),
+            Some(ln_n) => {
+                let (b, l, d) = k.size3().unwrap_or((0, 0, 0));
+                let dh = d / self.heads;
+                let head = |t: &Option<Tensor>| {
+                    t.as_ref().map_or_else(
+                        || Tensor::zeros([1, self.heads, 1, dh], (k.kind(), k.device())),
+                        |t| t.view([1, self.heads, 1, dh]),
+                    )
+                };
+                let (bk, bv) = (head(&self.k.bs), head(&self.v.bs));
+                let split = |t: &Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
+                #[expect(clippy::cast_precision_loss, reason = "head size")]
+                let scale = 1.0 / (dh as f64).sqrt();
+                let (qs, ks, vs) = (split(&q), split(&k), split(&v));
+                let slots = (&qs * &bk).sum_dim_intlist(-1, true, Kind::Float) * scale + ln_n;
+                let att = Tensor::cat(
+                    &[qs.matmul(&ks.transpose(-2, -1)) * scale + bias, slots],
+                    -1,
+                )
+                .softmax(-1, Kind::Float)
+                .dropout(dropout, train);
+                (att.narrow(-1, 0, l).matmul(&vs) + att.narrow(-1, l, 1) * bv)
+                    .transpose(1, 2)
+                    .contiguous()
+                    .view([b, l, d])
+            }
+        };
         self.o.forward(&p.pack(&y))
     }
 
@@ -151,12 +218,21 @@ struct Block {
 }
 
 impl Block {
-    fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
+    fn new(p: &nn::Path, d: i64, heads: i64, init: SasrecInit) -> Self {
+        let ff = |name: &str| match init {
+            SasrecInit::Normal => linear(p, name, d),
+            SasrecInit::Xavier => {
+                // PyTorch's default for a Linear / kernel-1 Conv1d: U(±1/√fan_in).
+                #[expect(clippy::cast_precision_loss, reason = "layer sizes")]
+                let b = 1.0 / (d as f64).sqrt();
+                linear_init(p, name, d, uniform(b), uniform(b))
+            }
+        };
         Self {
-            att: Attention::new(&(p / "att"), d, heads),
+            att: Attention::new(&(p / "att"), d, heads, init),
             ln1: nn::layer_norm(p / "ln1", vec![d], Default::default()),
-            ff1: linear(p, "ff1", d),
-            ff2: linear(p, "ff2", d),
+            ff1: ff("ff1"),
+            ff2: ff("ff2"),
             ln2: nn::layer_norm(p / "ln2", vec![d], Default::default()),
         }
     }
@@ -175,19 +251,27 @@ impl Block {
         self.ln2.forward(&(x + f))
     }
 
-    /// SASRec's block on packed rows `[T, D]`: normalised queries (also the
-    /// residual), attention over the unnormalised sequence, then LayerNorm and a
-    /// ReLU feed-forward with a residual.
+    /// SASRec's block on packed rows `[T, D]`: normalised queries, attention over
+    /// the unnormalised sequence added to the normalised query (`Query`) or to
+    /// the block's input (`Input`), then LayerNorm and a ReLU feed-forward with a
+    /// residual.
     fn forward_sasrec(
         &self,
         x: &Tensor,
         bias: &Tensor,
         p: &Packing,
+        form: (SasrecResidual, Option<&Tensor>),
         dropout: f64,
         train: bool,
     ) -> Tensor {
         let q = self.ln1.forward(x);
-        let x = &q + self.att.forward_packed(&q, x, bias, p, dropout, train);
+        let a = self
+            .att
+            .forward_packed(&q, x, bias, p, form.1, dropout, train);
+        let x = match form.0 {
+            SasrecResidual::Query => q + a,
+            SasrecResidual::Input => x + a,
+        };
         let x = self.ln2.forward(&x);
         let f = self
             .ff2
@@ -221,14 +305,21 @@ pub struct Model {
     pub n_items: i64,
     pub max_len: i64,
     dropout: f64,
+    residual: SasrecResidual,
+    padding: SasrecPadding,
 }
 
 impl Model {
     pub fn new(p: &nn::Path, cfg: &TrainSettings, n_items: u32) -> Self {
         let d = i64::from(cfg.dim);
         let n = i64::from(n_items);
+        let max_len = i64::from(cfg.history_len);
+        let init = |rows: i64| match cfg.sasrec_init {
+            SasrecInit::Normal => normal(),
+            SasrecInit::Xavier => xavier_normal(d, rows),
+        };
         let emb_cfg = nn::EmbeddingConfig {
-            ws_init: normal(),
+            ws_init: init(n + 2),
             padding_idx: 0,
             ..Default::default()
         };
@@ -236,21 +327,23 @@ impl Model {
         tch::no_grad(|| {
             let _ = items.ws.get(0).zero_();
         });
-        let max_len = i64::from(cfg.history_len);
         let pos = || {
             nn::embedding(
                 p / "pos",
                 max_len,
                 d,
                 nn::EmbeddingConfig {
-                    ws_init: normal(),
+                    ws_init: init(max_len),
                     ..Default::default()
                 },
             )
         };
         let blocks = || -> Vec<Block> {
             (0..cfg.layers)
-                .map(|i| Block::new(&(p / format!("block{i}")), d, i64::from(cfg.heads)))
+                .map(|i| {
+                    let heads = i64::from(cfg.heads);
+                    Block::new(&(p / format!("block{i}")), d, heads, cfg.sasrec_init)
+                })
                 .collect()
         };
         let body = match cfg.backbone {
@@ -278,6 +371,8 @@ impl Model {
             n_items: n,
             max_len,
             dropout: cfg.dropout,
+            residual: cfg.sasrec_residual,
+            padding: cfg.sasrec_padding,
         }
     }
 
@@ -382,8 +477,16 @@ impl Model {
         let mut x = (items * scale + pos.forward(&positions)).dropout(self.dropout, train);
         let tri = Tensor::ones([p.l, p.l], (Kind::Float, hist.device())).triu(1) * -1e9;
         let bias = key_padding(hist) + tri.unsqueeze(0).unsqueeze(0);
+        let pad_slots = (self.padding == SasrecPadding::Attended).then(|| {
+            // ln(padding slots up to L) per row; −1e9 for a full row.
+            let n = hist.ne(0).sum_dim_intlist(1, false, Kind::Float).neg() + self.max_len as f64;
+            let ln_n = n.clamp_min(1.0).log();
+            ln_n.where_self(&n.gt(0.5), &Tensor::from(-1e9f32).to_device(hist.device()))
+                .view([-1, 1, 1, 1])
+        });
         for blk in blocks {
-            x = blk.forward_sasrec(&x, &bias, p, self.dropout, train);
+            let form = (self.residual, pad_slots.as_ref());
+            x = blk.forward_sasrec(&x, &bias, p, form, self.dropout, train);
         }
         last_ln.forward(&x)
     }
@@ -413,12 +516,17 @@ mod tests {
     use super::*;
 
     fn sasrec() -> (nn::VarStore, Model) {
+        sasrec_with(|_| {})
+    }
+
+    fn sasrec_with(f: impl FnOnce(&mut TrainSettings)) -> (nn::VarStore, Model) {
         tch::manual_seed(3);
         let mut cfg = crate::tests::settings();
         cfg.backbone = Backbone::Sasrec;
         cfg.history_len = 6;
         cfg.dim = 8;
         cfg.heads = 2;
+        f(&mut cfg);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let m = Model::new(&vs.root(), &cfg, 20);
         // Non-trivial LayerNorm and bias values, so a wrong layout cannot pass.
@@ -432,7 +540,9 @@ mod tests {
     }
 
     /// SASRec on the whole padded `[B, L, D]` layout, the padding zeroed after the
-    /// embeddings and after each block (Kang and McAuley's form), without dropout.
+    /// embeddings and after each block (Kang and McAuley's form), without dropout;
+    /// with `sasrec-padding = "attended"` the padded zero vectors are keys like any
+    /// other (a causal mask only), as the common implementations run it.
     fn padded_reference(m: &Model, hist: &Tensor) -> Tensor {
         let Body::Sasrec {
             pos,
@@ -449,10 +559,17 @@ mod tests {
             + pos.forward(&positions).unsqueeze(0))
             * &keep;
         let tri = Tensor::ones([l, l], (Kind::Float, hist.device())).triu(1) * -1e9;
-        let bias = key_padding(hist) + tri.unsqueeze(0).unsqueeze(0);
+        let bias = match m.padding {
+            SasrecPadding::Masked => key_padding(hist) + tri.unsqueeze(0).unsqueeze(0),
+            SasrecPadding::Attended => tri.unsqueeze(0).unsqueeze(0),
+        };
         for b in blocks {
             let q = b.ln1.forward(&x);
-            let y = &q + b.att.forward(&q, &x, &bias, 0.0, false);
+            let a = b.att.forward(&q, &x, &bias, 0.0, false);
+            let y = match m.residual {
+                SasrecResidual::Query => &q + a,
+                SasrecResidual::Input => &x + a,
+            };
             let y = b.ln2.forward(&y);
             x = (&y + b.ff2.forward(&b.ff1.forward(&y).relu())) * &keep;
         }
@@ -493,5 +610,79 @@ mod tests {
         );
         let last = |h: &Tensor| m.encode(h, false);
         assert!(max_diff(&last(&wide), &last(&hist)) < 1e-5);
+    }
+
+    #[test]
+    fn sasrec_with_attended_padding_equals_zero_vectors_as_keys() {
+        let (_vs, m) = sasrec_with(|c| {
+            c.sasrec_residual = SasrecResidual::Input;
+            c.sasrec_padding = SasrecPadding::Attended;
+            c.sasrec_init = SasrecInit::Xavier;
+        });
+        // The reference pads to the full L = 6; the model sees the same width and a
+        // trimmed width 5: padding slots count up to L either way.
+        let full = Tensor::from_slice(&[
+            0i64, 0, 0, 3, 4, 5, 0, 0, 0, 0, 0, 7, 0, 1, 2, 3, 4, 5, 9, 8, 1, 2, 3, 4,
+        ])
+        .view([4, 6]);
+        let idx6 = full.view([-1]).ne(0).nonzero().squeeze_dim(1);
+        let want = padded_reference(&m, &full)
+            .view([24, -1])
+            .index_select(0, &idx6);
+        let got6 = m.encode_real(&full, &idx6, false).expect("SASRec");
+        assert_eq!(got6.size(), vec![15, 8]);
+        assert!(max_diff(&got6, &want) < 1e-5, "{}", max_diff(&got6, &want));
+        // The first three rows (9 items) at width 5.
+        let trimmed = full.narrow(0, 0, 3).narrow(1, 1, 5).contiguous();
+        let idx5 = trimmed.view([-1]).ne(0).nonzero().squeeze_dim(1);
+        let got5 = m.encode_real(&trimmed, &idx5, false).expect("SASRec");
+        let want5 = want.narrow(0, 0, 9);
+        assert!(
+            max_diff(&got5, &want5) < 1e-5,
+            "{}",
+            max_diff(&got5, &want5)
+        );
+        // The padding matters: masking it gives other outputs for the short rows,
+        // and the same for the full row (no padding slot).
+        let masked = Model {
+            padding: SasrecPadding::Masked,
+            ..m
+        };
+        let other = masked.encode_real(&full, &idx6, false).expect("SASRec");
+        assert!(max_diff(&other.narrow(0, 0, 4), &want.narrow(0, 0, 4)) > 1e-3);
+        assert!(max_diff(&other.narrow(0, 9, 6), &want.narrow(0, 9, 6)) < 1e-5);
+    }
+
+    #[test]
+    fn xavier_init_has_pytorch_scales() {
+        tch::manual_seed(3);
+        let mut cfg = crate::tests::settings();
+        cfg.backbone = Backbone::Sasrec;
+        cfg.history_len = 50;
+        cfg.dim = 64;
+        cfg.heads = 1;
+        cfg.sasrec_init = SasrecInit::Xavier;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let m = Model::new(&vs.root(), &cfg, 12_000);
+        let Body::Sasrec { pos, blocks, .. } = &m.body else {
+            unreachable!()
+        };
+        let sd = |t: &Tensor| t.std(true).double_value(&[]);
+        let absmax = |t: &Tensor| t.abs().max().double_value(&[]);
+        // Embeddings: Xavier-normal, sd √(2 / (rows + 64)).
+        let want = (2.0f64 / (12_002.0 + 64.0)).sqrt();
+        assert!((sd(&m.items.ws.narrow(0, 1, 12_001)) / want - 1.0).abs() < 0.02);
+        assert_eq!(absmax(&m.items.ws.get(0)), 0.0);
+        let want = (2.0f64 / (50.0 + 64.0)).sqrt();
+        assert!((sd(&pos.ws) / want - 1.0).abs() < 0.05);
+        // q/k/v: U(±√(6 / 256)); output: sd 1/8; feed-forward: U(±1/8), biases too.
+        let att = &blocks[0].att;
+        let b = (6.0f64 / 256.0).sqrt();
+        assert!(absmax(&att.q.ws) <= b && absmax(&att.q.ws) > 0.9 * b);
+        assert!((sd(&att.o.ws) / 0.125 - 1.0).abs() < 0.1);
+        assert_eq!(absmax(att.k.bs.as_ref().expect("bias")), 0.0);
+        let ff = &blocks[0].ff1;
+        assert!(absmax(&ff.ws) <= 0.125 && absmax(&ff.ws) > 0.11);
+        assert!(absmax(ff.bs.as_ref().expect("bias")) > 0.05);
     }
 }
