@@ -89,6 +89,9 @@ fn every_documented_key_belongs_to_exactly_the_stages_whose_output_it_changes() 
     // their default (older configs keep their run keys): set them off default.
     cfg.train.random_scope = gnno_core::config::RandomScope::Batch;
     cfg.train.random_groups = 2;
+    cfg.train.sasrec_residual = gnno_core::config::SasrecResidual::Input;
+    cfg.train.sasrec_padding = gnno_core::config::SasrecPadding::Attended;
+    cfg.train.sasrec_init = gnno_core::config::SasrecInit::Xavier;
     let train_keys: BTreeSet<String> = serde_json::to_value(&cfg.train)
         .expect("serializes")
         .as_object()
