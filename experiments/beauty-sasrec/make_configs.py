@@ -84,6 +84,9 @@ ARMS = {
         loss="full-softmax", sampler="uniform", tau=1.0, n_hard=0, warmup=0, n_random=0, logq="off",
         form=FREEREC,
     ),
+    # The sampled arms beside it, with the same block.
+    "ssm-uniform-g32-freerec": dict(SSM, sampler="uniform", form=FREEREC),
+    "ssm-gnno-g32-tau01-freerec": dict(SSM, sampler="gnno", tau=0.1, form=FREEREC),
     # Sampled softmax, 256 random + 9 uniform "hard" negatives (265 in all), logQ on.
     "ssm-uniform-g32": dict(SSM, sampler="uniform"),
     # The same K with the 9 hard negatives from GNNO (authors' Beauty curriculum).
@@ -110,7 +113,10 @@ ARMS = {
     "ssm-uniform": dict(SSM, sampler="uniform", groups=1),
     "ssm-gnno": dict(SSM, sampler="gnno", groups=1),
 }
-MULTI_SEED = {"full-softmax", "ssm-uniform-g32", "ssm-gnno-g32", "ssm-gnno-g32-tau01"}
+MULTI_SEED = {
+    "full-softmax", "ssm-uniform-g32", "ssm-gnno-g32", "ssm-gnno-g32-tau01",
+    "full-softmax-freerec", "ssm-uniform-g32-freerec", "ssm-gnno-g32-tau01-freerec",
+}
 
 here = Path(__file__).parent
 for name, a in ARMS.items():

@@ -3,8 +3,9 @@
 (work/<arm>/train/run-*/checkpoint/state.json): epochs done, best dev NDCG@10 and
 its epoch, the last epoch's dev NDCG@10 and seconds, and how hard the last epoch's
 negatives were (share of random / hard negatives the model scored above the target).
-Optional: dev NDCG@10 of the given arms side by side at every 10th epoch, or
-(--hardness) the hard negatives' share above the target.
+Optional: dev NDCG@10 of the given arms side by side after every 10th epoch, next
+to the reference's (Xu et al.'s SASRec + CE, mean of 5 seeds), or (--hardness) the
+hard negatives' share above the target.
 Usage: progress.py [--curves|--hardness arm ...]"""
 import glob
 import json
@@ -26,13 +27,27 @@ def cell(row, key):
     return f"{v:22.4f}" if v is not None else " " * 22
 
 
+def reference():
+    """Mean dev NDCG@10 of the reference's five seeds by epoch (reference/beauty-ce-5.txt,
+    from the training logs of Xu et al.'s SASRec + CE on Beauty, evaluated every 5 epochs)."""
+    ref = {}
+    for line in open(os.path.join(here, "reference", "beauty-ce-5.txt")):
+        p = line.split()
+        if len(p) == 6 and p[0].isdigit():
+            ref[int(p[0])] = {"dev_ndcg10": sum(map(float, p[1:])) / 5}
+    return ref
+
+
 if len(sys.argv) > 2 and sys.argv[1] in ("--curves", "--hardness"):
     key = "dev_ndcg10" if sys.argv[1] == "--curves" else "hard_above_target"
     arms = sys.argv[2:]
     hs = {a: history(a) or [] for a in arms}
-    print("epoch " + " ".join(f"{a:>22}" for a in arms))
-    for e in range(0, max(len(h) for h in hs.values()), 10):
-        print(f"{e:5d} " + " ".join(cell(hs[a][e] if e < len(hs[a]) else None, key) for a in arms))
+    ref = reference() if key == "dev_ndcg10" else {}
+    print("epoch " + " ".join(f"{a:>22}" for a in arms) + (f" {'reference CE (5 seeds)':>22}" if ref else ""))
+    # Row n: after n epochs (history index n - 1), as the reference's logs count.
+    for n in [1] + list(range(10, max(len(h) for h in hs.values()) + 1, 10)):
+        cells = [cell(hs[a][n - 1] if n <= len(hs[a]) else None, key) for a in arms]
+        print(f"{n:5d} " + " ".join(cells) + (" " + cell(ref.get(n), key) if ref else ""))
     sys.exit()
 
 

@@ -28,6 +28,7 @@ def cfg(arm):
     c = {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup", "random-scope", "batch-size"]}
     g = re.search(r"^random-groups = (\d+)$", text, re.M)
     c["random-groups"] = int(g.group(1)) if g else 1
+    c["freerec"] = re.search(r'^sasrec-residual = "input"$', text, re.M) is not None
     return c
 
 
@@ -49,8 +50,9 @@ for r in rows:
             per = "per batch"
         negs = f"{c['n-random']} uniform {per} + {hard} from epoch {c['warmup']}"
     f, o = e["test_full"], e["test_full_other_protocol"]
+    loss = c["loss"] + (" (FreeRec block)" if c["freerec"] else "")
     print(
-        f"| {r['arm']} | {c['loss']} | {negs} | {c['logq']} | {seed(r['arm'])} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "
+        f"| {r['arm']} | {loss} | {negs} | {c['logq']} | {seed(r['arm'])} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "
         f"{o['NDCG@10']:.4f} | {t['best_epoch']} / {t['epochs_run']} | {t['mean_train_seconds_per_epoch']:.1f} | {sum(e['seconds'] for e in t['epochs']) / 60:.0f} min |"
     )
 
