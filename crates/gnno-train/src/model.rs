@@ -88,6 +88,7 @@ impl Attention {
             &self.k.forward(x),
             &self.v.forward(x),
             bias,
+            None,
             dropout,
             train,
         );
@@ -115,49 +116,28 @@ impl Attention {
         dropout: f64,
         train: bool,
     ) -> Tensor {
-        let q = p.pad(&self.q.forward(xq));
-        let k = p.pad(&self.k.forward(x));
-        let v = p.pad(&self.v.forward(x));
-        let y = match pad_slots {
-            None => self.attend(&q, &k, &v, bias, dropout, train),
-            Some(ln_n) => {
-                let (b, l, d) = k.size3().unwrap_or((0, 0, 0));
-                let dh = d / self.heads;
-                let head = |t: &Option<Tensor>| {
-                    t.as_ref().map_or_else(
-                        || Tensor::zeros([1, self.heads, 1, dh], (k.kind(), k.device())),
-                        |t| t.view([1, self.heads, 1, dh]),
-                    )
-                };
-                let (bk, bv) = (head(&self.k.bs), head(&self.v.bs));
-                let split = |t: &Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
-                #[expect(clippy::cast_precision_loss, reason = "head size")]
-                let scale = 1.0 / (dh as f64).sqrt();
-                let (qs, ks, vs) = (split(&q), split(&k), split(&v));
-                let slots = (&qs * &bk).sum_dim_intlist(-1, true, Kind::Float) * scale + ln_n;
-                let att = Tensor::cat(
-                    &[qs.matmul(&ks.transpose(-2, -1)) * scale + bias, slots],
-                    -1,
-                )
-                .softmax(-1, Kind::Float)
-                .dropout(dropout, train);
-                (att.narrow(-1, 0, l).matmul(&vs) + att.narrow(-1, l, 1) * bv)
-                    .transpose(1, 2)
-                    .contiguous()
-                    .view([b, l, d])
-            }
-        };
+        let y = self.attend(
+            &p.pad(&self.q.forward(xq)),
+            &p.pad(&self.k.forward(x)),
+            &p.pad(&self.v.forward(x)),
+            bias,
+            pad_slots,
+            dropout,
+            train,
+        );
         self.o.forward(&p.pack(&y))
     }
 
     /// Multi-head attention of projected `q`, `k`, `v` `[B, L, D]`, before the
-    /// output projection.
+    /// output projection; `pad_slots` as in `forward_packed`.
+    #[expect(clippy::too_many_arguments, reason = "one attention call")]
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         bias: &Tensor,
+        pad_slots: Option<&Tensor>,
         dropout: f64,
         train: bool,
     ) -> Tensor {
@@ -166,10 +146,28 @@ impl Attention {
         let split = |t: &Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
         #[expect(clippy::cast_precision_loss, reason = "head size")]
         let scale = 1.0 / (dh as f64).sqrt();
-        let att = (split(q).matmul(&split(k).transpose(-2, -1)) * scale + bias)
+        let q = split(q);
+        let scores = q.matmul(&split(k).transpose(-2, -1)) * scale + bias;
+        // Each head's share of a projection's bias `[1, H, 1, dh]`.
+        let head = |lin: &nn::Linear| {
+            lin.bs.as_ref().map_or_else(
+                || Tensor::zeros([1, self.heads, 1, dh], (k.kind(), k.device())),
+                |t| t.view([1, self.heads, 1, dh]),
+            )
+        };
+        let Some(ln_n) = pad_slots else {
+            let att = scores.softmax(-1, Kind::Float).dropout(dropout, train);
+            return att
+                .matmul(&split(v))
+                .transpose(1, 2)
+                .contiguous()
+                .view([b, l, d]);
+        };
+        let slots = (&q * head(&self.k)).sum_dim_intlist(-1, true, Kind::Float) * scale + ln_n;
+        let att = Tensor::cat(&[scores, slots], -1)
             .softmax(-1, Kind::Float)
             .dropout(dropout, train);
-        att.matmul(&split(v))
+        (att.narrow(-1, 0, l).matmul(&split(v)) + att.narrow(-1, l, 1) * head(&self.v))
             .transpose(1, 2)
             .contiguous()
             .view([b, l, d])
