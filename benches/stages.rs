@@ -540,6 +540,28 @@ fn bench_objectives(tmp: &Path) {
             );
         }
     }
+    freerec(&mut cfg);
+    cfg.loss = Loss::FullSoftmax;
+    cfg.logq = LogQ::Off;
+    cfg.batching = Batching::Random;
+    cfg.random_scope = RandomScope::Row;
+    let (ours, _) = gnno_train::trainer::dataset_throughput(&cfg, &ds, 0, batches, "cpu", threads)
+        .expect("throughput");
+    let et = per_epoch as f64 / theirs["full-softmax/freerec"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "  {:16} gnno {ours:7.1} s/epoch (random batches, FreeRec block)   PyTorch eager {et:7.1} s/epoch (same)   ratio {:.2}x",
+        "full-softmax",
+        et / ours
+    );
+}
+
+/// FreeRec's SASRec block (`train.sasrec-*`): the attention added to the block's
+/// input, padding slots attended, PyTorch's initialisation.
+fn freerec(cfg: &mut gnno_core::config::TrainSettings) {
+    use gnno_core::config::{SasrecInit, SasrecPadding, SasrecResidual};
+    cfg.sasrec_residual = SasrecResidual::Input;
+    cfg.sasrec_padding = SasrecPadding::Attended;
+    cfg.sasrec_init = SasrecInit::Xavier;
 }
 
 /// Sampled softmax with the batch's random negatives drawn per group of users
@@ -573,6 +595,20 @@ fn bench_groups(tmp: &Path) {
             s / full
         );
     }
+    // The same pair with FreeRec's block.
+    freerec(&mut cfg);
+    cfg.random_groups = 32;
+    let s = time(&cfg, n_hard);
+    cfg.loss = Loss::FullSoftmax;
+    cfg.logq = LogQ::Off;
+    cfg.random_scope = RandomScope::Row;
+    cfg.random_groups = 1;
+    let full = time(&cfg, 0);
+    println!("  FreeRec block: full softmax      {full:6.1} s/epoch");
+    println!(
+        "  FreeRec block: random-groups  32 {s:6.1} s/epoch   {:.3} of full softmax",
+        s / full
+    );
 }
 
 /// The export stage on Beauty: top-100 for every user (22,363) over 12,101 items

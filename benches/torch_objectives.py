@@ -6,7 +6,9 @@ position trained), with each objective over the same candidates: K uniform rando
 negatives per row (or, for "<loss>/batch", K shared by the whole batch and scored
 by one matrix product, each row masking its own items), H hard negatives per
 position (random ids here: the cost, not the values, is measured), and Adam. Prints
-one JSON object {loss: positions/s}.
+one JSON object {loss: positions/s}. "full-softmax/freerec" is full softmax with
+FreeRec's block (train.sasrec-residual = "input", sasrec-padding = "attended"): the
+attention added to the block's input, padded zero vectors attended as keys.
 
 Usage: python torch_objectives.py BEAUTY_TXT L BATCH K H BATCHES THREADS
 """
@@ -36,8 +38,9 @@ with open(path) as f:
 
 
 class Block(nn.Module):
-    def __init__(self):
+    def __init__(self, freerec):
         super().__init__()
+        self.freerec = freerec
         self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
         self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
         self.ff1, self.ff2 = nn.Linear(D, D), nn.Linear(D, D)
@@ -48,23 +51,26 @@ class Block(nn.Module):
         q = self.ln1(x)
         qq, k, v = split(self.q(q)), split(self.k(x)), split(self.v(x))
         att = (qq @ k.transpose(-2, -1) / (d // HEADS) ** 0.5 + bias).softmax(-1)
-        x = q + self.o((att @ v).transpose(1, 2).reshape(b, l, d))
+        x = (x if self.freerec else q) + self.o((att @ v).transpose(1, 2).reshape(b, l, d))
         x = self.ln2(x)
         return x + self.ff2(F.relu(self.ff1(x)))
 
 
 class SASRec(nn.Module):
-    def __init__(self):
+    def __init__(self, freerec=False):
         super().__init__()
+        self.freerec = freerec
         self.items = nn.Embedding(n_items + 2, D, padding_idx=0)
         self.pos = nn.Embedding(L, D)
-        self.blocks = nn.ModuleList(Block() for _ in range(BLOCKS))
+        self.blocks = nn.ModuleList(Block(freerec) for _ in range(BLOCKS))
         self.last = nn.LayerNorm(D)
 
     def forward(self, h):
         keep = (h != 0).float().unsqueeze(-1)
         x = (self.items(h) * D ** 0.5 + self.pos.weight.unsqueeze(0)) * keep
-        bias = (h == 0).float()[:, None, None, :] * -1e9 + torch.triu(torch.ones(L, L), 1)[None, None] * -1e9
+        bias = torch.triu(torch.ones(L, L), 1)[None, None] * -1e9
+        if not self.freerec:
+            bias = bias + (h == 0).float()[:, None, None, :] * -1e9
         for blk in self.blocks:
             x = blk(x, bias) * keep
         return self.last(x)
@@ -81,7 +87,7 @@ def batch(rows):
 
 
 def loss_of(kind, model, hist, tgt):
-    kind, _, scope = kind.partition("/")
+    kind, _, scope = kind.partition("/")  # scope: "", "batch" or "freerec"
     rep_all = model(hist)
     valid = tgt.view(-1) > 0
     rep = rep_all.reshape(-1, D)[valid]
@@ -119,8 +125,8 @@ def loss_of(kind, model, hist, tgt):
 
 out = {}
 kinds = ["bpr", "bce", "gbce", "sampled-softmax"]
-for kind in kinds + [k + "/batch" for k in kinds] + ["full-softmax"]:
-    model = SASRec()
+for kind in kinds + [k + "/batch" for k in kinds] + ["full-softmax", "full-softmax/freerec"]:
+    model = SASRec(freerec=kind.endswith("/freerec"))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(3)
     order = torch.randperm(len(seqs), generator=g).tolist()
