@@ -88,7 +88,6 @@ impl Attention {
             &self.k.forward(x),
             &self.v.forward(x),
             bias,
-            None,
             dropout,
             train,
         );
@@ -97,14 +96,9 @@ impl Attention {
 
     /// The same on packed rows `[T, D]` (the real positions `p.idx` of a `[B, L]`
     /// batch): the projections run on the T real positions only, and only the
-    /// attention itself sees the padded layout.
-    ///
-    /// `pad_slots`: with `sasrec-padding = "attended"`, ln of each row's number of
-    /// padding slots up to L `[B, 1, 1, 1]` (−1e9 for none). A zero vector at n
-    /// slots projects to the key and value biases, so the n slots act as one
-    /// extra key b_k whose weight is n·exp(q·b_k/√d_h), with value b_v: one extra
-    /// column with logit q·b_k/√d_h + ln n. (Dropout then drops the n slots'
-    /// weight together, not each slot on its own: the same expectation.)
+    /// attention itself sees the padded layout. With `slots` (`sasrec-padding =
+    /// "attended"`) keys and values get the leading padding-slot column and
+    /// `bias` is `[B, 1, L, L + 1]` (`SlotColumn`).
     #[expect(clippy::too_many_arguments, reason = "one attention call")]
     fn forward_packed(
         &self,
@@ -112,65 +106,83 @@ impl Attention {
         x: &Tensor,
         bias: &Tensor,
         p: &Packing,
-        pad_slots: Option<&Tensor>,
+        slots: Option<&SlotColumn>,
         dropout: f64,
         train: bool,
     ) -> Tensor {
-        let y = self.attend(
-            &p.pad(&self.q.forward(xq)),
-            &p.pad(&self.k.forward(x)),
-            &p.pad(&self.v.forward(x)),
-            bias,
-            pad_slots,
-            dropout,
-            train,
-        );
+        let (k, v) = (self.k.forward(x), self.v.forward(x));
+        let (k, v) = match slots {
+            None => (p.pad(&k), p.pad(&v)),
+            Some(s) => (s.pad(&k, &self.k), s.pad(&v, &self.v)),
+        };
+        let y = self.attend(&p.pad(&self.q.forward(xq)), &k, &v, bias, dropout, train);
         self.o.forward(&p.pack(&y))
     }
 
-    /// Multi-head attention of projected `q`, `k`, `v` `[B, L, D]`, before the
-    /// output projection; `pad_slots` as in `forward_packed`.
-    #[expect(clippy::too_many_arguments, reason = "one attention call")]
+    /// Multi-head attention of projected queries `q` `[B, L, D]` over keys and
+    /// values `k`, `v` `[B, L', D]`, before the output projection.
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         bias: &Tensor,
-        pad_slots: Option<&Tensor>,
         dropout: f64,
         train: bool,
     ) -> Tensor {
-        let (b, l, d) = k.size3().unwrap_or((0, 0, 0));
+        let (b, l, d) = q.size3().unwrap_or((0, 0, 0));
         let dh = d / self.heads;
-        let split = |t: &Tensor| t.view([b, l, self.heads, dh]).transpose(1, 2);
+        let split = |t: &Tensor| t.view([b, -1, self.heads, dh]).transpose(1, 2);
         #[expect(clippy::cast_precision_loss, reason = "head size")]
         let scale = 1.0 / (dh as f64).sqrt();
-        let q = split(q);
-        let scores = q.matmul(&split(k).transpose(-2, -1)) * scale + bias;
-        // Each head's share of a projection's bias `[1, H, 1, dh]`.
-        let head = |lin: &nn::Linear| {
-            lin.bs.as_ref().map_or_else(
-                || Tensor::zeros([1, self.heads, 1, dh], (k.kind(), k.device())),
-                |t| t.view([1, self.heads, 1, dh]),
-            )
-        };
-        let Some(ln_n) = pad_slots else {
-            let att = scores.softmax(-1, Kind::Float).dropout(dropout, train);
-            return att
-                .matmul(&split(v))
-                .transpose(1, 2)
-                .contiguous()
-                .view([b, l, d]);
-        };
-        let slots = (&q * head(&self.k)).sum_dim_intlist(-1, true, Kind::Float) * scale + ln_n;
-        let att = Tensor::cat(&[scores, slots], -1)
+        let att = (split(q).matmul(&split(k).transpose(-2, -1)) * scale + bias)
             .softmax(-1, Kind::Float)
             .dropout(dropout, train);
-        (att.narrow(-1, 0, l).matmul(&split(v)) + att.narrow(-1, l, 1) * head(&self.v))
+        att.matmul(&split(v))
             .transpose(1, 2)
             .contiguous()
             .view([b, l, d])
+    }
+}
+
+/// `sasrec-padding = "attended"`: implementations that pad every history to L
+/// with zero vectors and mask causally only let each query attend to a row's n
+/// padding slots; a zero vector's key and value are the projections' biases
+/// b_k, b_v, so the n slots act as one key b_k with weight n·exp(q·b_k/√d_h) and
+/// value b_v. Keys and values get one leading column holding b_k and b_v, and the
+/// attention bias gives it ln n (−1e9 for a full row). Dropout then drops the n
+/// slots' weight together rather than each slot (the same expectation).
+struct SlotColumn {
+    /// Where the packed rows, then each row's slot column, go in `B × (L + 1)`.
+    idx: Tensor,
+    b: i64,
+    l: i64,
+}
+
+impl SlotColumn {
+    fn new(p: &Packing) -> Self {
+        let dev = p.idx.device();
+        let shifted = p.idx + p.idx.floor_divide_scalar(p.l) + 1;
+        let starts = Tensor::arange(p.b, (Kind::Int64, dev)) * (p.l + 1);
+        Self {
+            idx: Tensor::cat(&[shifted, starts], 0),
+            b: p.b,
+            l: p.l,
+        }
+    }
+
+    /// Packed keys or values `[T, D]` of `lin` → `[B, L + 1, D]`: the slot column
+    /// (`lin`'s bias), then the padded layout.
+    fn pad(&self, x: &Tensor, lin: &nn::Linear) -> Tensor {
+        let d = x.size()[1];
+        let slot = lin.bs.as_ref().map_or_else(
+            || Tensor::zeros([1, d], (x.kind(), x.device())),
+            |b| b.view([1, d]),
+        );
+        let rows = Tensor::cat(&[x, &slot.expand([self.b, d], false)], 0);
+        Tensor::zeros([self.b * (self.l + 1), d], (x.kind(), x.device()))
+            .index_copy(0, &self.idx, &rows)
+            .view([self.b, self.l + 1, d])
     }
 }
 
@@ -258,7 +270,7 @@ impl Block {
         x: &Tensor,
         bias: &Tensor,
         p: &Packing,
-        form: (SasrecResidual, Option<&Tensor>),
+        form: (SasrecResidual, Option<&SlotColumn>),
         dropout: f64,
         train: bool,
     ) -> Tensor {
@@ -475,15 +487,21 @@ impl Model {
         let mut x = (items * scale + pos.forward(&positions)).dropout(self.dropout, train);
         let tri = Tensor::ones([p.l, p.l], (Kind::Float, hist.device())).triu(1) * -1e9;
         let bias = key_padding(hist) + tri.unsqueeze(0).unsqueeze(0);
-        let pad_slots = (self.padding == SasrecPadding::Attended).then(|| {
-            // ln(padding slots up to L) per row; −1e9 for a full row.
-            let n = hist.ne(0).sum_dim_intlist(1, false, Kind::Float).neg() + self.max_len as f64;
-            let ln_n = n.clamp_min(1.0).log();
-            ln_n.where_self(&n.gt(0.5), &Tensor::from(-1e9f32).to_device(hist.device()))
-                .view([-1, 1, 1, 1])
-        });
+        let (bias, slots) = match self.padding {
+            SasrecPadding::Masked => (bias, None),
+            SasrecPadding::Attended => {
+                // ln(padding slots up to L) per row; −1e9 for a full row.
+                let n =
+                    hist.ne(0).sum_dim_intlist(1, false, Kind::Float).neg() + self.max_len as f64;
+                let full = Tensor::from(-1e9f32).to_device(hist.device());
+                let ln_n = n.clamp_min(1.0).log().where_self(&n.gt(0.5), &full);
+                let col = ln_n.view([-1, 1, 1, 1]).expand([p.b, 1, p.l, 1], false);
+                let bias = Tensor::cat(&[col, bias.expand([p.b, 1, p.l, p.l], false)], -1);
+                (bias, Some(SlotColumn::new(p)))
+            }
+        };
         for blk in blocks {
-            let form = (self.residual, pad_slots.as_ref());
+            let form = (self.residual, slots.as_ref());
             x = blk.forward_sasrec(&x, &bias, p, form, self.dropout, train);
         }
         last_ln.forward(&x)
