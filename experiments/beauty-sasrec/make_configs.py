@@ -86,6 +86,7 @@ ARMS = {
     ),
     # The sampled arms beside it, with the same block.
     "ssm-uniform-g32-freerec": dict(SSM, sampler="uniform", form=FREEREC),
+    "ssm-gnno-g32-tau001-freerec": dict(SSM, sampler="gnno", tau=0.01, form=FREEREC),
     "ssm-gnno-g32-tau01-freerec": dict(SSM, sampler="gnno", tau=0.1, form=FREEREC),
     # Sampled softmax, 256 random + 9 uniform "hard" negatives (265 in all), logQ on.
     "ssm-uniform-g32": dict(SSM, sampler="uniform"),
@@ -115,7 +116,8 @@ ARMS = {
 }
 MULTI_SEED = {
     "full-softmax", "ssm-uniform-g32", "ssm-gnno-g32", "ssm-gnno-g32-tau01",
-    "full-softmax-freerec", "ssm-uniform-g32-freerec", "ssm-gnno-g32-tau01-freerec",
+    "ssm-gnno-g32-tau001",
+    "full-softmax-freerec", "ssm-uniform-g32-freerec", "ssm-gnno-g32-tau001-freerec",
 }
 
 here = Path(__file__).parent
