@@ -46,8 +46,13 @@ def read_safetensors(path):
 
 class SASRec:
     """SASRec as gnno trains it (crates/gnno-train/src/model.rs): item embeddings
-    x sqrt(d) plus learned positions counted from the right, pre-LN blocks whose
-    normalised query is the residual, a ReLU feed-forward, a final LayerNorm."""
+    x sqrt(d) plus learned positions counted from the right, pre-LN blocks, a ReLU
+    feed-forward, a final LayerNorm. The attention output is added to the
+    normalised query (sasrec_residual "query") or to the block's input ("input");
+    with sasrec_padding "attended" the history is padded to history_len with zero
+    vectors that every position attends to (a causal mask only), zeroed again
+    after each block, as FreeRec's SASRec runs it; "masked" attends to the history
+    only."""
 
     def __init__(self, meta, t):
         self.t = t
@@ -56,6 +61,11 @@ class SASRec:
         self.heads = int(meta["heads"])
         self.max_len = int(meta["history_len"])
         self.eps = float(meta.get("layer_norm_eps", "1e-05"))
+        # Files written before these keys existed have the defaults.
+        self.residual = meta.get("sasrec_residual", "query")
+        self.padding = meta.get("sasrec_padding", "masked")
+        if self.residual not in ("query", "input") or self.padding not in ("masked", "attended"):
+            sys.exit(f"unknown SASRec form: residual {self.residual!r}, padding {self.padding!r}")
 
     def ln(self, x, name):
         return F.layer_norm(x, (self.d,), self.t[name + ".weight"], self.t[name + ".bias"], self.eps)
@@ -74,15 +84,18 @@ class SASRec:
     def encode(self, hist):
         """The representation after the last item of `hist` (item indices)."""
         h = torch.tensor(hist[-self.max_len :], dtype=torch.long)
-        w = len(h)
-        x = self.t["items.weight"][h] * math.sqrt(self.d) + self.t["pos.weight"][self.max_len - w :]
+        n = self.max_len - len(h) if self.padding == "attended" else 0
+        x = self.t["items.weight"][h] * math.sqrt(self.d) + self.t["pos.weight"][self.max_len - len(h) :]
+        x = torch.cat([torch.zeros(n, self.d), x])  # zero vectors at the padding
+        keep = torch.cat([torch.zeros(n, 1), torch.ones(len(h), 1)])
+        w = len(x)
         causal = torch.ones(w, w).triu(1) * -1e9  # a position sees itself and the past
         for i in range(self.layers):
             b = f"block{i}"
             q = self.ln(x, b + ".ln1")
-            x = q + self.attention(q, x, b + ".att", causal)
+            x = (x if self.residual == "input" else q) + self.attention(q, x, b + ".att", causal)
             x = self.ln(x, b + ".ln2")
-            x = x + self.lin(torch.relu(self.lin(x, b + ".ff1")), b + ".ff2")
+            x = (x + self.lin(torch.relu(self.lin(x, b + ".ff1")), b + ".ff2")) * keep
         return self.ln(x, "last_ln")[-1]
 
 

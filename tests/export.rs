@@ -173,6 +173,71 @@ for line in sys.stdin:
         .collect()
 }
 
+/// docs/load_model.py, given `model` and four users' whole histories (the first,
+/// middle and last user, and one with the shortest history), prints the export's
+/// top K for them (`recs`: the recommendations file's rows). Returns the shortest
+/// history's length.
+fn loader_reproduces(ds: &Dataset, model: &Path, recs: &[(String, u32, String, f32)]) -> usize {
+    let len = |u: usize| ds.full_seq(u32::try_from(u).expect("u")).len();
+    let shortest = (0..ds.n_users()).min_by_key(|&u| len(u)).expect("users");
+    let users = [0usize, ds.n_users() / 2, ds.n_users() - 1, shortest];
+    let histories: Vec<Vec<&String>> = users
+        .iter()
+        .map(|&u| {
+            ds.full_seq(u32::try_from(u).expect("u"))
+                .into_iter()
+                .map(|i| &ds.item_raw[i as usize])
+                .collect()
+        })
+        .collect();
+    let outputs = load_model_py(model, &histories);
+    assert_eq!(outputs.len(), users.len());
+    for (&u, got) in users.iter().zip(&outputs) {
+        let want = &recs[u * K..(u + 1) * K];
+        assert_eq!(got.len(), K);
+        for (g, w) in got.iter().zip(want) {
+            let (gi, gs) = (
+                g["item"].as_str().expect("item"),
+                g["score"].as_f64().expect("s"),
+            );
+            assert!(
+                (gs - f64::from(w.3)).abs() < 1e-4,
+                "user {u}: python {gi} {gs} vs export {} {}",
+                w.2,
+                w.3
+            );
+            // Equal items, unless two items' scores are within rounding of each other.
+            let near_tie = want
+                .iter()
+                .any(|x| x.2 == gi && (f64::from(x.3) - gs).abs() < 1e-5);
+            assert!(
+                gi == w.2 || near_tie,
+                "user {u}: python {got:?} vs export {want:?}"
+            );
+        }
+    }
+
+    len(shortest)
+}
+
+#[test]
+fn an_export_with_freerecs_block_is_reproduced_by_the_python_loader() {
+    let p = Project::new();
+    p.write("data.tsv", &synthetic_log(300, 120, 11));
+    let form = "epochs = 2\nsasrec-residual = \"input\"\nsasrec-padding = \"attended\"\nsasrec-init = \"xavier\"\n";
+    p.config(&config(form, &format!("[export]\ntop-k = {K}\n")));
+    p.ok(&["run"]);
+    let ds = Dataset::load(&run_dir(&p.workdir(), "ingest")).expect("ingest");
+    let model = run_dir(&p.workdir(), "export").join("model.safetensors");
+    let (meta, _) = safetensors_header(&model);
+    assert_eq!(meta["sasrec_residual"], "input");
+    assert_eq!(meta["sasrec_padding"], "attended");
+    let recs = recommendations(&run_dir(&p.workdir(), "export"));
+    assert_eq!(recs.len(), ds.n_users() * K);
+    // A history shorter than history-len = 8, so the padding slots take part.
+    assert!(loader_reproduces(&ds, &model, &recs) < 8);
+}
+
 #[test]
 fn export_writes_embeddings_model_and_top_k_that_the_python_loader_reproduces() {
     let p = Project::new();
@@ -204,6 +269,8 @@ fn export_writes_embeddings_model_and_top_k_that_the_python_loader_reproduces() 
         ("layers", "1"),
         ("heads", "2"),
         ("history_len", "8"),
+        ("sasrec_residual", "query"),
+        ("sasrec_padding", "masked"),
     ] {
         assert_eq!(meta.get(k).map(String::as_str), Some(v), "{k}");
     }
@@ -278,42 +345,7 @@ fn export_writes_embeddings_model_and_top_k_that_the_python_loader_reproduces() 
 
     // docs/load_model.py rebuilds the model from the file alone and gives the
     // same top 10 for a user's whole history.
-    let users = [0usize, ds.n_users() / 2, ds.n_users() - 1];
-    let histories: Vec<Vec<&String>> = users
-        .iter()
-        .map(|&u| {
-            ds.full_seq(u32::try_from(u).expect("u"))
-                .into_iter()
-                .map(|i| &ds.item_raw[i as usize])
-                .collect()
-        })
-        .collect();
-    let outputs = load_model_py(&model, &histories);
-    assert_eq!(outputs.len(), users.len());
-    for (&u, got) in users.iter().zip(&outputs) {
-        let want = &recs[u * K..(u + 1) * K];
-        assert_eq!(got.len(), K);
-        for (g, w) in got.iter().zip(want) {
-            let (gi, gs) = (
-                g["item"].as_str().expect("item"),
-                g["score"].as_f64().expect("s"),
-            );
-            assert!(
-                (gs - f64::from(w.3)).abs() < 1e-4,
-                "user {u}: python {gi} {gs} vs export {} {}",
-                w.2,
-                w.3
-            );
-            // Equal items, unless two items' scores are within rounding of each other.
-            let near_tie = want
-                .iter()
-                .any(|x| x.2 == gi && (f64::from(x.3) - gs).abs() < 1e-5);
-            assert!(
-                gi == w.2 || near_tie,
-                "user {u}: python {got:?} vs export {want:?}"
-            );
-        }
-    }
+    let _ = loader_reproduces(&ds, &model, &recs);
 
     // Byte-identical with another thread count (threads change no setting: a
     // forced rerun into a fresh folder).

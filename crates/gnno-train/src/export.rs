@@ -83,10 +83,7 @@ pub fn model_file(
         let f = to_f32(&t, &name)?;
         st.tensors.insert(name, f);
     }
-    let backbone = serde_json::to_value(cfg.backbone)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let backbone = kebab(&cfg.backbone);
     let items = item_raw.get(1..).unwrap_or_default();
     let meta = [
         ("format", "gnno-model".to_owned()),
@@ -98,6 +95,8 @@ pub fn model_file(
         ("history_len", cfg.history_len.to_string()),
         ("n_items", items.len().to_string()),
         ("layer_norm_eps", LAYER_NORM_EPS.to_owned()),
+        ("sasrec_residual", kebab(&cfg.sasrec_residual)),
+        ("sasrec_padding", kebab(&cfg.sasrec_padding)),
         (
             "items",
             serde_json::to_string(items).map_err(|e| Error::internal(e.to_string()))?,
@@ -105,6 +104,14 @@ pub fn model_file(
     ];
     st.metadata = meta.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     Ok(st)
+}
+
+/// A unit enum's config spelling (`"sasrec"`, `"attended"`).
+fn kebab(v: &impl serde::Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The users to export, in output order: the lines of `file` (raw user ids; blank

@@ -491,12 +491,12 @@ impl Model {
             SasrecPadding::Masked => (bias, None),
             SasrecPadding::Attended => {
                 // ln(padding slots up to L) per row; −1e9 for a full row.
-                let n =
-                    hist.ne(0).sum_dim_intlist(1, false, Kind::Float).neg() + self.max_len as f64;
-                let full = Tensor::from(-1e9f32).to_device(hist.device());
-                let ln_n = n.clamp_min(1.0).log().where_self(&n.gt(0.5), &full);
+                #[expect(clippy::cast_precision_loss, reason = "history length")]
+                let l_max = self.max_len as f64;
+                let n = hist.ne(0).sum_dim_intlist(1, false, Kind::Float).neg() + l_max;
+                let ln_n = n.clamp_min(1.0).log().masked_fill(&n.lt(0.5), -1e9);
                 let col = ln_n.view([-1, 1, 1, 1]).expand([p.b, 1, p.l, 1], false);
-                let bias = Tensor::cat(&[col, bias.expand([p.b, 1, p.l, p.l], false)], -1);
+                let bias = Tensor::cat(&[col, bias], -1);
                 (bias, Some(SlotColumn::new(p)))
             }
         };
