@@ -1153,6 +1153,14 @@ fn read_export(root: &Table, base: &Path, problems: &mut Vec<String>) -> ExportS
 mod tests {
     use super::*;
 
+    /// The problems a config text is refused with.
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new(".")) {
+            Err(Error::Config { problems, .. }) => problems,
+            other => panic!("expected config error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn gates_are_read_per_stage_and_figure_and_typos_are_errors() {
         let text = "[ingest]\ninputs=[\"a\"]\n[gates.ingest]\nrows = { min = 10, max-drop = 0.2 }\n[gates.evaluate]\n\"test.NDCG@10\" = { max-drop = 0.05 }\n";
@@ -1164,9 +1172,7 @@ mod tests {
         assert_eq!(c.gates[1].min, Some(10.0));
         assert_eq!(c.gates[1].max_drop, Some(0.2));
         let bad = "[ingest]\ninputs=[\"a\"]\n[gates.ingest]\nrow = { min = 1 }\nusers = { minimum = 1 }\nitems = {}\n[gates.evaluate]\n\"test.NDCG@7\" = { min = 0.1 }\n[gates.nightly]\nx = { min = 1 }\n";
-        let Err(Error::Config { problems, .. }) = Config::parse(bad, Path::new(".")) else {
-            panic!("expected config error")
-        };
+        let problems = problems(bad);
         let joined = problems.join("\n");
         for needle in [
             "gates.ingest.\"row\": ingest has no figure",
@@ -1193,9 +1199,7 @@ mod tests {
     #[test]
     fn every_problem_is_listed_with_its_key_path() {
         let text = "[run]\nseed = \"x\"\nbogus = 1\n[graph]\nhops = 0\noverlap = \"cosine\"\n[negatives]\npace = 2.0\n[ingest]\ninputs = [1]\n[extra]\n";
-        let Err(Error::Config { problems, .. }) = Config::parse(text, Path::new(".")) else {
-            panic!("expected config error")
-        };
+        let problems = problems(text);
         let joined = problems.join("\n");
         for needle in [
             "run.seed: expected an integer",
@@ -1239,9 +1243,7 @@ mod tests {
         assert_eq!(c.export.users.as_deref(), Some("lists/u.txt"));
         assert_eq!(c.train.warm_start, WarmStart::LastAccepted);
         let text = "[ingest]\ninputs=[\"a\"]\n[export]\ntop-k = 0\nusers = 3\n[train]\nepochs = 5\nwarm-start = \"on\"\nwarm-start-epochs = 6\n";
-        let Err(Error::Config { problems, .. }) = Config::parse(text, Path::new(".")) else {
-            panic!("expected config error")
-        };
+        let problems = problems(text);
         let joined = problems.join("\n");
         for needle in [
             "export.top-k: 0 is out of range",
@@ -1273,12 +1275,7 @@ mod tests {
         );
         let key = serde_json::to_value(&c.train).expect("serialises");
         assert_eq!(key["random_groups"], 8);
-        let Err(Error::Config { problems, .. }) = Config::parse(
-            "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-groups = 4\n",
-            Path::new("."),
-        ) else {
-            panic!("expected config error")
-        };
+        let problems = problems("[ingest]\ninputs=[\"a\"]\n[train]\nrandom-groups = 4\n");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\"")
@@ -1308,12 +1305,7 @@ mod tests {
         );
         let key = serde_json::to_value(t).expect("serialises");
         assert_eq!(key["sasrec_padding"], "attended");
-        let Err(Error::Config { problems, .. }) = Config::parse(
-            "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"gru4rec\"\nsasrec-init = \"xavier\"\nsasrec-padding = \"open\"\n",
-            Path::new("."),
-        ) else {
-            panic!("expected config error")
-        };
+        let problems = problems("[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"gru4rec\"\nsasrec-init = \"xavier\"\nsasrec-padding = \"open\"\n");
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(
             |p| p == "train.sasrec-padding: expected one of masked | attended, found \"open\""

@@ -83,12 +83,11 @@ pub fn model_file(
         let f = to_f32(&t, &name)?;
         st.tensors.insert(name, f);
     }
-    let backbone = kebab(&cfg.backbone);
     let items = item_raw.get(1..).unwrap_or_default();
     let meta = [
         ("format", "gnno-model".to_owned()),
         ("format_version", MODEL_FORMAT_VERSION.to_string()),
-        ("backbone", backbone),
+        ("backbone", kebab(&cfg.backbone)),
         ("dim", cfg.dim.to_string()),
         ("layers", cfg.layers.to_string()),
         ("heads", cfg.heads.to_string()),
@@ -107,7 +106,7 @@ pub fn model_file(
 }
 
 /// A unit enum's config spelling (`"sasrec"`, `"attended"`).
-fn kebab(v: &impl serde::Serialize) -> String {
+pub(crate) fn kebab(v: &impl serde::Serialize) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

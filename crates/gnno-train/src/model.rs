@@ -55,28 +55,20 @@ fn xavier_normal(fan_in: i64, fan_out: i64) -> nn::Init {
 
 impl Attention {
     fn new(p: &nn::Path, d: i64, heads: i64, init: SasrecInit) -> Self {
-        match init {
-            SasrecInit::Normal => Self {
-                q: linear(p, "q", d),
-                k: linear(p, "k", d),
-                v: linear(p, "v", d),
-                o: linear(p, "o", d),
-                heads,
-            },
-            SasrecInit::Xavier => {
-                // PyTorch's MultiheadAttention: Xavier-uniform over the stacked
-                // 3d × d projection, Xavier-normal output (a Linear), zero biases.
-                #[expect(clippy::cast_precision_loss, reason = "layer sizes")]
-                let qkv = || uniform((6.0 / (4 * d) as f64).sqrt());
-                let zero = || nn::Init::Const(0.0);
-                Self {
-                    q: linear_init(p, "q", d, qkv(), zero()),
-                    k: linear_init(p, "k", d, qkv(), zero()),
-                    v: linear_init(p, "v", d, qkv(), zero()),
-                    o: linear_init(p, "o", d, xavier_normal(d, d), zero()),
-                    heads,
-                }
-            }
+        // Xavier: PyTorch's MultiheadAttention, Xavier-uniform over the stacked
+        // 3d × d projection, Xavier-normal output (a Linear), zero biases.
+        #[expect(clippy::cast_precision_loss, reason = "layer sizes")]
+        let (qkv, o) = match init {
+            SasrecInit::Normal => (normal(), normal()),
+            SasrecInit::Xavier => (uniform((6.0 / (4 * d) as f64).sqrt()), xavier_normal(d, d)),
+        };
+        let lin = |name: &str, ws| linear_init(p, name, d, ws, nn::Init::Const(0.0));
+        Self {
+            q: lin("q", qkv),
+            k: lin("k", qkv),
+            v: lin("v", qkv),
+            o: lin("o", o),
+            heads,
         }
     }
 
@@ -596,22 +588,32 @@ mod tests {
         (a - b).abs().max().double_value(&[])
     }
 
+    fn assert_close(a: &Tensor, b: &Tensor) {
+        let d = max_diff(a, b);
+        assert!(d < 1e-5, "max difference {d}");
+    }
+
+    /// Flat indices of the items ≠ 0 of `hist`.
+    fn real(hist: &Tensor) -> Tensor {
+        hist.view([-1]).ne(0).nonzero().squeeze_dim(1)
+    }
+
     #[test]
     fn sasrec_on_real_positions_equals_the_padded_form() {
         let (_vs, m) = sasrec();
         let hist =
             Tensor::from_slice(&[0i64, 0, 3, 4, 5, 0, 0, 0, 0, 7, 1, 2, 3, 4, 5]).view([3, 5]);
-        let idx = hist.view([-1]).ne(0).nonzero().squeeze_dim(1);
+        let idx = real(&hist);
         let want = padded_reference(&m, &hist)
             .view([15, -1])
             .index_select(0, &idx);
         let got = m.encode_real(&hist, &idx, false).expect("SASRec");
         assert_eq!(got.size(), vec![9, 8]);
-        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        assert_close(&got, &want);
         // encode_all: the same at the real positions, zeros at the padding.
         let all = m.encode_all(&hist, false);
         assert_eq!(all.size(), vec![3, 5, 8]);
-        assert!(max_diff(&all.view([15, -1]).index_select(0, &idx), &want) < 1e-5);
+        assert_close(&all.view([15, -1]).index_select(0, &idx), &want);
         assert_eq!(
             all.get(0).get(0).abs().sum(Kind::Float).double_value(&[]),
             0.0
@@ -625,7 +627,7 @@ mod tests {
             1,
         );
         let last = |h: &Tensor| m.encode(h, false);
-        assert!(max_diff(&last(&wide), &last(&hist)) < 1e-5);
+        assert_close(&last(&wide), &last(&hist));
     }
 
     #[test]
@@ -641,23 +643,19 @@ mod tests {
             0i64, 0, 0, 3, 4, 5, 0, 0, 0, 0, 0, 7, 0, 1, 2, 3, 4, 5, 9, 8, 1, 2, 3, 4,
         ])
         .view([4, 6]);
-        let idx6 = full.view([-1]).ne(0).nonzero().squeeze_dim(1);
+        let idx6 = real(&full);
         let want = padded_reference(&m, &full)
             .view([24, -1])
             .index_select(0, &idx6);
         let got6 = m.encode_real(&full, &idx6, false).expect("SASRec");
         assert_eq!(got6.size(), vec![15, 8]);
-        assert!(max_diff(&got6, &want) < 1e-5, "{}", max_diff(&got6, &want));
+        assert_close(&got6, &want);
         // The first three rows (9 items) at width 5.
         let trimmed = full.narrow(0, 0, 3).narrow(1, 1, 5).contiguous();
-        let idx5 = trimmed.view([-1]).ne(0).nonzero().squeeze_dim(1);
-        let got5 = m.encode_real(&trimmed, &idx5, false).expect("SASRec");
-        let want5 = want.narrow(0, 0, 9);
-        assert!(
-            max_diff(&got5, &want5) < 1e-5,
-            "{}",
-            max_diff(&got5, &want5)
-        );
+        let got5 = m
+            .encode_real(&trimmed, &real(&trimmed), false)
+            .expect("SASRec");
+        assert_close(&got5, &want.narrow(0, 0, 9));
         // The padding matters: masking it gives other outputs for the short rows,
         // and the same for the full row (no padding slot).
         let masked = Model {
@@ -666,7 +664,7 @@ mod tests {
         };
         let other = masked.encode_real(&full, &idx6, false).expect("SASRec");
         assert!(max_diff(&other.narrow(0, 0, 4), &want.narrow(0, 0, 4)) > 1e-3);
-        assert!(max_diff(&other.narrow(0, 9, 6), &want.narrow(0, 9, 6)) < 1e-5);
+        assert_close(&other.narrow(0, 9, 6), &want.narrow(0, 9, 6));
     }
 
     #[test]

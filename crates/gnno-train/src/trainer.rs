@@ -367,12 +367,14 @@ impl<'a> Trainer<'a> {
                 learn,
                 Some(&mut hardness),
             );
-            if learn && cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
-                loss += self.contrastive(epoch, &b, &chunk_ids) * cfg.gamma;
-            }
-            if learn && fault_nan(epoch) {
-                // Test hook: a diverged model.
-                loss *= f64::NAN;
+            if learn {
+                if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
+                    loss += self.contrastive(epoch, &b, &chunk_ids) * cfg.gamma;
+                }
+                if fault_nan(epoch) {
+                    // Test hook: a diverged model.
+                    loss *= f64::NAN;
+                }
             }
             let value = loss.double_value(&[]);
             if learn {

@@ -98,10 +98,7 @@ pub fn load(
             format!("model format version {version} (this build reads {MODEL_FORMAT_VERSION})"),
         ));
     }
-    let backbone = serde_json::to_value(cfg.backbone)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let backbone = crate::export::kebab(&cfg.backbone);
     let theirs = metadata_value(&st.metadata, "backbone", file)?;
     if theirs != backbone {
         return Err(usage(
