@@ -5,8 +5,10 @@ its epoch, the last epoch's dev NDCG@10 and seconds, and how hard the last epoch
 negatives were (share of random / hard negatives the model scored above the target).
 Optional: dev NDCG@10 of the given arms side by side after every 10th epoch, next
 to the reference's (Xu et al.'s SASRec + CE, mean of 5 seeds), or (--hardness) the
-hard negatives' share above the target.
-Usage: progress.py [--curves|--hardness arm ...]"""
+hard negatives' share above the target, or (--grid) each arm's dev NDCG@10 read as the
+reference reads its own: on its grid of every 5th epoch, the best and the mean over
+epochs 100-135 (the plateau), beside each reference seed's.
+Usage: progress.py [--curves|--hardness|--grid arm ...]"""
 import glob
 import json
 import os
@@ -27,6 +29,25 @@ def cell(row, key):
     return f"{v:22.4f}" if v is not None else " " * 22
 
 
+def reference_seeds():
+    """Dev NDCG@10 of each reference seed by epoch: {epoch: [seed0, ..., seed4]}."""
+    ref = {}
+    for line in open(os.path.join(here, "reference", "beauty-ce-5.txt")):
+        p = line.split()
+        if len(p) == 6 and p[0].isdigit():
+            ref[int(p[0])] = list(map(float, p[1:]))
+    return ref
+
+
+def grid_line(name, by_epoch):
+    """Best dev NDCG@10 on the 5-epoch grid (first epoch of a tie) and the plateau mean."""
+    grid = sorted(n for n in by_epoch if n % 5 == 0)
+    best = max(grid, key=lambda n: (by_epoch[n], -n))
+    plateau = [by_epoch[n] for n in grid if 100 <= n <= 135]
+    pm = f"{sum(plateau) / len(plateau):.5f}" if len(plateau) == 8 else "   -   "
+    print(f"{name:28} best {by_epoch[best]:.4f} after {best:3d}  plateau 100-135 {pm}")
+
+
 def reference():
     """Mean dev NDCG@10 of the reference's five seeds by epoch (reference/beauty-ce-5.txt,
     from the training logs of Xu et al.'s SASRec + CE on Beauty, evaluated every 5 epochs)."""
@@ -37,6 +58,16 @@ def reference():
             ref[int(p[0])] = {"dev_ndcg10": sum(map(float, p[1:])) / 5}
     return ref
 
+
+if len(sys.argv) > 2 and sys.argv[1] == "--grid":
+    for s, _ in enumerate(next(iter(reference_seeds().values()))):
+        grid_line(f"reference seed {s}", {n: v[s] for n, v in reference_seeds().items()})
+    for a in sys.argv[2:]:
+        h = history(a) or []
+        if len(h) >= 5:
+            # After n epochs = history index n - 1, as the reference's logs count.
+            grid_line(a, {i + 1: r["dev_ndcg10"] for i, r in enumerate(h)})
+    sys.exit()
 
 if len(sys.argv) > 2 and sys.argv[1] in ("--curves", "--hardness"):
     key = "dev_ndcg10" if sys.argv[1] == "--curves" else "hard_above_target"
