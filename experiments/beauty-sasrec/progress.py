@@ -49,19 +49,15 @@ def grid_line(name, by_epoch):
 
 
 def reference():
-    """Mean dev NDCG@10 of the reference's five seeds by epoch (reference/beauty-ce-5.txt,
-    from the training logs of Xu et al.'s SASRec + CE on Beauty, evaluated every 5 epochs)."""
-    ref = {}
-    for line in open(os.path.join(here, "reference", "beauty-ce-5.txt")):
-        p = line.split()
-        if len(p) == 6 and p[0].isdigit():
-            ref[int(p[0])] = {"dev_ndcg10": sum(map(float, p[1:])) / 5}
-    return ref
+    """Mean dev NDCG@10 of the reference's five seeds by epoch (from the training logs
+    of Xu et al.'s SASRec + CE on Beauty, evaluated every 5 epochs)."""
+    return {n: {"dev_ndcg10": sum(v) / len(v)} for n, v in reference_seeds().items()}
 
 
 if len(sys.argv) > 2 and sys.argv[1] == "--grid":
-    for s, _ in enumerate(next(iter(reference_seeds().values()))):
-        grid_line(f"reference seed {s}", {n: v[s] for n, v in reference_seeds().items()})
+    ref = reference_seeds()
+    for s in range(len(next(iter(ref.values())))):
+        grid_line(f"reference seed {s}", {n: v[s] for n, v in ref.items()})
     for a in sys.argv[2:]:
         h = history(a) or []
         if len(h) >= 5:
