@@ -84,8 +84,9 @@ class SASRec:
     def encode(self, hist):
         """The representation after the last item of `hist` (item indices)."""
         h = torch.tensor(hist[-self.max_len :], dtype=torch.long)
-        n = self.max_len - len(h) if self.padding == "attended" else 0
-        x = self.t["items.weight"][h] * math.sqrt(self.d) + self.t["pos.weight"][self.max_len - len(h) :]
+        pad = self.max_len - len(h)
+        n = pad if self.padding == "attended" else 0
+        x = self.t["items.weight"][h] * math.sqrt(self.d) + self.t["pos.weight"][pad:]
         x = torch.cat([torch.zeros(n, self.d), x])  # zero vectors at the padding
         keep = torch.cat([torch.zeros(n, 1), torch.ones(len(h), 1)])
         w = len(x)
