@@ -98,10 +98,6 @@ ARMS = {
     "ssm-uniform-g128": dict(SSM, sampler="uniform", groups=128),
     # One seed each: variants of the method.
     "ssm-gnno-g32-tau01": dict(SSM, sampler="gnno", tau=0.1),
-    # Hard negatives uncorrected: each weighs as one item, where a random one
-    # weighs N / K (about 47); only a concentrated draw (τ < 1) makes that weight
-    # count, so this variant is at τ = 0.1.
-    "ssm-gnno-g32-tau01-logq-random": dict(SSM, sampler="gnno", tau=0.1, logq="random"),
     # τ = 0.01: the hard negatives a trained SASRec scores above the target 10x as
     # often as uniform ones (hardness/run.sh), at 35x the test-item leakage.
     "ssm-gnno-g32-tau001": dict(SSM, sampler="gnno", tau=0.01),
@@ -109,10 +105,14 @@ ARMS = {
     # the curriculum started at epoch 5 instead of 19.
     "ssm-gnno-g32-tau001-h32": dict(SSM, sampler="gnno", tau=0.01, n_hard=32),
     "ssm-gnno-g32-tau001-w5": dict(SSM, sampler="gnno", tau=0.01, warmup=5),
+    # ... and the hard negatives left uncorrected: each weighs as one item, where
+    # logQ cuts a draw of probability q by K·q (at τ = 0.01 most q are > 0.01).
+    "ssm-gnno-g32-tau001-logq-random": dict(SSM, sampler="gnno", tau=0.01, logq="random"),
     "bpr-uniform": dict(loss="bpr", sampler="uniform", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
-    "bpr-gnno": dict(loss="bpr", sampler="gnno", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
+    # BPR, BCE and gBCE with GNNO at the τ that works under sampled softmax (0.01;
+    # at τ = 1 GNNO's draw is uniform's).
+    "bpr-gnno": dict(loss="bpr", sampler="gnno", tau=0.01, n_hard=9, warmup=19, n_random=16, logq="off"),
     "bce-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off"),
-    # BCE and gBCE with GNNO at the τ that works under sampled softmax (0.01).
     "bce-gnno": dict(SSM, loss="bce", sampler="gnno", tau=0.01, logq="off"),
     "gbce-uniform": dict(SSM, loss="gbce", sampler="uniform", logq="off"),
     "gbce-gnno": dict(SSM, loss="gbce", sampler="gnno", tau=0.01, logq="off"),
