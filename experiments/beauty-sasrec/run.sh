@@ -2,14 +2,25 @@
 # Runs arms of the SASRec objectives comparison on Beauty in turn; each arm's
 # <arm>.result.json holds its evaluate and train reports and wall time. A killed run
 # resumes from its last epoch checkpoint when started again (the pipeline's resume).
-# Usage: experiments/beauty-sasrec/run.sh [arm ...]   (default: the three main arms, seed 42; each arm is a <arm>.toml here)
+# Usage: experiments/beauty-sasrec/run.sh [arm ... | all]   (each arm is a <arm>.toml here;
+#   default: the headline arms of docs/RESULTS.md, seeds 42, 7 and 123: full softmax with
+#   the original and FreeRec's block, sampled softmax with uniform and with GNNO τ = 0.01
+#   negatives; "all": every arm)
 # Then:  python3 experiments/beauty-sasrec/summarize.py   (the tables of docs/RESULTS.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 . ../../scripts/env.sh
 bin="$CARGO_TARGET_DIR/release/gnno"
 [ -x "$bin" ] || (cd ../.. && cargo build --release --workspace --locked)
-arms=("$@"); [ ${#arms[@]} -gt 0 ] || arms=(full-softmax ssm-uniform-g32 ssm-gnno-g32)
+arms=("$@")
+if [ ${#arms[@]} -eq 0 ]; then
+  arms=()
+  for a in full-softmax full-softmax-freerec ssm-uniform-g32 ssm-gnno-g32-tau001; do
+    arms+=("$a" "$a-s7" "$a-s123")
+  done
+elif [ "${arms[*]}" = all ]; then
+  arms=(); for f in *.toml; do arms+=("${f%.toml}"); done
+fi
 for arm in "${arms[@]}"; do
   start=$(date +%s)
   "$bin" --config "$arm.toml" run --quiet > "$arm.out" 2> "$arm.log"
