@@ -3,8 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// ../shared, from the manifest folder cargo gives the running test (not the one
+/// baked in at compile time: one target folder serves several checkouts).
 pub fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../shared")
 }
 
 /// A temporary project folder with its own pipeline.toml.

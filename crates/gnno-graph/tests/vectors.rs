@@ -6,11 +6,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 fn vectors() -> Value {
-    let p = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/spec/vectors.json"
-    );
-    let text = std::fs::read_to_string(p)
+    // The manifest folder as cargo gives it when running the test (not baked in
+    // at compile time: one target folder serves several checkouts).
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+    let p = format!("{dir}/../../../shared/spec/vectors.json");
+    let text = std::fs::read_to_string(&p)
         .unwrap_or_else(|e| panic!("{p}: {e} (tests need ../shared/spec)"));
     serde_json::from_str(&text).expect("vectors.json parses")
 }

@@ -84,7 +84,7 @@ impl Sampler {
         out: &mut Vec<Drawn>,
     ) {
         let prep = self.prepare(t, h);
-        self.draw_prepared(prep.as_ref(), t, h, n, exclude, rng, out);
+        self.draw_prepared(prep.as_ref(), t, n, exclude, rng, out);
     }
 
     /// The per-(target, hardness) part of a draw, reusable across instances.
@@ -96,15 +96,10 @@ impl Sampler {
     }
 
     /// [`Sampler::draw`] with the (target, hardness) part prepared.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the hot path keeps its inputs unbundled"
-    )]
     pub fn draw_prepared<R: rand::Rng>(
         &self,
         prep: Option<&sampler::Prepared>,
         t: ItemIdx,
-        h: f64,
         n: u32,
         exclude: &[ItemIdx],
         rng: &mut R,
@@ -113,29 +108,21 @@ impl Sampler {
         if n == 0 {
             return;
         }
-        // The normaliser of this instance's conditional distribution (t and the
-        // exclusions removed), so every draw carries its exact probability.
+        // GNNO draws from the instance's conditional distribution (t and the
+        // exclusions removed), prepared once for its n draws; every draw carries
+        // its exact ln q.
+        let cond = match self {
+            Self::Gnno { index, .. } => prep.map(|p| index.condition(p, t, exclude)),
+            _ => None,
+        };
         let log_norm = match self {
-            Self::Gnno { index, .. } => prep.map_or(0.0, |p| index.log_norm(p, t, exclude)),
+            Self::Gnno { .. } => 0.0,
             Self::Uniform { n_items } => sampler::uniform_log_norm(*n_items, t, exclude),
             Self::Popularity(p) => p.log_norm(t, exclude),
         };
-        let mut fallback = None;
         for _ in 0..n {
             let got = match self {
-                Self::Gnno { index, tau } => prep.and_then(|p| {
-                    sampler::draw_excluding_prepared(
-                        index,
-                        p,
-                        t,
-                        h,
-                        *tau,
-                        exclude,
-                        &mut fallback,
-                        rng,
-                    )
-                    .map(|(j, v)| (j, v, index.log_weight(p, t, j).unwrap_or(f64::NEG_INFINITY)))
-                }),
+                Self::Gnno { .. } => cond.as_ref().and_then(|c| c.draw(rng)),
                 Self::Uniform { n_items } => {
                     sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0, 0.0))
                 }
@@ -273,13 +260,12 @@ impl Draw<'_> {
                     .collect();
                 prep_target = Some(t);
             }
-            for (x, &(e, h)) in epochs.iter().enumerate() {
+            for (x, &(e, _)) in epochs.iter().enumerate() {
                 let mut rng = instance_rng(self.seed, e, i as u64);
                 buf.clear();
                 self.sampler.draw_prepared(
                     preps[x].as_ref(),
                     t,
-                    h,
                     cfg.n_hard,
                     exclude,
                     &mut rng,

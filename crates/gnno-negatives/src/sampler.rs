@@ -7,8 +7,9 @@
 //! of equal J: a neighbour is drawn by binary search over the suffix masses of the
 //! allowed runs (those with J ≤ h, a contiguous tail), then uniformly inside the run.
 //! A non-neighbour is the r-th item absent from the list, found by binary search in
-//! the id-sorted list. The target and excluded items are removed by rejection, which
-//! yields exactly the conditional distribution.
+//! the id-sorted list. The target and excluded items are removed exactly, not by
+//! rejection: their masses come off the runs' suffix masses and a draw skips their
+//! places ([`OverlapIndex::condition`]).
 //!
 //! Masses are kept in log space relative to the largest allowed weight, so any τ the
 //! config accepts (down to 1e-6, where exp(J/τ) overflows f64) draws exactly; as τ → 0
@@ -64,7 +65,7 @@ impl OverlapIndex {
             s.run_off[i + 1] = s.run_j.len();
             s.run_lsuf.push(f64::NEG_INFINITY);
         };
-        for (item, ids, j) in lists {
+        for (item, mut ids, j) in lists {
             let item = item as usize;
             while next < item {
                 close(&mut s, next);
@@ -77,6 +78,9 @@ impl OverlapIndex {
                 while e < j.len() && j[e] == j[k] {
                     e += 1;
                 }
+                // Inside a run ids ascend, so an excluded item's place in its run
+                // is a binary search.
+                ids[k..e].sort_unstable();
                 s.run_j.push(j[k]);
                 s.run_start.push(u32::try_from(k).unwrap_or(u32::MAX));
                 #[expect(clippy::cast_precision_loss, reason = "run lengths are small")]
@@ -145,121 +149,110 @@ impl OverlapIndex {
         #[expect(clippy::cast_possible_truncation, reason = "J is f32")]
         let h32 = h as f32;
         let start = self.run_j[ra..rb].partition_point(|&v| v > h32);
-        let sufa = ra + t as usize;
-        // Weights are taken relative to the largest allowed one, exp(max J / τ):
-        // non-neighbours (J = 0) weigh 1 before scaling.
-        let log_max = if start < rb - ra {
-            f64::from(self.run_j[ra + start]) / self.tau
-        } else {
-            0.0
-        };
-        let w_nb = (self.run_lsuf[sufa + start] - log_max).exp();
-        let m0 = self.n_items as usize - (b - a);
-        let w0 = (-log_max).exp();
-        #[expect(clippy::cast_precision_loss, reason = "item counts are far below 2^52")]
-        let total = w_nb + m0 as f64 * w0;
         Prepared {
             a,
             len: b - a,
             ra,
             runs: rb - ra,
-            sufa,
+            sufa: ra + t as usize,
             start,
+            m0: self.n_items as usize - (b - a),
+        }
+    }
+
+    /// p(· | t, h) with t and the `exclude` items removed, ready for exact draws.
+    /// The excluded items' places are found once (a binary search each); a draw
+    /// then skips them instead of rejecting them, so a history that holds the
+    /// target's heaviest neighbours (most instances at small τ) costs no more
+    /// than one that holds none.
+    pub fn condition(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> Conditioned<'_> {
+        let list = &self.by_id[p.a..p.a + p.len];
+        let mut ex_nb: Vec<(usize, u32)> = Vec::new();
+        let mut ex_nn: Vec<usize> = Vec::new();
+        for k in distinct_with(t, exclude) {
+            if k < 1 || k > self.n_items {
+                continue;
+            }
+            match list.binary_search(&k) {
+                Ok(x) => {
+                    let v = self.j_by_id[p.a + x];
+                    let runs = &self.run_j[p.ra..p.ra + p.runs];
+                    let r = runs.partition_point(|&w| w > v);
+                    if r < p.start {
+                        continue; // J > h: no mass to remove
+                    }
+                    let (from, to) = self.run_bounds(p, r);
+                    let run_ids = &self.ids[p.a + from..p.a + to];
+                    if let Ok(pos) = run_ids.binary_search(&k) {
+                        ex_nb.push((r, u32::try_from(pos).unwrap_or(u32::MAX)));
+                    }
+                }
+                // Its rank among the items absent from the list.
+                Err(x) => ex_nn.push(k as usize - 1 - x),
+            }
+        }
+        ex_nb.sort_unstable();
+        ex_nn.sort_unstable();
+        // The first allowed run with an item left sets the scale: every remaining
+        // weight is exp(J/τ − J(r0)/τ) ≤ 1 and run r0's are exactly 1, so the
+        // excluded weights subtracted below never cancel more than a few digits.
+        let mut r0 = p.start;
+        let mut e = 0;
+        while r0 < p.runs {
+            let n_ex = ex_nb[e..].iter().take_while(|x| x.0 == r0).count();
+            let (from, to) = self.run_bounds(p, r0);
+            if n_ex < to - from {
+                break;
+            }
+            e += n_ex;
+            r0 += 1;
+        }
+        ex_nb.drain(..e);
+        let log_max = if r0 < p.runs {
+            f64::from(self.run_j[p.ra + r0]) / self.tau
+        } else {
+            0.0
+        };
+        // ex_suf[i]: scaled weight of the excluded neighbours i.. (runs ascending).
+        let mut ex_suf = vec![0.0; ex_nb.len() + 1];
+        for i in (0..ex_nb.len()).rev() {
+            let w = (f64::from(self.run_j[p.ra + ex_nb[i].0]) / self.tau - log_max).exp();
+            ex_suf[i] = ex_suf[i + 1] + w;
+        }
+        let w_nb = if r0 < p.runs {
+            ((self.run_lsuf[p.sufa + r0] - log_max).exp() - ex_suf[0]).max(0.0)
+        } else {
+            0.0
+        };
+        let m0 = p.m0 - ex_nn.len();
+        let w0 = (-log_max).exp();
+        #[expect(clippy::cast_precision_loss, reason = "item counts are far below 2^52")]
+        let total = w_nb + m0 as f64 * w0;
+        Conditioned {
+            idx: self,
+            p: *p,
+            r0,
+            log_max,
+            ex_nb,
+            ex_suf,
+            ex_nn,
             w_nb,
             m0,
             w0,
-            log_max,
-            h32,
+            log_total: total.ln(),
             total,
         }
     }
 
-    /// ln of the scaled weight of item j for the prepared (t, h), None when j has
-    /// no mass (J > h). Scaled weights are exp(J/τ − max J/τ).
-    pub fn log_weight(&self, p: &Prepared, t: ItemIdx, j: ItemIdx) -> Option<f64> {
-        let v = self.overlap(t, j);
-        (v <= p.h32).then(|| f64::from(v) / self.tau - p.log_max)
-    }
-
-    /// ln of the normaliser of p(· | t, h) once t and the (deduplicated) `exclude`
-    /// items are removed: the scaled total minus their scaled weights. When nearly
-    /// all mass is excluded the subtraction would lose every digit, so the
-    /// remaining items are summed one by one instead (O(N), as rare as the
-    /// enumeration fallback of the draw).
-    pub fn log_norm(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> f64 {
-        let removed: f64 = distinct_with(t, exclude)
-            .iter()
-            .filter(|&&k| k >= 1 && k <= self.n_items)
-            .filter_map(|&k| self.log_weight(p, t, k))
-            .map(f64::exp)
-            .sum();
-        let left = p.total - removed;
-        if left > p.total * 1e-9 {
-            return left.ln();
-        }
-        let skip = distinct_with(t, exclude);
-        let lw: Vec<f64> = (1..=self.n_items)
-            .filter(|j| skip.binary_search(j).is_err())
-            .filter_map(|j| self.log_weight(p, t, j))
-            .collect();
-        // Log-sum-exp: the remaining weights may all underflow on the shared scale.
-        let top = lw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        top + lw.iter().map(|w| (w - top).exp()).sum::<f64>().ln()
-    }
-
-    /// One draw from the base distribution (target and exclusions not yet removed).
-    /// Returns the item and its J; None when no item has mass.
-    pub fn draw_base<R: rand::Rng>(
-        &self,
-        t: ItemIdx,
-        h: f64,
-        rng: &mut R,
-    ) -> Option<(ItemIdx, f32)> {
-        self.draw_prepared(&self.prepare(t, h), rng)
-    }
-
-    /// One draw given the prepared (t, h) parts.
-    pub fn draw_prepared<R: rand::Rng>(&self, p: &Prepared, rng: &mut R) -> Option<(ItemIdx, f32)> {
-        if p.total <= 0.0 {
-            return None;
-        }
-        let u = rng.random::<f64>() * p.total;
-        if u < p.w_nb {
-            // The run: first r >= start whose tail mass suf[r+1] is below w_nb - u.
-            let lsuf = &self.run_lsuf[p.sufa..=p.sufa + p.runs];
-            let v = p.w_nb - u;
-            let r = (p.start
-                + lsuf[p.start + 1..].partition_point(|&x| (x - p.log_max).exp() >= v))
-            .min(p.runs - 1);
-            let from = self.run_start[p.ra + r] as usize;
-            let to = if r + 1 < p.runs {
-                self.run_start[p.ra + r + 1] as usize
-            } else {
-                p.len
-            };
-            let k = rng.random_range(from..to);
-            Some((self.ids[p.a + k], self.run_j[p.ra + r]))
+    /// Positions `from..to` of run r inside the prepared target's list.
+    fn run_bounds(&self, p: &Prepared, r: usize) -> (usize, usize) {
+        let from = self.run_start[p.ra + r] as usize;
+        let to = if r + 1 < p.runs {
+            self.run_start[p.ra + r + 1] as usize
         } else {
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                reason = "(u - w_nb) / w0 is in [0, m0)"
-            )]
-            let r = (((u - p.w_nb) / p.w0) as usize).min(p.m0.saturating_sub(1));
-            let sorted = &self.by_id[p.a..p.a + p.len];
-            // Items absent from the list below sorted[k] number sorted[k] - 1 - k,
-            // which grows with k: binary search for how many list items precede the answer.
-            let (mut lo, mut hi) = (0usize, sorted.len());
-            while lo < hi {
-                let mid = (lo + hi) / 2;
-                if sorted[mid] as usize - 1 - mid <= r {
-                    lo = mid + 1;
-                } else {
-                    hi = mid;
-                }
-            }
-            Some((u32::try_from(r + 1 + lo).unwrap_or(u32::MAX), 0.0))
-        }
+            p.len
+        };
+        (from, to)
     }
 
     /// Exact p(j | t, h) over items 1..=N without t and `exclude`, by enumeration
@@ -301,14 +294,111 @@ pub struct Prepared {
     ra: usize,
     runs: usize,
     sufa: usize,
+    /// First allowed run (J ≤ h).
     start: usize,
-    w_nb: f64,
+    /// Items absent from the list (J = 0, always allowed).
     m0: usize,
-    /// Scaled weight of one non-neighbour, exp(−max J/τ).
-    w0: f64,
+}
+
+/// p(· | t, h) with t and the excluded items removed (see [`OverlapIndex::condition`]).
+/// Weights are scaled by exp(−J(r0)/τ), r0 the first allowed run with an item left.
+#[derive(Debug)]
+pub struct Conditioned<'a> {
+    idx: &'a OverlapIndex,
+    p: Prepared,
+    r0: usize,
     log_max: f64,
-    h32: f32,
+    /// Excluded neighbours in runs ≥ r0 as (run, place in run), ascending.
+    ex_nb: Vec<(usize, u32)>,
+    ex_suf: Vec<f64>,
+    /// Ranks of the excluded non-neighbours among the items absent from the list.
+    ex_nn: Vec<usize>,
+    w_nb: f64,
+    /// Non-neighbours left, each of scaled weight w0.
+    m0: usize,
+    w0: f64,
     total: f64,
+    log_total: f64,
+}
+
+impl Conditioned<'_> {
+    /// One draw: the item, its J and its exact ln q under this distribution; None
+    /// when no item has mass.
+    pub fn draw<R: rand::Rng>(&self, rng: &mut R) -> Option<(ItemIdx, f32, f64)> {
+        if self.total <= 0.0 || self.total.is_nan() {
+            return None;
+        }
+        let (idx, p) = (self.idx, &self.p);
+        let u = rng.random::<f64>() * self.total;
+        if u < self.w_nb {
+            let v = self.w_nb - u;
+            // The last run r >= r0 whose remaining tail mass is >= v.
+            let tail = |r: usize| {
+                let ex = self.ex_suf[self.ex_nb.partition_point(|x| x.0 < r)];
+                (idx.run_lsuf[p.sufa + r] - self.log_max).exp() - ex
+            };
+            let (mut lo, mut hi) = (self.r0 + 1, p.runs);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if tail(mid) >= v {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            let mut r = lo - 1;
+            // Rounding at a boundary can land on a run with nothing left: step back.
+            let excluded = |r: usize| {
+                let a = self.ex_nb.partition_point(|x| x.0 < r);
+                &self.ex_nb[a..a + self.ex_nb[a..].iter().take_while(|x| x.0 == r).count()]
+            };
+            loop {
+                let (from, to) = idx.run_bounds(p, r);
+                let ex = excluded(r);
+                if ex.len() < to - from {
+                    let mut k = rng.random_range(0..to - from - ex.len());
+                    for x in ex {
+                        if x.1 as usize <= k {
+                            k += 1;
+                        }
+                    }
+                    let v = idx.run_j[p.ra + r];
+                    let lw = f64::from(v) / idx.tau - self.log_max;
+                    return Some((idx.ids[p.a + from + k], v, lw - self.log_total));
+                }
+                if r == self.r0 {
+                    return None;
+                }
+                r -= 1;
+            }
+        } else {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "(u - w_nb) / w0 is in [0, m0)"
+            )]
+            let mut r = (((u - self.w_nb) / self.w0) as usize).min(self.m0.saturating_sub(1));
+            for &x in &self.ex_nn {
+                if x <= r {
+                    r += 1;
+                }
+            }
+            let sorted = &idx.by_id[p.a..p.a + p.len];
+            // Items absent from the list below sorted[k] number sorted[k] - 1 - k,
+            // which grows with k: binary search for how many list items precede the answer.
+            let (mut lo, mut hi) = (0usize, sorted.len());
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if sorted[mid] as usize - 1 - mid <= r {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            let j = u32::try_from(r + 1 + lo).unwrap_or(u32::MAX);
+            Some((j, 0.0, -self.log_max - self.log_total))
+        }
+    }
 }
 
 /// `exclude` plus `t`, sorted and deduplicated.
@@ -319,54 +409,18 @@ fn distinct_with(t: ItemIdx, exclude: &[ItemIdx]) -> Vec<ItemIdx> {
     v
 }
 
-/// Draw one negative for target `t`: base draw, rejecting t and excluded items.
-/// After `max_tries` rejections it falls back to an exact enumeration, so a
-/// pathological case (all mass excluded) cannot loop forever.
+/// Draw one negative for target `t` at hardness `h`, t and the excluded items
+/// removed: the item and its J.
 pub fn draw_excluding<R: rand::Rng>(
     idx: &OverlapIndex,
     t: ItemIdx,
     h: f64,
-    tau: f64,
     exclude: &[ItemIdx],
     rng: &mut R,
 ) -> Option<(ItemIdx, f32)> {
-    draw_excluding_prepared(idx, &idx.prepare(t, h), t, h, tau, exclude, &mut None, rng)
-}
-
-/// [`draw_excluding`] with the (t, h) parts prepared once for several draws.
-/// `fallback` keeps the enumerated distribution between draws of one instance
-/// (same t, h and exclusions): where the excluded items hold most of the mass
-/// (small τ, the user's history among the target's closest neighbours) every draw
-/// falls back, and the O(N) enumeration is then paid once, not once per draw.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the hot path keeps its inputs unbundled"
-)]
-pub fn draw_excluding_prepared<R: rand::Rng>(
-    idx: &OverlapIndex,
-    p: &Prepared,
-    t: ItemIdx,
-    h: f64,
-    tau: f64,
-    exclude: &[ItemIdx],
-    fallback: &mut Option<Vec<(ItemIdx, f64)>>,
-    rng: &mut R,
-) -> Option<(ItemIdx, f32)> {
-    for _ in 0..64 {
-        let (j, v) = idx.draw_prepared(p, rng)?;
-        if j != t && !exclude.contains(&j) {
-            return Some((j, v));
-        }
-    }
-    let probs = fallback.get_or_insert_with(|| idx.probabilities(t, h, tau, exclude));
-    let mut u = rng.random::<f64>();
-    for &(j, p) in probs.iter() {
-        if u < p {
-            return Some((j, idx.overlap(t, j)));
-        }
-        u -= p;
-    }
-    probs.last().map(|&(j, _)| (j, idx.overlap(t, j)))
+    idx.condition(&idx.prepare(t, h), t, exclude)
+        .draw(rng)
+        .map(|(j, v, _)| (j, v))
 }
 
 /// Uniform over items 1..=N not excluded (and not t).
