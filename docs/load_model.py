@@ -125,7 +125,8 @@ def main():
     hist = [index[i] for i in a.items]
     with torch.no_grad():
         rep = SASRec(meta, t).encode(hist)
-        scores = t["items.weight"] @ rep
+        # Candidates are scored with the separate output table when the model has one.
+        scores = t.get("out_items.weight", t["items.weight"]) @ rep
     scores[0] = scores[-1] = float("-inf")  # padding and the mask token
     if not a.include_history:
         scores[torch.tensor(hist)] = float("-inf")

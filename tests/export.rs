@@ -239,6 +239,29 @@ fn an_export_with_freerecs_block_is_reproduced_by_the_python_loader() {
 }
 
 #[test]
+fn an_export_with_a_separate_output_table_is_reproduced_by_the_python_loader() {
+    let p = Project::new();
+    p.write("data.tsv", &synthetic_log(300, 120, 11));
+    p.config(&config(
+        "epochs = 2\noutput-embedding = \"separate\"\n",
+        &format!("[export]\ntop-k = {K}\n"),
+    ));
+    p.ok(&["run"]);
+    let ds = Dataset::load(&run_dir(&p.workdir(), "ingest")).expect("ingest");
+    let dir = run_dir(&p.workdir(), "export");
+    let model = dir.join("model.safetensors");
+    let (_, tensors) = safetensors_header(&model);
+    assert!(
+        tensors.contains_key("out_items.weight"),
+        "{:?}",
+        tensors.keys()
+    );
+    let recs = recommendations(&dir);
+    assert_eq!(recs.len(), ds.n_users() * K);
+    assert!(loader_reproduces(&ds, &model, &recs) < 8);
+}
+
+#[test]
 fn export_writes_embeddings_model_and_top_k_that_the_python_loader_reproduces() {
     let p = Project::new();
     p.write("data.tsv", &synthetic_log(300, 120, 11));

@@ -267,6 +267,17 @@ pub enum SasrecPadding {
     Attended,
 }
 
+/// Which table scores the candidate items (docs/CONFIG.md, `train.output-embedding`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputEmbedding {
+    /// The input item embeddings (SASRec's and the field's usual choice).
+    #[default]
+    Tied,
+    /// A table of its own, as gSASRec's default.
+    Separate,
+}
+
 /// How SASRec's weights start (docs/CONFIG.md, `train.sasrec-init`).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -346,6 +357,9 @@ pub struct TrainSettings {
     pub sasrec_padding: SasrecPadding,
     #[serde(skip_serializing_if = "is_default")]
     pub sasrec_init: SasrecInit,
+    /// Left out of the serialised form at its default, as the keys above.
+    #[serde(skip_serializing_if = "is_default")]
+    pub output_embedding: OutputEmbedding,
     /// Weight of the contrastive term (encoder only); 0 = plain BPR.
     pub gamma: f64,
     pub cl_temperature: f64,
@@ -1001,6 +1015,14 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
                 ("xavier", SasrecInit::Xavier),
             ],
         ),
+        output_embedding: s.choice(
+            "output-embedding",
+            OutputEmbedding::Tied,
+            &[
+                ("tied", OutputEmbedding::Tied),
+                ("separate", OutputEmbedding::Separate),
+            ],
+        ),
         gamma: s.float("gamma", 1.0, 0.0, 1e6),
         cl_temperature: s.float("cl-temperature", 0.2, 1e-6, 1e6),
         n_random: s.uint("n-random", 16, 0, 100_000),
@@ -1279,6 +1301,27 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\"")
+        );
+    }
+
+    #[test]
+    fn output_embedding_stays_out_of_the_key_at_its_default() {
+        let c = Config::defaults(Path::new("/x"));
+        assert_eq!(c.train.output_embedding, OutputEmbedding::Tied);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert!(key.get("output_embedding").is_none());
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\noutput-embedding = \"separate\"\n",
+            Path::new("."),
+        )
+        .expect("parses");
+        assert_eq!(c.train.output_embedding, OutputEmbedding::Separate);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert_eq!(key["output_embedding"], "separate");
+        let problems = problems("[ingest]\ninputs=[\"a\"]\n[train]\noutput-embedding = \"own\"\n");
+        assert_eq!(
+            problems,
+            ["train.output-embedding: expected one of tied | separate, found \"own\""]
         );
     }
 

@@ -35,8 +35,11 @@ pub const RECOMMENDATIONS_FILE: &str = "recommendations.parquet";
 /// Version of the exported model's layout (`format_version` in its metadata).
 pub const MODEL_FORMAT_VERSION: u32 = 1;
 /// The tensor holding one row per item (0 padding, 1..=N items, N + 1 the mask
-/// token): the one tensor carried over by raw id when a model is warm-started.
+/// token): carried over by raw id when a model is warm-started, as the separate
+/// output table is.
 pub const ITEMS_TENSOR: &str = "items.weight";
+/// The separate output table's tensor (`train.output-embedding = "separate"`).
+pub const OUT_ITEMS_TENSOR: &str = "out_items.weight";
 /// LayerNorm epsilon of every block (tch's default), recorded for loaders.
 const LAYER_NORM_EPS: &str = "1e-05";
 /// Users per record batch of the recommendations file: fixed, so the file's
@@ -373,9 +376,11 @@ pub fn export(job: &Job, x: &ExportSettings) -> Result<ExportReport> {
     checkpoint::load_model_tensors(&mut vs, &named, &path)?;
 
     let st = model_file(&vs, cfg, &ds.item_raw)?;
+    // The table the model scores items with: what a retrieval index needs.
     let items = st
         .tensors
-        .get(ITEMS_TENSOR)
+        .get(OUT_ITEMS_TENSOR)
+        .or_else(|| st.tensors.get(ITEMS_TENSOR))
         .ok_or_else(|| Error::internal("the model has no item embeddings"))?;
     write_embeddings(
         &job.out.join(EMBEDDINGS_FILE),

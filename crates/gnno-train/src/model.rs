@@ -11,7 +11,9 @@
 //! same model as zeroing the padding after each block, at the cost of the real
 //! positions. The encoder keeps the authors' post-LN blocks with GELU.
 
-use gnno_core::config::{Backbone, SasrecInit, SasrecPadding, SasrecResidual, TrainSettings};
+use gnno_core::config::{
+    Backbone, OutputEmbedding, SasrecInit, SasrecPadding, SasrecResidual, TrainSettings,
+};
 use tch::nn::{self, Module, RNN};
 use tch::{Kind, Tensor};
 
@@ -302,6 +304,9 @@ enum Body {
 #[derive(Debug)]
 pub struct Model {
     pub items: nn::Embedding,
+    /// The table that scores candidates when `train.output-embedding = "separate"`
+    /// (padding row 0 kept at zero as in `items`); None: `items` scores them.
+    out: Option<nn::Embedding>,
     body: Body,
     /// Items are 1..=n_items; n_items + 1 is the mask token of the augmentations.
     pub n_items: i64,
@@ -328,6 +333,22 @@ impl Model {
         let items = nn::embedding(p / "items", n + 2, d, emb_cfg);
         tch::no_grad(|| {
             let _ = items.ws.get(0).zero_();
+        });
+        let out = (cfg.output_embedding == OutputEmbedding::Separate).then(|| {
+            let out = nn::embedding(
+                p / "out_items",
+                n + 2,
+                d,
+                nn::EmbeddingConfig {
+                    ws_init: init(n + 2),
+                    padding_idx: 0,
+                    ..Default::default()
+                },
+            );
+            tch::no_grad(|| {
+                let _ = out.ws.get(0).zero_();
+            });
+            out
         });
         let pos = || {
             nn::embedding(
@@ -369,6 +390,7 @@ impl Model {
         };
         Self {
             items,
+            out,
             body,
             n_items: n,
             max_len,
@@ -499,9 +521,14 @@ impl Model {
         last_ln.forward(&x)
     }
 
+    /// The table candidates are scored with: `items`, or the separate output table.
+    pub fn out_items(&self) -> &nn::Embedding {
+        self.out.as_ref().unwrap_or(&self.items)
+    }
+
     /// Scores of candidate items `[B, C]` for representations `[B, D]`.
     pub fn score(&self, rep: &Tensor, cands: &Tensor) -> Tensor {
-        self.items
+        self.out_items()
             .forward(cands)
             .matmul(&rep.unsqueeze(-1))
             .squeeze_dim(-1)
@@ -509,7 +536,7 @@ impl Model {
 
     /// Scores of every item `[B, n_items + 2]` (columns 0 and n+1 are not items).
     pub fn score_all(&self, rep: &Tensor) -> Tensor {
-        rep.matmul(&self.items.ws.transpose(0, 1))
+        rep.matmul(&self.out_items().ws.transpose(0, 1))
     }
 }
 
@@ -665,6 +692,34 @@ mod tests {
         let other = masked.encode_real(&full, &idx6, false).expect("SASRec");
         assert!(max_diff(&other.narrow(0, 0, 4), &want.narrow(0, 0, 4)) > 1e-3);
         assert_close(&other.narrow(0, 9, 6), &want.narrow(0, 9, 6));
+    }
+
+    #[test]
+    fn a_separate_output_table_scores_the_candidates() {
+        tch::manual_seed(5);
+        let mut cfg = crate::tests::settings();
+        cfg.backbone = Backbone::Sasrec;
+        cfg.history_len = 4;
+        cfg.dim = 8;
+        cfg.heads = 1;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let tied = Model::new(&vs.root(), &cfg, 6);
+        assert!(std::ptr::eq(tied.out_items(), &tied.items));
+        assert!(!vs.variables().contains_key("out_items.weight"));
+        cfg.output_embedding = OutputEmbedding::Separate;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let m = Model::new(&vs.root(), &cfg, 6);
+        let out = &vs.variables()["out_items.weight"];
+        assert_eq!(out.size(), vec![8, 8]);
+        assert_eq!(out.get(0).abs().max().double_value(&[]), 0.0);
+        assert!(max_diff(out, &m.items.ws) > 1e-3, "a table of its own");
+        let hist = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 2]).view([2, 4]);
+        let rep = m.encode(&hist, false);
+        let all = m.score_all(&rep);
+        assert_close(&all, &rep.matmul(&out.transpose(0, 1)));
+        assert!(max_diff(&all, &rep.matmul(&m.items.ws.transpose(0, 1))) > 1e-4);
+        let cands = Tensor::from_slice(&[3i64, 6, 1, 2]).view([2, 2]);
+        assert_close(&m.score(&rep, &cands), &all.gather(1, &cands, false));
     }
 
     #[test]

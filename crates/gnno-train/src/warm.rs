@@ -5,7 +5,7 @@
 //! dropped. Every other tensor must have the same name and shape (same backbone,
 //! dim, layers, heads, history-len) and is copied as it is.
 
-use crate::export::{metadata_value, ITEMS_TENSOR, MODEL_FORMAT_VERSION};
+use crate::export::{metadata_value, ITEMS_TENSOR, MODEL_FORMAT_VERSION, OUT_ITEMS_TENSOR};
 use crate::safetensors::{F32Tensor, SafeTensors};
 use gnno_core::config::TrainSettings;
 use gnno_core::error::{Error, Result};
@@ -127,7 +127,7 @@ pub fn load(
             .get(name)
             .ok_or_else(|| usage(file, format!("it has no tensor {name}")))?;
         let want = t.size();
-        if name == ITEMS_TENSOR {
+        if name == ITEMS_TENSOR || name == OUT_ITEMS_TENSOR {
             let rows_ok = src.shape.first() == Some(&(old_ids.len() as i64 + 2));
             if src.shape.len() != 2 || src.shape[1] != want[1] {
                 return Err(usage(
@@ -149,7 +149,10 @@ pub fn load(
                 ));
             }
             let old = Tensor::from_slice(&src.data).view(src.shape.as_slice());
-            counts = carry_items(&old, &old_ids, t, new_ids);
+            let c = carry_items(&old, &old_ids, t, new_ids);
+            if name == ITEMS_TENSOR {
+                counts = c;
+            }
             continue;
         }
         if src.shape != want {
