@@ -109,16 +109,13 @@ impl Sampler {
             return;
         }
         // GNNO draws from the instance's conditional distribution (t and the
-        // exclusions removed), prepared once for its n draws; every draw carries
-        // its exact ln q.
-        let cond = match self {
-            Self::Gnno { index, .. } => prep.map(|p| index.condition(p, t, exclude)),
-            _ => None,
-        };
-        let log_norm = match self {
-            Self::Gnno { .. } => 0.0,
-            Self::Uniform { n_items } => sampler::uniform_log_norm(*n_items, t, exclude),
-            Self::Popularity(p) => p.log_norm(t, exclude),
+        // exclusions removed), prepared once for its n draws, each draw with its
+        // exact ln q; the others give ln of their normaliser, subtracted from each
+        // draw's log-weight.
+        let (cond, log_norm) = match self {
+            Self::Gnno { index, .. } => (prep.map(|p| index.condition(p, t, exclude)), 0.0),
+            Self::Uniform { n_items } => (None, sampler::uniform_log_norm(*n_items, t, exclude)),
+            Self::Popularity(p) => (None, p.log_norm(t, exclude)),
         };
         for _ in 0..n {
             let got = match self {

@@ -197,17 +197,14 @@ impl OverlapIndex {
         // weight is exp(J/τ − J(r0)/τ) ≤ 1 and run r0's are exactly 1, so the
         // excluded weights subtracted below never cancel more than a few digits.
         let mut r0 = p.start;
-        let mut e = 0;
         while r0 < p.runs {
-            let n_ex = ex_nb[e..].iter().take_while(|x| x.0 == r0).count();
             let (from, to) = self.run_bounds(p, r0);
-            if n_ex < to - from {
+            if excluded_in(&ex_nb, r0).len() < to - from {
                 break;
             }
-            e += n_ex;
             r0 += 1;
         }
-        ex_nb.drain(..e);
+        ex_nb.drain(..ex_nb.partition_point(|x| x.0 < r0));
         let log_max = if r0 < p.runs {
             f64::from(self.run_j[p.ra + r0]) / self.tau
         } else {
@@ -348,13 +345,9 @@ impl Conditioned<'_> {
             }
             let mut r = lo - 1;
             // Rounding at a boundary can land on a run with nothing left: step back.
-            let excluded = |r: usize| {
-                let a = self.ex_nb.partition_point(|x| x.0 < r);
-                &self.ex_nb[a..a + self.ex_nb[a..].iter().take_while(|x| x.0 == r).count()]
-            };
             loop {
                 let (from, to) = idx.run_bounds(p, r);
-                let ex = excluded(r);
+                let ex = excluded_in(&self.ex_nb, r);
                 if ex.len() < to - from {
                     let mut k = rng.random_range(0..to - from - ex.len());
                     for x in ex {
@@ -399,6 +392,13 @@ impl Conditioned<'_> {
             Some((j, 0.0, -self.log_max - self.log_total))
         }
     }
+}
+
+/// The excluded places of run r in `ex_nb` ((run, place) pairs, ascending).
+fn excluded_in(ex_nb: &[(usize, u32)], r: usize) -> &[(usize, u32)] {
+    let a = ex_nb.partition_point(|x| x.0 < r);
+    let b = a + ex_nb[a..].partition_point(|x| x.0 == r);
+    &ex_nb[a..b]
 }
 
 /// `exclude` plus `t`, sorted and deduplicated.

@@ -325,18 +325,10 @@ impl Model {
             SasrecInit::Normal => normal(),
             SasrecInit::Xavier => xavier_normal(d, rows),
         };
-        let emb_cfg = nn::EmbeddingConfig {
-            ws_init: init(n + 2),
-            padding_idx: 0,
-            ..Default::default()
-        };
-        let items = nn::embedding(p / "items", n + 2, d, emb_cfg);
-        tch::no_grad(|| {
-            let _ = items.ws.get(0).zero_();
-        });
-        let out = (cfg.output_embedding == OutputEmbedding::Separate).then(|| {
-            let out = nn::embedding(
-                p / "out_items",
+        // One row per item, row 0 the padding (kept at zero), row n + 1 the mask token.
+        let item_table = |name: &str| {
+            let t = nn::embedding(
+                p / name,
                 n + 2,
                 d,
                 nn::EmbeddingConfig {
@@ -346,10 +338,13 @@ impl Model {
                 },
             );
             tch::no_grad(|| {
-                let _ = out.ws.get(0).zero_();
+                let _ = t.ws.get(0).zero_();
             });
-            out
-        });
+            t
+        };
+        let items = item_table("items");
+        let out =
+            (cfg.output_embedding == OutputEmbedding::Separate).then(|| item_table("out_items"));
         let pos = || {
             nn::embedding(
                 p / "pos",
@@ -696,24 +691,22 @@ mod tests {
 
     #[test]
     fn a_separate_output_table_scores_the_candidates() {
-        tch::manual_seed(5);
-        let mut cfg = crate::tests::settings();
-        cfg.backbone = Backbone::Sasrec;
-        cfg.history_len = 4;
-        cfg.dim = 8;
-        cfg.heads = 1;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let tied = Model::new(&vs.root(), &cfg, 6);
+        let (vs, tied) = sasrec();
         assert!(std::ptr::eq(tied.out_items(), &tied.items));
         assert!(!vs.variables().contains_key("out_items.weight"));
+        // As built: a table of its own, its padding row at zero as in `items`.
+        let mut cfg = crate::tests::settings();
         cfg.output_embedding = OutputEmbedding::Separate;
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let m = Model::new(&vs.root(), &cfg, 6);
         let out = &vs.variables()["out_items.weight"];
-        assert_eq!(out.size(), vec![8, 8]);
+        assert_eq!(out.size(), vec![8, i64::from(cfg.dim)]);
         assert_eq!(out.get(0).abs().max().double_value(&[]), 0.0);
         assert!(max_diff(out, &m.items.ws) > 1e-3, "a table of its own");
-        let hist = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 2]).view([2, 4]);
+        // It scores the candidates, all of them and a chosen few alike.
+        let (vs, m) = sasrec_with(|c| c.output_embedding = OutputEmbedding::Separate);
+        let out = &vs.variables()["out_items.weight"];
+        let hist = Tensor::from_slice(&[0i64, 0, 1, 2, 3, 4, 5, 6, 2, 9, 11, 12]).view([2, 6]);
         let rep = m.encode(&hist, false);
         let all = m.score_all(&rep);
         assert_close(&all, &rep.matmul(&out.transpose(0, 1)));
