@@ -73,6 +73,9 @@ sasrec-residual = "input"
 sasrec-padding = "attended"
 sasrec-init = "xavier"
 """
+PRIOR = """# BCE's logits shifted by the prior log odds −ln(negatives) (docs/CONFIG.md).
+bce-offset = "prior"
+"""
 SSM = dict(loss="sampled-softmax", tau=1.0, n_hard=9, warmup=19, n_random=256, logq="all", groups=32)
 ARMS = {
     # The field's standard recipe: cross-entropy over all 12,101 items.
@@ -116,6 +119,11 @@ ARMS = {
     "bce-gnno": dict(SSM, loss="bce", sampler="gnno", tau=0.01, logq="off"),
     "gbce-uniform": dict(SSM, loss="gbce", sampler="uniform", logq="off"),
     "gbce-gnno": dict(SSM, loss="gbce", sampler="gnno", tau=0.01, logq="off"),
+    # BCE and gBCE as above learn nothing (the model bends every item embedding to
+    # push the 265 negatives down; a PyTorch eager SASRec does the same). Their
+    # logits shifted by the prior log odds −ln 265 (train.bce-offset), they learn.
+    "gbce-prior-uniform": dict(SSM, loss="gbce", sampler="uniform", logq="off", form=PRIOR),
+    "gbce-prior-gnno": dict(SSM, loss="gbce", sampler="gnno", tau=0.01, logq="off", form=PRIOR),
     # The first sampled arms (seed 42 only): one draw of 256 for the whole batch.
     "ssm-uniform": dict(SSM, sampler="uniform", groups=1),
     "ssm-gnno": dict(SSM, sampler="gnno", groups=1),

@@ -278,6 +278,19 @@ pub enum OutputEmbedding {
     Separate,
 }
 
+/// A constant added to every BCE and gBCE logit (docs/CONFIG.md, `train.bce-offset`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BceOffset {
+    /// The model's scores are the logits (gSASRec's form).
+    #[default]
+    None,
+    /// −ln n⁻ with n⁻ the negatives per position: the log prior odds that a
+    /// candidate is the positive, so an untrained model already gives each
+    /// candidate σ = 1 / (1 + n⁻) without bending its embeddings to get there.
+    Prior,
+}
+
 /// How SASRec's weights start (docs/CONFIG.md, `train.sasrec-init`).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -339,6 +352,10 @@ pub struct TrainSettings {
     pub logq: LogQ,
     /// gBCE calibration t ∈ [0, 1] (0 = plain BCE, 1 = fully calibrated).
     pub gbce_t: f64,
+    /// Left out of the serialised form at its default, so configs written before
+    /// it existed keep their stage keys.
+    #[serde(skip_serializing_if = "is_default")]
+    pub bce_offset: BceOffset,
     /// Dev metric that picks the best epoch and drives early stopping, e.g. `NDCG@10`.
     pub early_stop_metric: String,
     pub batching: Batching,
@@ -705,6 +722,14 @@ impl Config {
                 self.train.random_groups
             ));
         }
+        if self.train.bce_offset != BceOffset::None
+            && !matches!(self.train.loss, Loss::Bce | Loss::Gbce)
+        {
+            problems.push(
+                "train.bce-offset: applies to loss = \"bce\" or \"gbce\" only (the other objectives are unchanged by a shift of every logit)"
+                    .to_string(),
+            );
+        }
         if self.train.backbone != Backbone::Sasrec {
             let t = &self.train;
             for (key, set) in [
@@ -983,6 +1008,11 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         random_alpha: s.float("random-alpha", 1.0, 0.0, 10.0),
         logq,
         gbce_t: s.float("gbce-t", 0.75, 0.0, 1.0),
+        bce_offset: s.choice(
+            "bce-offset",
+            BceOffset::None,
+            &[("none", BceOffset::None), ("prior", BceOffset::Prior)],
+        ),
         early_stop_metric,
         batching,
         epochs: s.uint("epochs", 200, 1, 100_000),
@@ -1301,6 +1331,29 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\"")
+        );
+    }
+
+    #[test]
+    fn bce_offset_is_bce_only_and_stays_out_of_the_key_at_its_default() {
+        let c = Config::defaults(Path::new("/x"));
+        assert_eq!(c.train.bce_offset, BceOffset::None);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert!(key.get("bce_offset").is_none());
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"gbce\"\nbce-offset = \"prior\"\n",
+            Path::new("."),
+        )
+        .expect("parses");
+        assert_eq!(c.train.bce_offset, BceOffset::Prior);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert_eq!(key["bce_offset"], "prior");
+        let problems = problems(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nbce-offset = \"prior\"\n",
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("train.bce-offset: applies to loss = \"bce\" or \"gbce\" only")
         );
     }
 

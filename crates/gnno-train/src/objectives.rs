@@ -3,7 +3,7 @@
 //! of its negatives `neg [M, C]`, with `mask [M, C]` marking the negatives that exist
 //! (a shard row may hold fewer hard negatives than asked for).
 
-use gnno_core::config::{LogQ, Loss};
+use gnno_core::config::{BceOffset, LogQ, Loss};
 use tch::{Kind, Tensor};
 
 /// BPR averaged over every (position, negative) pair: −mean log σ(s⁺ − s⁻) (GNNO.md §5).
@@ -14,14 +14,28 @@ pub fn bpr(pos: &Tensor, neg: &Tensor, mask: &Tensor) -> Tensor {
 }
 
 /// Binary cross-entropy with the positive's log-likelihood weighted by `beta` (1 =
-/// BCE; gBCE otherwise): per position −[β·log σ(s⁺) + Σ log σ(−s⁻)] / (1 + n⁻), the
-/// mean over the positive and negative terms as gSASRec's BCEWithLogitsLoss takes it,
-/// then the mean over positions.
-pub fn bce(pos: &Tensor, neg: &Tensor, mask: &Tensor, beta: f64) -> Tensor {
+/// BCE; gBCE otherwise) over the logits s + `offset`: per position
+/// −[β·log σ(s⁺ + b) + Σ log σ(−s⁻ − b)] / (1 + n⁻), the mean over the positive and
+/// negative terms as gSASRec's BCEWithLogitsLoss takes it, then the mean over
+/// positions. The offset b leaves the ranking as it is (`train.bce-offset`; 0 is
+/// gSASRec's form).
+pub fn bce(pos: &Tensor, neg: &Tensor, mask: &Tensor, beta: f64, offset: f64) -> Tensor {
     let m = mask.to_kind(Kind::Float);
-    let negs = ((-neg).log_sigmoid() * &m).sum_dim_intlist(1i64, false, Kind::Float);
+    let negs = ((-neg - offset).log_sigmoid() * &m).sum_dim_intlist(1i64, false, Kind::Float);
     let n = m.sum_dim_intlist(1i64, false, Kind::Float) + 1.0;
-    (-(pos.log_sigmoid() * beta + negs) / n).mean(Kind::Float)
+    (-((pos + offset).log_sigmoid() * beta + negs) / n).mean(Kind::Float)
+}
+
+/// The logit offset of `train.bce-offset` for `negatives` negatives per position:
+/// `prior` is −ln n⁻, the log prior odds that one of 1 + n⁻ candidates is the
+/// positive (an untrained model's σ = 1 / (1 + n⁻) for every candidate, the prior
+/// initialisation of an output bias for rare positives, Lin et al. 2017).
+pub fn bce_offset(mode: BceOffset, negatives: usize) -> f64 {
+    match mode {
+        BceOffset::None => 0.0,
+        #[expect(clippy::cast_precision_loss, reason = "counts")]
+        BceOffset::Prior => -(negatives.max(1) as f64).ln(),
+    }
 }
 
 /// gSASRec's β = α·(t·(1 − 1/α) + 1/α) with α = k / (N − 1) the negative sampling
@@ -88,7 +102,8 @@ pub fn logq_correction(mode: LogQ, log_q: &Tensor, k_random: i64, k_hard: i64) -
     }
 }
 
-/// The loss of `kind` over sampled candidates (all but the full softmax).
+/// The loss of `kind` over sampled candidates (all but the full softmax); `gbce_beta`
+/// and `bce_offset` are used by BCE and gBCE only.
 pub fn sampled(
     kind: Loss,
     pos: &Tensor,
@@ -96,11 +111,12 @@ pub fn sampled(
     mask: &Tensor,
     correction: Option<&Tensor>,
     gbce_beta: f64,
+    bce_offset: f64,
 ) -> Tensor {
     match kind {
         Loss::Bpr => bpr(pos, neg, mask),
-        Loss::Bce => bce(pos, neg, mask, 1.0),
-        Loss::Gbce => bce(pos, neg, mask, gbce_beta),
+        Loss::Bce => bce(pos, neg, mask, 1.0, bce_offset),
+        Loss::Gbce => bce(pos, neg, mask, gbce_beta, bce_offset),
         Loss::SampledSoftmax | Loss::FullSoftmax => sampled_softmax(pos, neg, mask, correction),
     }
 }
@@ -173,9 +189,26 @@ mod tests {
         let row1 = |b: f64| -(b * sig(2.0).ln() + sig(-1.0).ln() + sig(1.0).ln()) / 3.0;
         let row2 = |b: f64| -(b * sig(0.5).ln() + sig(0.0).ln()) / 2.0;
         let want = (row1(1.0) + row2(1.0)) / 2.0;
-        assert!((val(&bce(&pos, &neg, &mask, 1.0)) - want).abs() < TOL);
+        assert!((val(&bce(&pos, &neg, &mask, 1.0, 0.0)) - want).abs() < TOL);
         let want = (row1(0.3) + row2(0.3)) / 2.0;
-        assert!((val(&bce(&pos, &neg, &mask, 0.3)) - want).abs() < TOL);
+        assert!((val(&bce(&pos, &neg, &mask, 0.3, 0.0)) - want).abs() < TOL);
+        // Every logit shifted by b = −ln 2.
+        let b = -(2.0f64).ln();
+        let row1 = -(0.3 * sig(2.0 + b).ln() + sig(-1.0 - b).ln() + sig(1.0 - b).ln()) / 3.0;
+        let row2 = -(0.3 * sig(0.5 + b).ln() + sig(0.0 - b).ln()) / 2.0;
+        let got = val(&bce(&pos, &neg, &mask, 0.3, b));
+        assert!((got - (row1 + row2) / 2.0).abs() < TOL, "{got}");
+    }
+
+    #[test]
+    fn the_prior_offset_gives_every_candidate_the_prior() {
+        assert_eq!(bce_offset(BceOffset::None, 256), 0.0);
+        for k in [1usize, 16, 256, 265] {
+            let b = bce_offset(BceOffset::Prior, k);
+            #[expect(clippy::cast_precision_loss, reason = "small counts")]
+            let prior = 1.0 / (1.0 + k as f64);
+            assert!((sig(b) - prior).abs() < 1e-12, "k = {k}: σ(b) = {}", sig(b));
+        }
     }
 
     #[test]

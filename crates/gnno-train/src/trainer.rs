@@ -272,12 +272,18 @@ fn batch_loss(
         None => (rand_scores, rand_mask, rand_lq, 0),
     };
     let correction = objectives::logq_correction(cfg.logq, &log_q, k, k_hard);
-    let beta = objectives::gbce_beta(
-        usize::try_from(k + k_hard).unwrap_or(0),
-        n_items,
-        cfg.gbce_t,
-    );
-    objectives::sampled(cfg.loss, &pos, &neg, &mask, correction.as_ref(), beta)
+    let negatives = usize::try_from(k + k_hard).unwrap_or(0);
+    let beta = objectives::gbce_beta(negatives, n_items, cfg.gbce_t);
+    let offset = objectives::bce_offset(cfg.bce_offset, negatives);
+    objectives::sampled(
+        cfg.loss,
+        &pos,
+        &neg,
+        &mask,
+        correction.as_ref(),
+        beta,
+        offset,
+    )
 }
 
 struct Trainer<'a> {
