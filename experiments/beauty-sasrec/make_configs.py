@@ -115,6 +115,9 @@ ARMS = {
     # BPR, BCE and gBCE with GNNO at the τ that works under sampled softmax (0.01;
     # at τ = 1 GNNO's draw is uniform's).
     "bpr-gnno": dict(loss="bpr", sampler="gnno", tau=0.01, n_hard=9, warmup=19, n_random=16, logq="off"),
+    # τ = 0.01 breaks BPR (every pair weighs alike, and 12% of those hard negatives
+    # score above the target): the milder τ = 0.1.
+    "bpr-gnno-tau01": dict(loss="bpr", sampler="gnno", tau=0.1, n_hard=9, warmup=19, n_random=16, logq="off"),
     "bce-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off"),
     "bce-gnno": dict(SSM, loss="bce", sampler="gnno", tau=0.01, logq="off"),
     "gbce-uniform": dict(SSM, loss="gbce", sampler="uniform", logq="off"),
@@ -124,6 +127,8 @@ ARMS = {
     # logits shifted by the prior log odds −ln 265 (train.bce-offset), they learn.
     "gbce-prior-uniform": dict(SSM, loss="gbce", sampler="uniform", logq="off", form=PRIOR),
     "gbce-prior-gnno": dict(SSM, loss="gbce", sampler="gnno", tau=0.01, logq="off", form=PRIOR),
+    "bce-prior-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off", form=PRIOR),
+    "bce-prior-gnno": dict(SSM, loss="bce", sampler="gnno", tau=0.01, logq="off", form=PRIOR),
     # The first sampled arms (seed 42 only): one draw of 256 for the whole batch.
     "ssm-uniform": dict(SSM, sampler="uniform", groups=1),
     "ssm-gnno": dict(SSM, sampler="gnno", groups=1),

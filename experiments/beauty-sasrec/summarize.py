@@ -29,6 +29,7 @@ def cfg(arm):
     g = re.search(r"^random-groups = (\d+)$", text, re.M)
     c["random-groups"] = int(g.group(1)) if g else 1
     c["freerec"] = re.search(r'^sasrec-residual = "input"$', text, re.M) is not None
+    c["prior"] = re.search(r'^bce-offset = "prior"$', text, re.M) is not None
     return c
 
 
@@ -50,7 +51,7 @@ for r in rows:
             per = "per batch"
         negs = f"{c['n-random']} uniform {per} + {hard} from epoch {c['warmup']}"
     f, o = e["test_full"], e["test_full_other_protocol"]
-    loss = c["loss"] + (" (FreeRec block)" if c["freerec"] else "")
+    loss = c["loss"] + (" (FreeRec block)" if c["freerec"] else "") + (" + prior offset" if c["prior"] else "")
     print(
         f"| {r['arm']} | {loss} | {negs} | {c['logq']} | {seed(r['arm'])} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "
         f"{o['NDCG@10']:.4f} | {t['best_epoch']} / {t['epochs_run']} | {t['mean_train_seconds_per_epoch']:.1f} | {sum(e['seconds'] for e in t['epochs']) / 60:.0f} min |"
