@@ -595,6 +595,23 @@ fn bench_groups(tmp: &Path) {
             s / full
         );
     }
+    // Variants of the 32-group arm: 32 hard negatives per position, and gBCE over
+    // the same candidates (its prior offset costs nothing more).
+    cfg.random_groups = 32;
+    let s = time(&cfg, 32);
+    println!(
+        "  sampled softmax, random-groups  32, 32 hard {s:6.1} s/epoch   {:.3} of full softmax",
+        s / full
+    );
+    cfg.loss = Loss::Gbce;
+    cfg.logq = LogQ::Off;
+    let s = time(&cfg, n_hard);
+    println!(
+        "  gBCE, random-groups  32         {s:6.1} s/epoch   {:.3} of full softmax",
+        s / full
+    );
+    cfg.loss = Loss::SampledSoftmax;
+    cfg.logq = LogQ::All;
     // The same pair with FreeRec's block.
     freerec(&mut cfg);
     cfg.random_groups = 32;
