@@ -124,7 +124,7 @@ ARMS = {
     "gbce-gnno": dict(SSM, loss="gbce", sampler="gnno", tau=0.01, logq="off"),
     # BCE and gBCE as above learn nothing (the model bends every item embedding to
     # push the 265 negatives down; a PyTorch eager SASRec does the same). Their
-    # logits shifted by the prior log odds −ln 265 (train.bce-offset), they learn.
+    # logits shifted by the prior log odds −ln n⁻ (train.bce-offset), they learn.
     "gbce-prior-uniform": dict(SSM, loss="gbce", sampler="uniform", logq="off", form=PRIOR),
     "gbce-prior-gnno": dict(SSM, loss="gbce", sampler="gnno", tau=0.01, logq="off", form=PRIOR),
     "bce-prior-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off", form=PRIOR),

@@ -93,6 +93,8 @@ fn every_documented_key_belongs_to_exactly_the_stages_whose_output_it_changes() 
     cfg.train.sasrec_padding = gnno_core::config::SasrecPadding::Attended;
     cfg.train.sasrec_init = gnno_core::config::SasrecInit::Xavier;
     cfg.train.output_embedding = gnno_core::config::OutputEmbedding::Separate;
+    cfg.train.loss = gnno_core::config::Loss::Gbce;
+    cfg.train.bce_offset = gnno_core::config::BceOffset::Prior;
     let train_keys: BTreeSet<String> = serde_json::to_value(&cfg.train)
         .expect("serializes")
         .as_object()

@@ -198,6 +198,9 @@ mod tests {
         let row2 = -(0.3 * sig(0.5 + b).ln() + sig(0.0 - b).ln()) / 2.0;
         let got = val(&bce(&pos, &neg, &mask, 0.3, b));
         assert!((got - (row1 + row2) / 2.0).abs() < TOL, "{got}");
+        // `sampled` passes β and the offset through in that order.
+        let via = val(&sampled(Loss::Gbce, &pos, &neg, &mask, None, 0.3, b));
+        assert!((via - got).abs() < 1e-9, "{via} against {got}");
     }
 
     #[test]

@@ -4,7 +4,8 @@ history excluded) after every epoch: the check that tells a fault of the Rust tr
 from a property of the objective (docs/RESULTS.md, BCE and gBCE). Negatives: K uniform
 per position. Environment: INIT=torch keeps PyTorch's initialisation (default: N(0,
 0.01) weights, zero biases, as the Rust default); BIAS=b adds a learned offset,
-starting at b, to every BCE/gBCE logit (b = -ln K is train.bce-offset = "prior").
+starting at b, to every BCE/gBCE logit (b = -ln K mirrors train.bce-offset =
+"prior", a fixed offset; Adam at lr 5e-4 moves this one by at most 5e-4 a step).
 
 Usage: torch_train.py BEAUTY_TXT LOSS EPOCHS [K] [DROPOUT] [LR] [THREADS]
   LOSS: bce | gbce | bpr | sampled-softmax | full-softmax
