@@ -127,6 +127,7 @@ ARMS = {
     # logits shifted by the prior log odds −ln n⁻ (train.bce-offset), they learn.
     "gbce-prior-uniform": dict(SSM, loss="gbce", sampler="uniform", logq="off", form=PRIOR),
     "gbce-prior-gnno": dict(SSM, loss="gbce", sampler="gnno", tau=0.01, logq="off", form=PRIOR),
+    "gbce-prior-gnno-tau01": dict(SSM, loss="gbce", sampler="gnno", tau=0.1, logq="off", form=PRIOR),
     "bce-prior-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off", form=PRIOR),
     "bce-prior-gnno": dict(SSM, loss="bce", sampler="gnno", tau=0.01, logq="off", form=PRIOR),
     # The first sampled arms (seed 42 only): one draw of 256 for the whole batch.
