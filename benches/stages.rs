@@ -603,18 +603,18 @@ fn bench_groups(tmp: &Path) {
         "  sampled softmax, random-groups  32, 32 hard {s:6.1} s/epoch   {:.3} of full softmax",
         s / full
     );
-    cfg.loss = Loss::Gbce;
-    cfg.logq = LogQ::Off;
-    let s = time(&cfg, n_hard);
+    let gbce = gnno_core::config::TrainSettings {
+        loss: Loss::Gbce,
+        logq: LogQ::Off,
+        ..cfg.clone()
+    };
+    let s = time(&gbce, n_hard);
     println!(
         "  gBCE, random-groups  32         {s:6.1} s/epoch   {:.3} of full softmax",
         s / full
     );
-    cfg.loss = Loss::SampledSoftmax;
-    cfg.logq = LogQ::All;
     // The same pair with FreeRec's block.
     freerec(&mut cfg);
-    cfg.random_groups = 32;
     let s = time(&cfg, n_hard);
     cfg.loss = Loss::FullSoftmax;
     cfg.logq = LogQ::Off;

@@ -1213,6 +1213,18 @@ mod tests {
         }
     }
 
+    /// The `[train]` settings of a config with these `[train]` lines, and their
+    /// serialised form (what enters the train stage's key).
+    fn train_of(lines: &str) -> (TrainSettings, serde_json::Value) {
+        let c = Config::parse(
+            &format!("[ingest]\ninputs=[\"a\"]\n[train]\n{lines}"),
+            Path::new("."),
+        )
+        .expect("parses");
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        (c.train, key)
+    }
+
     #[test]
     fn gates_are_read_per_stage_and_figure_and_typos_are_errors() {
         let text = "[ingest]\ninputs=[\"a\"]\n[gates.ingest]\nrows = { min = 10, max-drop = 0.2 }\n[gates.evaluate]\n\"test.NDCG@10\" = { max-drop = 0.05 }\n";
@@ -1336,17 +1348,11 @@ mod tests {
 
     #[test]
     fn bce_offset_is_bce_only_and_stays_out_of_the_key_at_its_default() {
-        let c = Config::defaults(Path::new("/x"));
-        assert_eq!(c.train.bce_offset, BceOffset::None);
-        let key = serde_json::to_value(&c.train).expect("serialises");
+        let (t, key) = train_of("");
+        assert_eq!(t.bce_offset, BceOffset::None);
         assert!(key.get("bce_offset").is_none());
-        let c = Config::parse(
-            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"gbce\"\nbce-offset = \"prior\"\n",
-            Path::new("."),
-        )
-        .expect("parses");
-        assert_eq!(c.train.bce_offset, BceOffset::Prior);
-        let key = serde_json::to_value(&c.train).expect("serialises");
+        let (t, key) = train_of("loss = \"gbce\"\nbce-offset = \"prior\"\n");
+        assert_eq!(t.bce_offset, BceOffset::Prior);
         assert_eq!(key["bce_offset"], "prior");
         let problems = problems(
             "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nbce-offset = \"prior\"\n",
@@ -1359,17 +1365,11 @@ mod tests {
 
     #[test]
     fn output_embedding_stays_out_of_the_key_at_its_default() {
-        let c = Config::defaults(Path::new("/x"));
-        assert_eq!(c.train.output_embedding, OutputEmbedding::Tied);
-        let key = serde_json::to_value(&c.train).expect("serialises");
+        let (t, key) = train_of("");
+        assert_eq!(t.output_embedding, OutputEmbedding::Tied);
         assert!(key.get("output_embedding").is_none());
-        let c = Config::parse(
-            "[ingest]\ninputs=[\"a\"]\n[train]\noutput-embedding = \"separate\"\n",
-            Path::new("."),
-        )
-        .expect("parses");
-        assert_eq!(c.train.output_embedding, OutputEmbedding::Separate);
-        let key = serde_json::to_value(&c.train).expect("serialises");
+        let (t, key) = train_of("output-embedding = \"separate\"\n");
+        assert_eq!(t.output_embedding, OutputEmbedding::Separate);
         assert_eq!(key["output_embedding"], "separate");
         let problems = problems("[ingest]\ninputs=[\"a\"]\n[train]\noutput-embedding = \"own\"\n");
         assert_eq!(

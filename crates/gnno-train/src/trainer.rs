@@ -201,12 +201,14 @@ fn batch_loss(
     if cfg.loss == Loss::FullSoftmax {
         return objectives::full_softmax(&model.score_all(&rep), &tgt);
     }
-    let pos = (&rep * model.out_items().forward(&tgt)).sum_dim_intlist(1i64, false, Kind::Float);
+    // Targets and negatives are scored with the output table (`items` when tied).
+    let out = model.out_items();
+    let pos = (&rep * out.forward(&tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, &idx);
     let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
         // One draw for the batch: [M, K] by one matrix product.
-        let e_rand = model.out_items().forward(&t.random.squeeze_dim(0)); // [K, D]
+        let e_rand = out.forward(&t.random.squeeze_dim(0)); // [K, D]
         let m = rep.size()[0];
         (
             rep.matmul(&e_rand.transpose(0, 1)),
@@ -217,7 +219,7 @@ fn batch_loss(
         // order, so each group's are a contiguous run. They are laid out as
         // [G, M_max, D] (a constant number of ops whatever G), scored by one
         // batched product with the groups' draws, and gathered back.
-        let e_rand = model.out_items().forward(&t.random); // [G, K, D]
+        let e_rand = out.forward(&t.random); // [G, K, D]
         let g = e_rand.size()[0];
         let padded = Packing {
             idx: slot,
@@ -235,7 +237,7 @@ fn batch_loss(
     } else {
         // A draw per row: [B, P, K] by one batched product, then the trained
         // positions.
-        let e_rand = model.out_items().forward(&t.random); // [B, K, D]
+        let e_rand = out.forward(&t.random); // [B, K, D]
         let rep_all = rep_all.unwrap_or_else(|| {
             let b = t.targets.size()[0];
             Packing { idx: &idx, b, l: p }.pad(&rep)
@@ -253,11 +255,8 @@ fn batch_loss(
         Some((hard, hard_lq)) => {
             let h = hard.size()[2];
             let hard = flat(hard.shallow_clone(), h); // [M, H]
-            let hs = (model.out_items().forward(&hard) * rep.unsqueeze(1)).sum_dim_intlist(
-                -1i64,
-                false,
-                Kind::Float,
-            );
+            let hs =
+                (out.forward(&hard) * rep.unsqueeze(1)).sum_dim_intlist(-1i64, false, Kind::Float);
             let hard_mask = hard.gt(0);
             if let Some(tally) = tally {
                 tally.hard.add(&hs, &pos, &hard_mask);
