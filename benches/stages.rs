@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+/// The device the training sections run on: `GNNO_BENCH_DEVICE` (e.g. `cuda`, for
+/// scripts/gpu_check.sh), CPU by default.
+fn bench_device() -> String {
+    std::env::var("GNNO_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into())
+}
+
 fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
 }
@@ -466,7 +472,10 @@ fn bench_objectives(tmp: &Path) {
     let ds = beauty(tmp);
     let beauty = shared().join("data/s3rec/Beauty.txt");
     let mut cfg = sasrec_beauty();
-    let (n_hard, batches) = (9usize, 6usize);
+    let device = bench_device();
+    // A GPU step is milliseconds: more of them for a steady figure.
+    let batches = if device == "cpu" { 6usize } else { 30 };
+    let n_hard = 9usize;
     let threads = rayon::current_num_threads();
     let inst = ds.instances();
     let rows = gnno_train::batches::Rows::new(&ds, &inst, true, 50);
@@ -474,6 +483,7 @@ fn bench_objectives(tmp: &Path) {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/torch_objectives.py");
     let theirs = Command::new(&py)
+        .env("DEVICE", &device)
         .arg(&script)
         .arg(&beauty)
         .args([
@@ -493,7 +503,7 @@ fn bench_objectives(tmp: &Path) {
         )
     });
     println!(
-        "objectives (SASRec, Beauty sequence rows: {per_epoch} positions per epoch, batch 512 users, L 50, 256 random + {n_hard} hard, {threads} threads; seconds per epoch):"
+        "objectives (SASRec, Beauty sequence rows: {per_epoch} positions per epoch, batch 512 users, L 50, 256 random + {n_hard} hard, {threads} threads, device {device}; seconds per epoch):"
     );
     for (loss, name) in [
         (Loss::Bpr, "bpr"),
@@ -521,7 +531,7 @@ fn bench_objectives(tmp: &Path) {
             cfg.batching = batching;
             cfg.random_scope = scope;
             let (s, _) =
-                gnno_train::trainer::dataset_throughput(&cfg, &ds, hard, batches, "cpu", threads)
+                gnno_train::trainer::dataset_throughput(&cfg, &ds, hard, batches, &device, threads)
                     .expect("throughput");
             ours.push(s);
         }
@@ -545,8 +555,9 @@ fn bench_objectives(tmp: &Path) {
     cfg.logq = LogQ::Off;
     cfg.batching = Batching::Random;
     cfg.random_scope = RandomScope::Row;
-    let (ours, _) = gnno_train::trainer::dataset_throughput(&cfg, &ds, 0, batches, "cpu", threads)
-        .expect("throughput");
+    let (ours, _) =
+        gnno_train::trainer::dataset_throughput(&cfg, &ds, 0, batches, &device, threads)
+            .expect("throughput");
     let et = per_epoch as f64 / theirs["full-softmax/freerec"].as_f64().unwrap_or(f64::NAN);
     println!(
         "  {:16} gnno {ours:7.1} s/epoch (random batches, FreeRec block)   PyTorch eager {et:7.1} s/epoch (same)   ratio {:.2}x",
@@ -573,8 +584,9 @@ fn bench_groups(tmp: &Path) {
     cfg.batching = Batching::Random;
     let (n_hard, batches) = (9usize, 12usize);
     let threads = rayon::current_num_threads();
+    let device = bench_device();
     let time = |cfg: &gnno_core::config::TrainSettings, hard: usize| {
-        gnno_train::trainer::dataset_throughput(cfg, &ds, hard, batches, "cpu", threads)
+        gnno_train::trainer::dataset_throughput(cfg, &ds, hard, batches, &device, threads)
             .expect("throughput")
             .0
     };

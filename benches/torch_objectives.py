@@ -11,9 +11,11 @@ FreeRec's block (train.sasrec-residual = "input", sasrec-padding = "attended"): 
 attention added to the block's input, padded zero vectors attended as keys.
 
 Usage: python torch_objectives.py BEAUTY_TXT L BATCH K H BATCHES THREADS
+The environment variable DEVICE (default "cpu") names the torch device, e.g. "cuda".
 """
 import json
 import math
+import os
 import sys
 import time
 
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 path, L, B, K, H, BATCHES, THREADS = sys.argv[1], *map(int, sys.argv[2:8])
 torch.set_num_threads(THREADS)
 torch.manual_seed(1)
+dev = torch.device(os.environ.get("DEVICE", "cpu"))
 D, BLOCKS, HEADS = 64, 2, 1
 
 seqs = []
@@ -68,7 +71,7 @@ class SASRec(nn.Module):
     def forward(self, h):
         keep = (h != 0).float().unsqueeze(-1)
         x = (self.items(h) * D ** 0.5 + self.pos.weight.unsqueeze(0)) * keep
-        bias = torch.triu(torch.ones(L, L), 1)[None, None] * -1e9
+        bias = torch.triu(torch.ones(L, L, device=h.device), 1)[None, None] * -1e9
         if not self.freerec:
             bias = bias + (h == 0).float()[:, None, None, :] * -1e9
         for blk in self.blocks:
@@ -83,7 +86,7 @@ def batch(rows):
         m = len(s) - 1
         hist[r, L - m:] = torch.tensor(s[:-1])
         tgt[r, L - m:] = torch.tensor(s[1:])
-    return hist, tgt
+    return hist.to(dev), tgt.to(dev), int((tgt > 0).sum())
 
 
 def loss_of(kind, model, hist, tgt):
@@ -98,16 +101,16 @@ def loss_of(kind, model, hist, tgt):
         logits[:, -1] = -math.inf
         return F.cross_entropy(logits, t)
     b = hist.shape[0]
-    hard = torch.randint(1, n_items + 1, (b, L, H)).view(-1, H)[valid]
+    hard = torch.randint(1, n_items + 1, (b, L, H), device=dev).view(-1, H)[valid]
     pos = (rep * model.items(t)).sum(-1)
     if scope == "batch":
-        rand = torch.randint(1, n_items + 1, (K,))
+        rand = torch.randint(1, n_items + 1, (K,), device=dev)
         seen = torch.cat([hist, tgt[:, -1:]], 1)  # the row's items
         own = (seen.unsqueeze(2) == rand.view(1, 1, K)).any(1)  # [B, K]
         rs = rep @ model.items(rand).T
         rs = rs.masked_fill(own.unsqueeze(1).expand(-1, L, -1).reshape(-1, K)[valid], -math.inf)
     else:
-        rand = torch.randint(1, n_items + 1, (b, K))
+        rand = torch.randint(1, n_items + 1, (b, K), device=dev)
         rs = (rep_all @ model.items(rand).transpose(1, 2)).reshape(-1, K)[valid]
     hs = (model.items(hard) * rep.unsqueeze(1)).sum(-1)
     neg = torch.cat([rs, hs], 1)
@@ -126,22 +129,26 @@ def loss_of(kind, model, hist, tgt):
 out = {}
 kinds = ["bpr", "bce", "gbce", "sampled-softmax"]
 for kind in kinds + [k + "/batch" for k in kinds] + ["full-softmax", "full-softmax/freerec"]:
-    model = SASRec(freerec=kind.endswith("/freerec"))
+    model = SASRec(freerec=kind.endswith("/freerec")).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(3)
     order = torch.randperm(len(seqs), generator=g).tolist()
     batches = [[seqs[i] for i in order[j:j + B]] for j in range(0, B * (BATCHES + 1), B)]
 
     def step(rows):
-        hist, tgt = batch(rows)
+        hist, tgt, n = batch(rows)
         loss = loss_of(kind, model, hist, tgt)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return int((tgt > 0).sum())
+        return n
 
     step(batches[0])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.time()
     n = sum(step(rows) for rows in batches[1:])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     out[kind] = n / (time.time() - t0)
 print(json.dumps(out))

@@ -1,47 +1,50 @@
 #!/usr/bin/env bash
-# The CUDA check for sessions lent a GPU machine (see DEVELOPERS.md / the device tool).
-# It needs the gnno binary (built here, x86-64) and a python3 with torch 2.11 (+cu130)
-# there. It trains and evaluates on the sample with device = "cuda", then the same on
-# CPU, and prints both reports and the speed ratio.
-#   usage: scripts/gpu_check.sh [path/to/gnno[.gz]]     (default bin/gnno)
-# The release binary is ~83 MB stripped, over the device tool's 64 MiB: carry it
-# gzipped (~25 MB), e.g. `mkdir -p .gpu && strip -o .gpu/gnno bin/gnno && gzip -f .gpu/gnno`
-# with `.gpu/` in .git/info/exclude and `carry: [".gpu"]`, then run
-# `scripts/gpu_check.sh ../.gpu/gnno.gz`.
-# On the device machine libtorch comes from its own PyTorch, so this script (not
-# users) sets LD_LIBRARY_PATH to that torch's lib folder.
+# The CUDA check for sessions lent a GPU machine (see the device tool). It needs the
+# gnno binary and the bench binary (built here, x86-64), Beauty.txt, and a python3
+# with torch 2.11 (+cu130) there:
+#   1. the bundled sample trained and evaluated with device = "cuda", then on CPU:
+#      both reports and the speed ratio; the CUDA run repeated to see whether it is
+#      bit-for-bit reproducible;
+#   2. the objectives bench on CUDA: each objective's seconds per epoch for SASRec on
+#      Beauty next to the same model and loss in PyTorch eager on the same GPU
+#      (benches/torch_objectives.py with DEVICE=cuda), and the random-groups bench;
+#   3. a few real epochs of SASRec on Beauty per objective through the pipeline.
+# Usage: scripts/gpu_check.sh [DIR], where DIR (default .gpu) is what
+# scripts/gpu_pack.sh fills; see scripts/gpu_setup.sh.
 set -euo pipefail
-cd "$(dirname "$0")"
-bin="${1:-../bin/gnno}"
-if [[ "$bin" == *.gz ]]; then
-  gunzip -c "$bin" > /tmp/gnno && chmod +x /tmp/gnno && bin=/tmp/gnno
-fi
-torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
-out="${OUT:-/tmp/gnno-gpu-check}"
-mkdir -p "$out"
-for dev in cuda cpu; do
-  sed "s/^device = .*/device = \"$dev\"/; s#gpu-check\"#gpu-check-$dev\"#" gpu_check.toml > "gpu_check_$dev.toml"
+. "$(dirname "$0")/gpu_setup.sh" "${1:-}"
+cd "$root/scripts"
+
+echo "== 1. sample, CUDA and CPU"
+for dev in cuda cpu cuda2; do
+  d=${dev%2}
+  sed "s/^device = .*/device = \"$d\"/; s#gpu-check\"#gpu-check-$dev\"#" gpu_check.toml > "gpu_check_$dev.toml"
   start=$(date +%s.%N)
   "$bin" --config "gpu_check_$dev.toml" run --quiet
   end=$(date +%s.%N)
-  echo "$dev: wall $(echo "$end - $start" | bc) s"
+  echo "$dev: wall $(awk "BEGIN {print $end - $start}") s"
   "$bin" --config "gpu_check_$dev.toml" report train --json > "$out/train_$dev.json"
-  "$bin" --config "gpu_check_$dev.toml" report evaluate --json | tee "$out/evaluate_$dev.json"
+  "$bin" --config "gpu_check_$dev.toml" report evaluate --json > "$out/evaluate_$dev.json"
 done
 python3 - "$out" <<'PY'
 import json, sys
 d = sys.argv[1]
-t = {k: json.load(open(f"{d}/train_{k}.json"))["report"] for k in ("cuda", "cpu")}
-e = {k: json.load(open(f"{d}/evaluate_{k}.json"))["report"] for k in ("cuda", "cpu")}
-print("device:", t["cuda"]["device"])
-for k in ("cuda", "cpu"):
-    print(f"{k}: {t[k]['mean_instances_per_second']:.0f} instances/s, test HR@10 {e[k]['test_full']['HR@10']:.4f} NDCG@10 {e[k]['test_full']['NDCG@10']:.4f}")
+t = {k: json.load(open(f"{d}/train_{k}.json"))["report"] for k in ("cuda", "cpu", "cuda2")}
+e = {k: json.load(open(f"{d}/evaluate_{k}.json"))["report"] for k in ("cuda", "cpu", "cuda2")}
+print("device:", t["cuda"]["device"], "/", t["cpu"]["device"])
+for k in ("cuda", "cpu", "cuda2"):
+    m = e[k]["test_full"]
+    print(f"{k}: {t[k]['mean_instances_per_second']:.0f} instances/s, best epoch {t[k]['best_epoch']}, test HR@10 {m['HR@10']:.6f} NDCG@10 {m['NDCG@10']:.6f}")
 print(f"speed ratio cuda/cpu: {t['cuda']['mean_instances_per_second'] / t['cpu']['mean_instances_per_second']:.1f}x")
+print("cuda run repeated gives the same test metrics:", e["cuda"]["test_full"] == e["cuda2"]["test_full"])
 PY
-# Beauty, SASRec (sequence rows), on CUDA only: seconds per epoch of each objective.
-for loss in full-softmax sampled-softmax; do
+for dev in cuda cuda2; do echo "$dev best.ot sha256 $(sha256sum ../work/gpu-check-$dev/train/run-*/best.ot | cut -c1-16)"; done
+
+echo "== 2. objectives bench on CUDA (seconds per epoch; ratio = PyTorch eager / gnno)"
+GNNO_BENCH_DEVICE=cuda RAYON_NUM_THREADS=8 /tmp/stages objectives groups 2>&1 | tee "$out/bench_cuda.txt"
+
+echo "== 3. Beauty through the pipeline on CUDA, a few epochs per objective"
+for loss in full-softmax sampled-softmax gbce bpr; do
   sed "s/^loss = .*/loss = \"$loss\"/; s#gpu-beauty\"#gpu-beauty-$loss\"#" gpu_beauty.toml > "gpu_check_beauty_$loss.toml"
   "$bin" --config "gpu_check_beauty_$loss.toml" run --quiet
   "$bin" --config "gpu_check_beauty_$loss.toml" report train --json > "$out/beauty_train_$loss.json"

@@ -888,14 +888,22 @@ pub fn dataset_throughput(
         opt.step();
         Ok(b.trained)
     };
+    // CUDA runs asynchronously: the clock reads only after the device has finished.
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i64::try_from(i).unwrap_or(0));
+        }
+    };
     // One warm-up batch, then the timed ones.
     step(&all[all.len() - 1])?;
+    sync();
     let timed = batches.min(all.len());
     let t0 = Instant::now();
     let mut n = 0;
     for c in &all[..timed] {
         n += step(c)?;
     }
+    sync();
     let s = t0.elapsed().as_secs_f64();
     #[expect(clippy::cast_precision_loss, reason = "rates")]
     Ok((s * all.len() as f64 / timed.max(1) as f64, n as f64 / s))
