@@ -41,7 +41,7 @@ random-groups = {groups}
 logq = "{logq}"
 # The field's SASRec recipe (Xu et al. 2024): L 50, 2 blocks, 1 head, 64-d,
 # dropout 0.6, Adam lr 5e-4, weight decay 1e-8, batch 512 users, 200 epochs.
-history-len = 50
+{budget}history-len = 50
 dim = 64
 layers = 2
 heads = 1
@@ -49,7 +49,7 @@ dropout = 0.6
 lr = 0.0005
 weight-decay = 0.00000001
 batch-size = 512
-epochs = 200
+epochs = {epochs}
 patience = 30
 early-stop-metric = "NDCG@10"
 # i.i.d. batches of users, as the field trains; SASRec computes only their real
@@ -130,13 +130,17 @@ ARMS = {
     "gbce-prior-gnno-tau01": dict(SSM, loss="gbce", sampler="gnno", tau=0.1, logq="off", form=PRIOR),
     "bce-prior-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off", form=PRIOR),
     "bce-prior-gnno": dict(SSM, loss="bce", sampler="gnno", tau=0.01, logq="off", form=PRIOR),
+    # The sampled arms with GNNO stop at the 200-epoch budget, their best dev
+    # epoch at 198 (uniform's at 178): both given 400, each stops on dev (patience 30).
+    "ssm-uniform-g32-e400": dict(SSM, sampler="uniform", epochs=400),
+    "ssm-gnno-g32-tau001-e400": dict(SSM, sampler="gnno", tau=0.01, epochs=400),
     # The first sampled arms (seed 42 only): one draw of 256 for the whole batch.
     "ssm-uniform": dict(SSM, sampler="uniform", groups=1),
     "ssm-gnno": dict(SSM, sampler="gnno", groups=1),
 }
 MULTI_SEED = {
     "full-softmax", "ssm-uniform-g32", "ssm-gnno-g32", "ssm-gnno-g32-tau01",
-    "ssm-gnno-g32-tau001",
+    "ssm-gnno-g32-tau001", "ssm-uniform-g32-e400", "ssm-gnno-g32-tau001-e400",
     "full-softmax-freerec", "ssm-uniform-g32-freerec", "ssm-gnno-g32-tau001-freerec",
 }
 
@@ -145,5 +149,6 @@ for name, a in ARMS.items():
     for seed in SEEDS if name in MULTI_SEED else SEEDS[:1]:
         arm = name if seed == SEEDS[0] else f"{name}-s{seed}"
         scope = "row" if a["loss"] in ("bpr", "full-softmax") else "batch"
-        a = {"groups": 1, "form": "", **a}
+        a = {"groups": 1, "form": "", "epochs": 200, **a}
+        a["budget"] = "" if a["epochs"] == 200 else f"# Here {a['epochs']} epochs: the budget, not the model, stopped the 200-epoch run.\n"
         (here / f"{arm}.toml").write_text(BASE.format(arm=arm, seed=seed, scope=scope, **a))

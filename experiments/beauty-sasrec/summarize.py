@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Prints the docs/RESULTS.md tables of the SASRec objectives comparison from
-experiments/beauty-sasrec/*.result.json (run.sh writes them); the first seed-42
-runs, with length batches, are in length-batching/ (their configs are in git
-history, commit 10ea77f)."""
+experiments/beauty-sasrec/*.result.json (run.sh writes them) and cuda/*.result.json
+(the same configs run on an H200 by scripts/gpu_arms.sh); the first seed-42 runs,
+with length batches, are in length-batching/ (their configs are in git history,
+commit 10ea77f). Arms run on different devices are listed and averaged apart."""
 import glob
 import json
 import os
@@ -10,7 +11,11 @@ import re
 import statistics
 
 here = os.path.dirname(os.path.abspath(__file__))
-rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(here, "*.result.json")))]
+rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(here, "*.result.json")) + glob.glob(os.path.join(here, "cuda", "*.result.json")))]
+
+
+def device(r):
+    return "H200" if r["train"]["report"]["device"].startswith("Cuda") else "CPU"
 
 
 def base(arm):
@@ -33,9 +38,9 @@ def cfg(arm):
     return c
 
 
-print("| arm | loss | negatives | logQ | seed | test NDCG@10 | HR@10 | NDCG@20 | HR@20 | NDCG@10, history in | best epoch / run | train s/epoch | epochs' time |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-rows.sort(key=lambda r: (base(r["arm"]), seed(r["arm"]) != 42, seed(r["arm"])))
+print("| arm | loss | negatives | logQ | seed | device | test NDCG@10 | HR@10 | NDCG@20 | HR@20 | NDCG@10, history in | best epoch / run | train s/epoch | epochs' time |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+rows.sort(key=lambda r: (base(r["arm"]), device(r), seed(r["arm"]) != 42, seed(r["arm"])))
 for r in rows:
     e, t = r["evaluate"]["report"], r["train"]["report"]
     c = cfg(r["arm"])
@@ -53,21 +58,21 @@ for r in rows:
     f, o = e["test_full"], e["test_full_other_protocol"]
     loss = c["loss"] + (" (FreeRec block)" if c["freerec"] else "") + (" + prior offset" if c["prior"] else "")
     print(
-        f"| {r['arm']} | {loss} | {negs} | {c['logq']} | {seed(r['arm'])} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "
+        f"| {r['arm']} | {loss} | {negs} | {c['logq']} | {seed(r['arm'])} | {device(r)} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "
         f"{o['NDCG@10']:.4f} | {t['best_epoch']} / {t['epochs_run']} | {t['mean_train_seconds_per_epoch']:.1f} | {sum(e['seconds'] for e in t['epochs']) / 60:.0f} min |"
     )
 
 groups = {}
 for r in rows:
-    groups.setdefault(base(r["arm"]), []).append(r)
+    groups.setdefault((base(r["arm"]), device(r)), []).append(r)
 multi = {k: v for k, v in groups.items() if len(v) > 1}
 if multi:
     print()
-    print("| arm | seeds | test NDCG@10 mean ± sd | HR@10 mean ± sd | train s/epoch |")
-    print("|---|---|---|---|---|")
-    for k, v in multi.items():
+    print("| arm | device | seeds | test NDCG@10 mean ± sd | HR@10 mean ± sd | train s/epoch |")
+    print("|---|---|---|---|---|---|")
+    for (k, dev), v in multi.items():
         n = [r["evaluate"]["report"]["test_full"]["NDCG@10"] for r in v]
         h = [r["evaluate"]["report"]["test_full"]["HR@10"] for r in v]
         s = [r["train"]["report"]["mean_train_seconds_per_epoch"] for r in v]
         sd = lambda x: statistics.stdev(x) if len(x) > 1 else 0.0
-        print(f"| {k} | {', '.join(str(seed(r['arm'])) for r in v)} | {statistics.mean(n):.4f} ± {sd(n):.4f} | {statistics.mean(h):.4f} ± {sd(h):.4f} | {statistics.mean(s):.1f} |")
+        print(f"| {k} | {dev} | {', '.join(str(seed(r['arm'])) for r in v)} | {statistics.mean(n):.4f} ± {sd(n):.4f} | {statistics.mean(h):.4f} ± {sd(h):.4f} | {statistics.mean(s):.1f} |")
