@@ -130,6 +130,7 @@ ARMS = {
     "gbce-prior-gnno-tau01": dict(SSM, loss="gbce", sampler="gnno", tau=0.1, logq="off", form=PRIOR),
     "bce-prior-uniform": dict(SSM, loss="bce", sampler="uniform", logq="off", form=PRIOR),
     "bce-prior-gnno": dict(SSM, loss="bce", sampler="gnno", tau=0.01, logq="off", form=PRIOR),
+    "bce-prior-gnno-tau01": dict(SSM, loss="bce", sampler="gnno", tau=0.1, logq="off", form=PRIOR),
     # The sampled arms with GNNO stop at the 200-epoch budget, their best dev
     # epoch at 198 (uniform's at 178): both given 400, each stops on dev (patience 30).
     "ssm-uniform-g32-e400": dict(SSM, sampler="uniform", epochs=400),
