@@ -143,6 +143,8 @@ MULTI_SEED = {
     "full-softmax", "ssm-uniform-g32", "ssm-gnno-g32", "ssm-gnno-g32-tau01",
     "ssm-gnno-g32-tau001", "ssm-uniform-g32-e400", "ssm-gnno-g32-tau001-e400",
     "full-softmax-freerec", "ssm-uniform-g32-freerec", "ssm-gnno-g32-tau001-freerec",
+    # GNNO τ = 0.1's gain under BPR (+9.6% on seed 42), on more seeds.
+    "bpr-uniform", "bpr-gnno-tau01",
 }
 
 here = Path(__file__).parent
