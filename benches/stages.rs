@@ -593,7 +593,7 @@ fn bench_groups(tmp: &Path) {
     cfg.loss = Loss::FullSoftmax;
     let full = time(&cfg, 0);
     println!(
-        "groups (SASRec, Beauty, batch 512 users, L 50, 256 random per draw + {n_hard} hard, {threads} threads; seconds per epoch):"
+        "groups (SASRec, Beauty, batch 512 users, L 50, 256 random per draw + {n_hard} hard, {threads} threads, device {device}; seconds per epoch):"
     );
     println!("  full softmax                      {full:6.1} s/epoch");
     cfg.loss = Loss::SampledSoftmax;

@@ -92,7 +92,7 @@ def batch(rows):
 def loss_of(kind, model, hist, tgt):
     kind, _, scope = kind.partition("/")  # scope: "", "batch" or "freerec"
     rep_all = model(hist)
-    valid = tgt.view(-1) > 0
+    valid = (tgt.view(-1) > 0).nonzero().squeeze(1)  # the one host sync of a step
     rep = rep_all.reshape(-1, D)[valid]
     t = tgt.view(-1)[valid]
     if kind == "full-softmax":

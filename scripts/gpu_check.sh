@@ -14,6 +14,8 @@
 set -euo pipefail
 . "$(dirname "$0")/gpu_setup.sh" "${1:-}"
 cd "$root/scripts"
+# A machine kept warm between calls keeps ignored folders: start from nothing.
+rm -rf ../work/gpu-check-* ../work/gpu-beauty-*
 
 echo "== 1. sample, CUDA and CPU"
 for dev in cuda cpu cuda2; do

@@ -12,6 +12,6 @@ bench=$(cargo bench --locked --bench stages --no-run 2>&1 | sed -n 's/.*Executab
 mkdir -p .gpu
 strip -o .gpu/gnno "$CARGO_TARGET_DIR/release/gnno" && gzip -f .gpu/gnno
 strip -o .gpu/stages "$bench" && gzip -f .gpu/stages
-cp ../shared/data/s3rec/Beauty.txt .gpu/
-pwd > .gpu/built_in
+cp -f ../shared/data/s3rec/Beauty.txt .gpu/
+pwd -P > .gpu/built_in
 du -sh .gpu

@@ -13,14 +13,17 @@ gunzip -c "$pack/stages.gz" > /tmp/stages && chmod +x /tmp/stages
 bin=/tmp/gnno
 # The configs read ../shared/data beside the checkout; the bench binary reads the
 # paths it was built with (its checkout and the shared folder beside it).
-mkdir -p "$root/../shared/data/s3rec"
-cp -n "$pack/Beauty.txt" "$root/../shared/data/s3rec/Beauty.txt" 2>/dev/null || true
+place_beauty() {
+  mkdir -p "$1/data/s3rec" && cp -f "$pack/Beauty.txt" "$1/data/s3rec/Beauty.txt" ||
+    { echo "error: cannot place Beauty.txt under $1" >&2; exit 1; }
+}
+place_beauty "$root/../shared"
 built="$(cat "$pack/built_in")"
 if [ ! -e "$built" ]; then
-  mkdir -p "$(dirname "$built")" && ln -s "$root" "$built"
+  mkdir -p "$(dirname "$built")" && ln -s "$root" "$built" ||
+    { echo "error: cannot link $built to $root (the bench's baked-in paths)" >&2; exit 1; }
 fi
-mkdir -p "$built/../shared/data/s3rec"
-cp -n "$pack/Beauty.txt" "$built/../shared/data/s3rec/Beauty.txt" 2>/dev/null || true
+place_beauty "$built/../shared"
 torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # The binaries must link libtorch_cuda (build.rs), or libtorch sees no GPU.

@@ -29,5 +29,6 @@ for arm in "${arms[@]}"; do
     echo "{\"arm\": \"$arm\", \"wall_s\": $((end - start)), \"machine\": \"$(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\","
     echo " \"evaluate\": $("$bin" --config "$arm.toml" report evaluate --json),"
     echo " \"train\": $("$bin" --config "$arm.toml" report train --json)}"
-  } > "$arm.result.json"
+  } > "$arm.result.json.tmp"
+  mv "$arm.result.json.tmp" "$arm.result.json"
 done

@@ -15,7 +15,7 @@ rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(here, "*.resul
 
 
 def device(r):
-    return "H200" if r["train"]["report"]["device"].startswith("Cuda") else "CPU"
+    return "CUDA" if r["train"]["report"]["device"].startswith("Cuda") else "CPU"
 
 
 def base(arm):

@@ -894,13 +894,13 @@ pub fn dataset_throughput(
             tch::Cuda::synchronize(i64::try_from(i).unwrap_or(0));
         }
     };
-    // One warm-up batch, then the timed ones.
-    step(&all[all.len() - 1])?;
+    // One warm-up batch (a full one, as the baseline's), then the timed ones.
+    step(&all[0])?;
     sync();
-    let timed = batches.min(all.len());
+    let timed = batches.min(all.len() - 1);
     let t0 = Instant::now();
     let mut n = 0;
-    for c in &all[..timed] {
+    for c in &all[1..=timed] {
         n += step(c)?;
     }
     sync();
