@@ -1,14 +1,3 @@
-//! Bakes the libtorch library directory into every binary of this crate as an rpath,
-//! so nobody has to set LD_LIBRARY_PATH; and, where that libtorch has CUDA, links
-//! libtorch_cuda for good: nothing references it by symbol, so the linker's default
-//! --as-needed drops it, and without it loaded libtorch sees no GPU (`device =
-//! "auto"` then trains on the CPU of a GPU machine). (Kept alike in build.rs and
-//! crates/gnno-train/build.rs.)
-fn main() {
-    if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-        if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
-            println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-        }
-    }
-}
+// The same link settings for the root package (gnno and its tests and benches):
+// link arguments do not pass from a dependency to the binaries that use it.
+include!("crates/gnno-train/build.rs");
