@@ -653,6 +653,27 @@ mod tests {
     }
 
     #[test]
+    fn sasrec_outputs_do_not_depend_on_later_items() {
+        // Not through a reference that builds the same mask: change the items after
+        // position 3 and the outputs up to it stay, for both padding forms.
+        let attended = |c: &mut TrainSettings| {
+            c.sasrec_residual = SasrecResidual::Input;
+            c.sasrec_padding = SasrecPadding::Attended;
+        };
+        for (_vs, m) in [sasrec(), sasrec_with(attended)] {
+            let a = Tensor::from_slice(&[0i64, 2, 3, 4, 5, 6]).view([1, 6]);
+            let b = Tensor::from_slice(&[0i64, 2, 3, 4, 9, 1]).view([1, 6]);
+            let (oa, ob) = (m.encode_all(&a, false), m.encode_all(&b, false));
+            assert!(max_diff(&oa.narrow(1, 0, 4), &ob.narrow(1, 0, 4)) < 1e-6);
+            assert!(max_diff(&oa.narrow(1, 4, 2), &ob.narrow(1, 4, 2)) > 1e-3);
+            // And an earlier item does change what follows it.
+            let c = Tensor::from_slice(&[0i64, 7, 3, 4, 5, 6]).view([1, 6]);
+            let oc = m.encode_all(&c, false);
+            assert!(max_diff(&oa.narrow(1, 5, 1), &oc.narrow(1, 5, 1)) > 1e-3);
+        }
+    }
+
+    #[test]
     fn sasrec_with_attended_padding_equals_zero_vectors_as_keys() {
         let (_vs, m) = sasrec_with(|c| {
             c.sasrec_residual = SasrecResidual::Input;

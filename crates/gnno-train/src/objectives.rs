@@ -280,4 +280,51 @@ mod tests {
         let want = z.ln() - 2.0;
         assert!((val(&full_softmax(&logits, &targets)) - want).abs() < TOL);
     }
+
+    #[test]
+    fn supcon_matches_the_mask_form_by_hand() {
+        // Four features (two views of two rows), normalised: (0.6, 0.8), (1, 0),
+        // (0, 1), (1, 1)/√2. The mask form: for each i, the mean over positives
+        // j ≠ i (same target) of s_ij/τ − ln Σ_{k≠i} exp(s_ik/τ), negated and
+        // averaged over i.
+        let z1 = t(&[3.0, 4.0, 1.0, 0.0], &[2, 2]);
+        let z2 = t(&[0.0, 2.0, 1.0, 1.0], &[2, 2]);
+        let r = 0.5f64.sqrt();
+        let f = [[0.6, 0.8], [1.0, 0.0], [0.0, 1.0], [r, r]];
+        let tau = 0.5;
+        let by_hand = |labels: [i64; 4]| {
+            let s = |i: usize, j: usize| (f[i][0] * f[j][0] + f[i][1] * f[j][1]) / tau;
+            let mut total = 0.0;
+            for i in 0..4 {
+                let lse = (0..4)
+                    .filter(|&k| k != i)
+                    .map(|k| s(i, k).exp())
+                    .sum::<f64>()
+                    .ln();
+                let pos: Vec<f64> = (0..4)
+                    .filter(|&j| j != i && labels[j] == labels[i])
+                    .map(|j| s(i, j) - lse)
+                    .collect();
+                #[expect(clippy::cast_precision_loss, reason = "small")]
+                let mean = pos.iter().sum::<f64>() / pos.len() as f64;
+                total -= mean;
+            }
+            total / 4.0
+        };
+        // Two targets: each feature's one positive is its other view.
+        let two = supcon(&z1, &z2, &Tensor::from_slice(&[5i64, 6]), tau);
+        assert!(
+            (val(&two) - by_hand([5, 6, 5, 6])).abs() < TOL,
+            "{}",
+            val(&two)
+        );
+        // One target: every other feature is a positive.
+        let one = supcon(&z1, &z2, &Tensor::from_slice(&[5i64, 5]), tau);
+        assert!(
+            (val(&one) - by_hand([5, 5, 5, 5])).abs() < TOL,
+            "{}",
+            val(&one)
+        );
+        assert!((val(&one) - val(&two)).abs() > 1e-3);
+    }
 }

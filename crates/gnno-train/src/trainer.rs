@@ -951,6 +951,85 @@ mod tests {
     }
 
     #[test]
+    fn hard_negatives_join_each_position_after_its_random_ones() {
+        let mut cfg = crate::tests::settings();
+        cfg.backbone = Backbone::Sasrec;
+        cfg.history_len = 3;
+        cfg.dim = 8;
+        cfg.heads = 1;
+        cfg.dropout = 0.0;
+        cfg.loss = Loss::SampledSoftmax;
+        cfg.logq = LogQ::All;
+        tch::manual_seed(5);
+        let (_vs, model, _, _) = new_model(&cfg, 12, Device::Cpu);
+        let (k, h) = (4usize, 2usize);
+        // A draw per row, and two hard negatives per position (0 = none), each
+        // with its own ln q; positions without a target carry hard ones too
+        // (ignored).
+        let mut b = batch(vec![3, 7, 11, 12, 1, 4, 6, 9, 2, 5, 10, 12], 3, 1);
+        b.hard = vec![9, 10, 3, 1, 6, 0, 1, 2, 3, 4, 8, 5, 9, 0, 12, 10, 3, 6];
+        b.hard_log_q = (0..18u8).map(|i| -1.0 - f32::from(i) * 0.25).collect();
+        let t = Tensors::new(&b, k, h, Device::Cpu);
+        let got = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
+        // By hand: each trained position (row, column) in row order, its
+        // candidates the row's K random ones then its own H hard ones.
+        let rep = model.encode_all(&Tensor::from_slice(&b.hist).view([3, 3]), false);
+        let out = model.out_items();
+        let score = |r: usize, c: usize, item: i64| {
+            let e = out.forward(&Tensor::from(item));
+            (rep.get(r as i64).get(c as i64) * e)
+                .sum(Kind::Float)
+                .double_value(&[])
+        };
+        let (mut pos, mut neg, mut mask, mut lq) = (vec![], vec![], vec![], vec![]);
+        for r in 0..3 {
+            for c in 0..3 {
+                let target = b.targets[r * 3 + c];
+                if target == 0 {
+                    continue;
+                }
+                pos.push(score(r, c, target) as f32);
+                for j in 0..k {
+                    neg.push(score(r, c, b.random[r * k + j]) as f32);
+                    mask.push(b.random_mask[r * k + j]);
+                    lq.push(b.random_log_q[r * k + j]);
+                }
+                for j in 0..h {
+                    let x = b.hard[(r * 3 + c) * h + j];
+                    neg.push(if x > 0 { score(r, c, x) as f32 } else { 0.0 });
+                    mask.push(x > 0);
+                    lq.push(b.hard_log_q[(r * 3 + c) * h + j]);
+                }
+            }
+        }
+        assert_eq!(pos.len(), 5);
+        let w = (k + h) as i64;
+        let lq = Tensor::from_slice(&lq).view([-1, w]);
+        let corr = objectives::logq_correction(cfg.logq, &lq, 4, 2);
+        let want = objectives::sampled(
+            cfg.loss,
+            &Tensor::from_slice(&pos),
+            &Tensor::from_slice(&neg).view([-1, w]),
+            &Tensor::from_slice(&mask).view([-1, w]),
+            corr.as_ref(),
+            1.0,
+            0.0,
+        )
+        .double_value(&[]);
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // The hard negatives count: without them the loss is another.
+        let plain = batch_loss(
+            &model,
+            &cfg,
+            &Tensors::new(&b, k, 0, Device::Cpu),
+            12,
+            false,
+            None,
+        );
+        assert!((plain.double_value(&[]) - got).abs() > 1e-3);
+    }
+
+    #[test]
     fn groups_sharing_a_draw_score_as_rows_with_that_draw() {
         let mut cfg = crate::tests::settings();
         cfg.backbone = Backbone::Sasrec;
