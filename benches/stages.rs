@@ -531,7 +531,7 @@ fn bench_objectives(tmp: &Path) {
             cfg.batching = batching;
             cfg.random_scope = scope;
             let (s, _) =
-                gnno_train::trainer::dataset_throughput(&cfg, &ds, hard, batches, &device, threads)
+                gnno_train::probe::dataset_throughput(&cfg, &ds, hard, batches, &device, threads)
                     .expect("throughput");
             ours.push(s);
         }
@@ -555,9 +555,8 @@ fn bench_objectives(tmp: &Path) {
     cfg.logq = LogQ::Off;
     cfg.batching = Batching::Random;
     cfg.random_scope = RandomScope::Row;
-    let (ours, _) =
-        gnno_train::trainer::dataset_throughput(&cfg, &ds, 0, batches, &device, threads)
-            .expect("throughput");
+    let (ours, _) = gnno_train::probe::dataset_throughput(&cfg, &ds, 0, batches, &device, threads)
+        .expect("throughput");
     let et = per_epoch as f64 / theirs["full-softmax/freerec"].as_f64().unwrap_or(f64::NAN);
     println!(
         "  {:16} gnno {ours:7.1} s/epoch (random batches, FreeRec block)   PyTorch eager {et:7.1} s/epoch (same)   ratio {:.2}x",
@@ -586,7 +585,7 @@ fn bench_groups(tmp: &Path) {
     let threads = rayon::current_num_threads();
     let device = bench_device();
     let time = |cfg: &gnno_core::config::TrainSettings, hard: usize| {
-        gnno_train::trainer::dataset_throughput(cfg, &ds, hard, batches, &device, threads)
+        gnno_train::probe::dataset_throughput(cfg, &ds, hard, batches, &device, threads)
             .expect("throughput")
             .0
     };

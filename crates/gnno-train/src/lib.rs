@@ -9,8 +9,10 @@
 //! Modules: [`objectives`] (the losses), [`batches`] (rows, random and hard
 //! negatives), [`checkpoint`] (resume state and tensors), [`trainer`] (the training
 //! loop), [`evaluate`] (ranking metrics), [`model`] (the backbones), [`adam`],
-//! [`export`] (the export stage: embeddings, the model file, recommendations),
-//! [`warm`] (warm start from an exported model), [`safetensors`].
+//! [`metrics`] (HR, NDCG, MRR), [`probe`] (model hardness for the audit, training
+//! throughput for the benchmarks), [`export`] (the export stage: embeddings, the
+//! model file, recommendations), [`warm`] (warm start from an exported model),
+//! [`safetensors`], [`alloc`] (keeps large blocks mapped between batches).
 
 pub mod adam;
 pub mod alloc;
@@ -21,6 +23,7 @@ pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod objectives;
+pub mod probe;
 pub mod safetensors;
 pub mod trainer;
 pub mod warm;
@@ -37,7 +40,8 @@ use std::path::Path;
 use tch::{Device, Tensor};
 
 pub use evaluate::{evaluate, EvalReport};
-pub use trainer::{hardness, throughput, train, ModelHardness, TrainReport};
+pub use probe::{hardness, throughput, ModelHardness};
+pub use trainer::{train, TrainReport};
 
 pub const BEST_MODEL: &str = "best.ot";
 pub const CHECKPOINT_DIR: &str = "checkpoint";

@@ -18,7 +18,7 @@ use gnno_core::dataset::{Dataset, Instances};
 use gnno_core::error::{Error, Result};
 use gnno_core::{fsutil, mix_seed};
 use rand::rngs::Xoshiro256PlusPlus;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 use std::time::Instant;
 use tch::nn::Module;
@@ -49,7 +49,7 @@ pub struct TrainReport {
 }
 
 /// A batch's tensors on the device.
-struct Tensors {
+pub(crate) struct Tensors {
     hist: Tensor,
     /// `[rows, positions]`
     targets: Tensor,
@@ -64,7 +64,7 @@ struct Tensors {
 }
 
 impl Tensors {
-    fn new(b: &Batch, k: usize, n_hard: usize, device: Device) -> Self {
+    pub(crate) fn new(b: &Batch, k: usize, n_hard: usize, device: Device) -> Self {
         let (rows, p) = (b.rows as i64, b.positions as i64);
         let hard = (n_hard > 0 && !b.hard.is_empty()).then(|| {
             let h = i64::try_from(n_hard).unwrap_or(0);
@@ -123,7 +123,7 @@ impl Tensors {
 /// (`[2]` Int64, on the device: the counts are read once, at the epoch's end, so
 /// the tally adds no synchronisation to a batch).
 #[derive(Debug, Default)]
-struct AboveTarget(Option<Tensor>);
+pub(crate) struct AboveTarget(Option<Tensor>);
 
 impl AboveTarget {
     /// Adds a batch: `scores` `[M, K]`, `pos` `[M]`, `mask` `[M, K]` (valid negatives).
@@ -149,7 +149,7 @@ impl AboveTarget {
         )
     }
 
-    fn share(&self) -> Option<f64> {
+    pub(crate) fn share(&self) -> Option<f64> {
         let (above, valid) = self.counts();
         #[expect(clippy::cast_precision_loss, reason = "a share")]
         (valid > 0).then(|| above as f64 / valid as f64)
@@ -158,15 +158,15 @@ impl AboveTarget {
 
 /// An epoch's tally of how hard its random and hard negatives were.
 #[derive(Debug, Default)]
-struct Hardness {
-    random: AboveTarget,
-    hard: AboveTarget,
+pub(crate) struct Hardness {
+    pub(crate) random: AboveTarget,
+    pub(crate) hard: AboveTarget,
 }
 
 /// The loss of one batch: representations at the trained positions scored against
 /// their candidates. With `tally`, the negatives scored above their target are
 /// counted into it (no effect on the loss).
-fn batch_loss(
+pub(crate) fn batch_loss(
     model: &Model,
     cfg: &TrainSettings,
     t: &Tensors,
@@ -285,20 +285,20 @@ fn batch_loss(
     )
 }
 
-struct Trainer<'a> {
+pub(crate) struct Trainer<'a> {
     job: &'a Job<'a>,
     rows: Rows<'a>,
     random: RandomSampler,
     device: Device,
     model: Model,
-    vs: nn::VarStore,
+    pub(crate) vs: nn::VarStore,
     opt: Adam,
 }
 
 impl<'a> Trainer<'a> {
     /// A fresh model for `job` (libtorch's seed set by the caller) over the rows of
     /// `inst`; also returns the model's trainable parameter count.
-    fn new(job: &'a Job<'a>, inst: &'a Instances, device: Device) -> (Self, i64) {
+    pub(crate) fn new(job: &'a Job<'a>, inst: &'a Instances, device: Device) -> (Self, i64) {
         let (cfg, ds) = (job.cfg, job.ds);
         let (vs, model, opt, n_params) = new_model(cfg, ds.n_items, device);
         let tr = Trainer {
@@ -316,7 +316,7 @@ impl<'a> Trainer<'a> {
     /// One epoch over every row in a seeded order; returns (mean loss, trained
     /// positions, how hard the negatives were). With `learn` false the same batches
     /// are only scored (no dropout, no step): `hardness` audits a trained model.
-    fn epoch(
+    pub(crate) fn epoch(
         &mut self,
         epoch: u32,
         hard: Option<&EpochNegatives>,
@@ -432,7 +432,7 @@ impl<'a> Trainer<'a> {
 /// The epoch's batches of row ids: the seeded permutation cut into batches, or
 /// (`batching = "length"`) the permutation sorted by row length (stable, so rows of
 /// equal length stay in random order), cut, and the batches shuffled.
-fn batch_order(
+pub(crate) fn batch_order(
     rows: &Rows,
     cfg: &TrainSettings,
     ids: &[u64],
@@ -463,7 +463,7 @@ fn fault_nan(epoch: u32) -> bool {
         == Some(epoch)
 }
 
-fn new_model(
+pub(crate) fn new_model(
     cfg: &TrainSettings,
     n_items: u32,
     device: Device,
@@ -482,7 +482,11 @@ fn new_model(
 
 /// The epoch's hard negatives from the shards, where it has any (from the
 /// warm-up on; never for the full softmax, which scores every item).
-fn epoch_negatives(job: &Job, epoch: u32, inst: &Instances) -> Result<Option<EpochNegatives>> {
+pub(crate) fn epoch_negatives(
+    job: &Job,
+    epoch: u32,
+    inst: &Instances,
+) -> Result<Option<EpochNegatives>> {
     (epoch >= job.hard_from && job.cfg.loss != Loss::FullSoftmax)
         .then(|| EpochNegatives::load(job.input, epoch, job.n_hard as usize, inst, job.ds.n_items))
         .transpose()
@@ -490,7 +494,7 @@ fn epoch_negatives(job: &Job, epoch: u32, inst: &Instances) -> Result<Option<Epo
 
 /// The training rows of `inst` as `model` takes them (one per user for a causal
 /// model, one per instance otherwise; padding trimmed where the model allows).
-fn rows_for<'a>(
+pub(crate) fn rows_for<'a>(
     ds: &'a Dataset,
     inst: &'a Instances,
     model: &Model,
@@ -707,206 +711,6 @@ pub fn train(job: &Job) -> Result<TrainReport> {
         warm_start: st.warm_start,
         epochs: st.history,
     })
-}
-
-/// One epoch's negatives as a trained model sees them (`gnno audit negatives
-/// --model`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ModelHardness {
-    pub epoch: u32,
-    /// The model's mean batch loss over the epoch's batches.
-    pub loss: f64,
-    /// Share of the valid random / hard negatives it scores above the target.
-    pub random_above_target: Option<f64>,
-    pub hard_above_target: Option<f64>,
-}
-
-/// How hard each of `epochs`' negatives is for the exported model `model_file`
-/// (a `model.safetensors` for this config's backbone and shape, items matched by
-/// raw id; every item of the data must be known to it). Each epoch's batches are
-/// drawn exactly as training draws them (same rows, random draws and shard rows)
-/// and scored without dropout and without a step.
-pub fn hardness(
-    job: &Job,
-    model_file: &std::path::Path,
-    epochs: &[u32],
-) -> Result<Vec<ModelHardness>> {
-    let device = resolve_device(job.device)?;
-    tch::set_num_threads(i32::try_from(job.threads).unwrap_or(1));
-    let _no_grad = tch::no_grad_guard();
-    let (cfg, ds) = (job.cfg, job.ds);
-    let inst = ds.instances();
-    let (mut tr, _) = Trainer::new(job, &inst, device);
-    let (_, unknown, _) = crate::warm::load(&tr.vs, cfg, &ds.item_raw, model_file)?;
-    if unknown > 0 {
-        return Err(Error::usage(format!(
-            "{}: the model does not know {unknown} of the data's {} items, so it cannot \
-             score their negatives",
-            model_file.display(),
-            ds.n_items
-        )));
-    }
-    epochs
-        .iter()
-        .map(|&epoch| {
-            let hard = epoch_negatives(job, epoch, &inst)?;
-            let (loss, _, h) = tr.epoch(epoch, hard.as_ref(), false)?;
-            Ok(ModelHardness {
-                epoch,
-                loss,
-                random_above_target: h.random.share(),
-                hard_above_target: h.hard.share(),
-            })
-        })
-        .collect()
-}
-
-/// Training throughput on synthetic batches (benchmarks): positions per second of
-/// forward, backward and Adam step for `cfg` on `rows` of length `history-len`
-/// (every row full), with `n_hard` hard negatives per position and random
-/// negatives per row whatever `random-scope` says (`dataset_throughput` follows it).
-pub fn throughput(
-    cfg: &TrainSettings,
-    n_items: u32,
-    n_hard: u32,
-    batches: usize,
-    device: &str,
-    threads: usize,
-) -> Result<f64> {
-    let device = resolve_device(device)?;
-    alloc::keep_large_blocks();
-    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
-    tch::manual_seed(1);
-    let (_vs, model, mut opt, _) = new_model(cfg, n_items, device);
-    let (b, l) = (cfg.batch_size as usize, cfg.history_len as usize);
-    let p = if model.is_causal() { l } else { 1 };
-    let (k, h) = (cfg.n_random as usize, n_hard as usize);
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-    let mut step = |rng: &mut Xoshiro256PlusPlus| {
-        let mut item = |n: usize| -> Vec<i64> {
-            (0..n)
-                .map(|_| i64::from(rng.random_range(1..=n_items)))
-                .collect()
-        };
-        let batch = Batch {
-            rows: b,
-            len: l,
-            positions: p,
-            hist: item(b * l),
-            targets: item(b * p),
-            random: item(b * k),
-            random_log_q: vec![-(f64::from(n_items).ln() as f32); b * k],
-            random_rows: b,
-            group_rows: 1,
-            random_mask: vec![true; b * k],
-            hard: item(b * p * h),
-            hard_log_q: vec![-(f64::from(n_items).ln() as f32); b * p * h],
-            trained: b * p,
-        };
-        let t = Tensors::new(&batch, k, h, device);
-        let mut loss = batch_loss(&model, cfg, &t, n_items, true, None);
-        if cfg.backbone == Backbone::Encoder && cfg.gamma > 0.0 {
-            let views: Vec<Tensor> = (0..2)
-                .map(|_| {
-                    let mut hh = batch.hist.clone();
-                    for row in hh.chunks_mut(l) {
-                        augment(row, model.n_items + 1, rng);
-                    }
-                    model.encode(&history_tensor(&hh, l, device), true)
-                })
-                .collect();
-            let tt = Tensor::from_slice(&batch.targets).to_device(device);
-            loss += objectives::supcon(&views[0], &views[1], &tt, cfg.cl_temperature) * cfg.gamma;
-        }
-        opt.zero_grad();
-        loss.backward();
-        opt.step();
-        loss.double_value(&[])
-    };
-    step(&mut rng);
-    let t0 = Instant::now();
-    for _ in 0..batches {
-        step(&mut rng);
-    }
-    #[expect(clippy::cast_precision_loss, reason = "rates")]
-    Ok((batches * b * p) as f64 / t0.elapsed().as_secs_f64())
-}
-
-/// Training time of one epoch on a real dataset's rows (benchmarks), estimated from
-/// `batches` of the first epoch's batches (in their random order, so a uniform
-/// sample) as (all batches / timed batches) × their time; with `n_hard` hard
-/// negatives per instance drawn uniformly here (the cost, not the values, is
-/// measured). Includes building the batches, as an epoch does. Returns (seconds per
-/// epoch, trained positions per second over the timed batches).
-pub fn dataset_throughput(
-    cfg: &TrainSettings,
-    ds: &gnno_core::dataset::Dataset,
-    n_hard: usize,
-    batches: usize,
-    device: &str,
-    threads: usize,
-) -> Result<(f64, f64)> {
-    let device = resolve_device(device)?;
-    alloc::keep_large_blocks();
-    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
-    tch::manual_seed(1);
-    let (_vs, model, mut opt, _) = new_model(cfg, ds.n_items, device);
-    let inst = ds.instances();
-    let rows = rows_for(ds, &inst, &model, cfg);
-    let random = RandomSampler::new(cfg, ds);
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
-    let hard = (n_hard > 0).then(|| EpochNegatives {
-        n_hard,
-        items: (0..inst.len() * n_hard)
-            .map(|_| rng.random_range(1..=ds.n_items))
-            .collect(),
-        log_prob: vec![-(f64::from(ds.n_items).ln() as f32); inst.len() * n_hard],
-    });
-    let ids = rows.ids();
-    let order = permutation(ids.len(), 3);
-    let all = batch_order(&rows, cfg, &ids, &order, 0, 3);
-    let k = cfg.n_random as usize;
-    let mut step = |chunk: &[u64]| -> Result<usize> {
-        let shared = (cfg.random_scope == RandomScope::Batch).then(|| {
-            (
-                Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[chunk[0], TAG_BATCH])),
-                cfg.random_groups as usize,
-            )
-        });
-        let b = rows.batch(
-            chunk,
-            k,
-            &random,
-            hard.as_ref(),
-            |row| Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[row, TAG_RANDOM])),
-            shared,
-        );
-        let t = Tensors::new(&b, k, n_hard, device);
-        let loss = batch_loss(&model, cfg, &t, ds.n_items, true, None);
-        opt.zero_grad();
-        loss.backward();
-        opt.step();
-        Ok(b.trained)
-    };
-    // CUDA runs asynchronously: the clock reads only after the device has finished.
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i64::try_from(i).unwrap_or(0));
-        }
-    };
-    // One warm-up batch (a full one, as the baseline's), then the timed ones.
-    step(&all[0])?;
-    sync();
-    let timed = batches.min(all.len() - 1);
-    let t0 = Instant::now();
-    let mut n = 0;
-    for c in &all[1..=timed] {
-        n += step(c)?;
-    }
-    sync();
-    let s = t0.elapsed().as_secs_f64();
-    #[expect(clippy::cast_precision_loss, reason = "rates")]
-    Ok((s * all.len() as f64 / timed.max(1) as f64, n as f64 / s))
 }
 
 #[cfg(test)]
