@@ -755,7 +755,7 @@ mod tests {
     }
 
     #[test]
-    fn hard_negatives_join_each_position_after_its_random_ones() {
+    fn each_position_scores_its_own_hard_negatives_with_their_log_q() {
         let mut cfg = crate::tests::settings();
         cfg.backbone = Backbone::Sasrec;
         cfg.history_len = 3;
