@@ -550,6 +550,25 @@ fn bench_objectives(tmp: &Path) {
             );
         }
     }
+    // The sampled arms' setting: a draw of 256 per group of 16 users.
+    cfg.loss = Loss::SampledSoftmax;
+    cfg.logq = LogQ::All;
+    cfg.batching = Batching::Random;
+    cfg.random_scope = RandomScope::Batch;
+    cfg.random_groups = 32;
+    let (ours, _) =
+        gnno_train::probe::dataset_throughput(&cfg, &ds, n_hard, batches, &device, threads)
+            .expect("throughput");
+    cfg.random_groups = 1;
+    let et = per_epoch as f64
+        / theirs["sampled-softmax/groups"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+    println!(
+        "  {:16} gnno {ours:7.1} s/epoch (random batches, random-groups 32)   PyTorch eager {et:7.1} s/epoch (same)   ratio {:.2}x",
+        "sampled-softmax",
+        et / ours
+    );
     freerec(&mut cfg);
     cfg.loss = Loss::FullSoftmax;
     cfg.logq = LogQ::Off;

@@ -4,7 +4,9 @@ residual, ReLU feed-forward, final LayerNorm, embeddings scaled by sqrt(d)) trai
 on Beauty's sequence rows (one row per user, its last L + 1 train items, every
 position trained), with each objective over the same candidates: K uniform random
 negatives per row (or, for "<loss>/batch", K shared by the whole batch and scored
-by one matrix product, each row masking its own items), H hard negatives per
+by one matrix product, each row masking its own items; for
+"sampled-softmax/groups", K per group of B / 32 rows, as the sampled arms train),
+H hard negatives per
 position (random ids here: the cost, not the values, is measured), and Adam. Prints
 one JSON object {loss: positions/s}. "full-softmax/freerec" is full softmax with
 FreeRec's block (train.sasrec-residual = "input", sasrec-padding = "attended"): the
@@ -30,6 +32,7 @@ dev = torch.device(os.environ.get("DEVICE", "cpu"))
 # CUDA runs asynchronously: the clock reads only after the device has finished.
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 D, BLOCKS, HEADS = 64, 2, 1
+GROUPS = 32  # the sampled arms' random-groups (B must be a multiple)
 
 seqs = []
 n_items = 0
@@ -92,7 +95,7 @@ def batch(rows):
 
 
 def loss_of(kind, model, hist, tgt):
-    kind, _, scope = kind.partition("/")  # scope: "", "batch" or "freerec"
+    kind, _, scope = kind.partition("/")  # scope: "", "batch", "groups" or "freerec"
     rep_all = model(hist)
     valid = (tgt.view(-1) > 0).nonzero().squeeze(1)  # the one host sync of a step
     rep = rep_all.reshape(-1, D)[valid]
@@ -110,6 +113,14 @@ def loss_of(kind, model, hist, tgt):
         seen = torch.cat([hist, tgt[:, -1:]], 1)  # the row's items
         own = (seen.unsqueeze(2) == rand.view(1, 1, K)).any(1)  # [B, K]
         rs = rep @ model.items(rand).T
+        rs = rs.masked_fill(own.unsqueeze(1).expand(-1, L, -1).reshape(-1, K)[valid], -math.inf)
+    elif scope == "groups":
+        # A draw of K per group of B / GROUPS consecutive rows (random-groups).
+        per = b // GROUPS
+        rand = torch.randint(1, n_items + 1, (GROUPS, K), device=dev)
+        seen = torch.cat([hist, tgt[:, -1:]], 1)
+        own = (seen.unsqueeze(2) == rand.repeat_interleave(per, 0).unsqueeze(1)).any(1)  # [B, K]
+        rs = (rep_all.reshape(GROUPS, per * L, D) @ model.items(rand).transpose(1, 2)).reshape(-1, K)[valid]
         rs = rs.masked_fill(own.unsqueeze(1).expand(-1, L, -1).reshape(-1, K)[valid], -math.inf)
     else:
         rand = torch.randint(1, n_items + 1, (b, K), device=dev)
@@ -130,7 +141,7 @@ def loss_of(kind, model, hist, tgt):
 
 out = {}
 kinds = ["bpr", "bce", "gbce", "sampled-softmax"]
-for kind in kinds + [k + "/batch" for k in kinds] + ["full-softmax", "full-softmax/freerec"]:
+for kind in kinds + [k + "/batch" for k in kinds] + ["sampled-softmax/groups", "full-softmax", "full-softmax/freerec"]:
     model = SASRec(freerec=kind.endswith("/freerec")).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(3)
