@@ -3,7 +3,8 @@
 experiments/beauty-sasrec/*.result.json (run.sh writes them) and cuda/*.result.json
 (the same configs run on an H200 by scripts/gpu_arms.sh); the first seed-42 runs,
 with length batches, are in length-batching/ (their configs are in git history,
-commit 10ea77f). Arms run on different devices are listed and averaged apart."""
+commit 10ea77f). Arms run on different devices (the H200, and the two CPU machines)
+are listed and averaged apart."""
 import glob
 import json
 import os
@@ -15,11 +16,16 @@ rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(here, "*.resul
 
 
 def device(r):
-    return "CUDA" if r["train"]["report"]["device"].startswith("Cuda") else "CPU"
+    if r["train"]["report"]["device"].startswith("Cuda"):
+        return "CUDA"
+    # The CPU runs' two machines differ in libtorch's last digits (RESULTS.md).
+    m = r.get("machine", "")
+    return "CPU (EPYC)" if "EPYC" in m else "CPU (Xeon)" if "Xeon" in m else "CPU"
 
 
 def base(arm):
-    return re.sub(r"-s\d+$", "", arm)
+    # "-xeon": seed 42 rerun on the Xeon (its own workdir), grouped with the Xeon's seeds.
+    return re.sub(r"-(s\d+|xeon)$", "", arm)
 
 
 def seed(arm):
