@@ -550,38 +550,31 @@ fn bench_objectives(tmp: &Path) {
             );
         }
     }
+    // One configuration against one PyTorch key, random batches.
+    let row = |cfg: &gnno_core::config::TrainSettings, hard: usize, key: &str, what: &str| {
+        let (ours, _) =
+            gnno_train::probe::dataset_throughput(cfg, &ds, hard, batches, &device, threads)
+                .expect("throughput");
+        let et = per_epoch as f64 / theirs[key].as_f64().unwrap_or(f64::NAN);
+        let name = key.split('/').next().unwrap_or(key);
+        println!(
+            "  {name:16} gnno {ours:7.1} s/epoch (random batches, {what})   PyTorch eager {et:7.1} s/epoch (same)   ratio {:.2}x",
+            et / ours
+        );
+    };
     // The sampled arms' setting: a draw of 256 per group of 16 users.
     cfg.loss = Loss::SampledSoftmax;
     cfg.logq = LogQ::All;
     cfg.batching = Batching::Random;
     cfg.random_scope = RandomScope::Batch;
     cfg.random_groups = 32;
-    let (ours, _) =
-        gnno_train::probe::dataset_throughput(&cfg, &ds, n_hard, batches, &device, threads)
-            .expect("throughput");
+    row(&cfg, n_hard, "sampled-softmax/groups", "random-groups 32");
     cfg.random_groups = 1;
-    let et = per_epoch as f64
-        / theirs["sampled-softmax/groups"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-    println!(
-        "  {:16} gnno {ours:7.1} s/epoch (random batches, random-groups 32)   PyTorch eager {et:7.1} s/epoch (same)   ratio {:.2}x",
-        "sampled-softmax",
-        et / ours
-    );
     freerec(&mut cfg);
     cfg.loss = Loss::FullSoftmax;
     cfg.logq = LogQ::Off;
-    cfg.batching = Batching::Random;
     cfg.random_scope = RandomScope::Row;
-    let (ours, _) = gnno_train::probe::dataset_throughput(&cfg, &ds, 0, batches, &device, threads)
-        .expect("throughput");
-    let et = per_epoch as f64 / theirs["full-softmax/freerec"].as_f64().unwrap_or(f64::NAN);
-    println!(
-        "  {:16} gnno {ours:7.1} s/epoch (random batches, FreeRec block)   PyTorch eager {et:7.1} s/epoch (same)   ratio {:.2}x",
-        "full-softmax",
-        et / ours
-    );
+    row(&cfg, 0, "full-softmax/freerec", "FreeRec block");
 }
 
 /// FreeRec's SASRec block (`train.sasrec-*`): the attention added to the block's

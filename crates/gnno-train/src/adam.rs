@@ -221,6 +221,20 @@ mod tests {
             .collect()
     }
 
+    /// An Adam over `ps` (the same tensors), with `rename` applied to the names.
+    fn adam(ps: &[(String, Tensor)], rename: fn(&str) -> String, lr: f64, wd: f64) -> Adam {
+        let named = ps
+            .iter()
+            .map(|(n, p)| (rename(n), p.shallow_clone()))
+            .collect();
+        Adam::new(named, lr, wd)
+    }
+
+    /// The state tensor `name` of a checkpoint.
+    fn find<'a>(state: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
+        &state.iter().find(|(k, _)| k == name).expect(name).1
+    }
+
     fn set_grads(ps: &[(String, Tensor)], step: i64, skip: Option<&str>) {
         for (i, (name, p)) in ps.iter().enumerate() {
             let mut p = p.shallow_clone();
@@ -279,13 +293,7 @@ mod tests {
         let (lr, wd) = (0.01, 0.05);
         let start = params(5);
         let (ours, theirs) = (copies(&start), copies(&start));
-        let mut opt = Adam::new(
-            ours.iter()
-                .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                .collect(),
-            lr,
-            wd,
-        );
+        let mut opt = adam(&ours, str::to_owned, lr, wd);
         let mut ms: Vec<Tensor> = theirs.iter().map(|(_, p)| p.zeros_like()).collect();
         let mut vs = ms.iter().map(Tensor::zeros_like).collect::<Vec<_>>();
         // "emb" has no gradient before step 3 (one left undefined, not zeroed):
@@ -299,10 +307,7 @@ mod tests {
             reference(&theirs, &mut ms, &mut vs, t as i32, lr, wd);
             if t == 2 {
                 let st = opt.state();
-                let m = |n: &str| {
-                    let m = &st.iter().find(|(k, _)| k == n).expect("moment").1;
-                    m.abs().sum(Kind::Float).double_value(&[])
-                };
+                let m = |n: &str| find(&st, n).abs().sum(Kind::Float).double_value(&[]);
                 assert_eq!(m("adam.m.emb"), 0.0);
                 assert!(m("adam.m.a.weight") > 0.0);
             }
@@ -311,16 +316,8 @@ mod tests {
         let state = opt.state();
         for (k, ((name, a), (_, b))) in ours.iter().zip(&theirs).enumerate() {
             assert_eq!(bits(a), bits(b), "{name}");
-            let m = &state
-                .iter()
-                .find(|(n, _)| n == &format!("adam.m.{name}"))
-                .expect("m")
-                .1;
-            let v = &state
-                .iter()
-                .find(|(n, _)| n == &format!("adam.v.{name}"))
-                .expect("v")
-                .1;
+            let m = find(&state, &format!("adam.m.{name}"));
+            let v = find(&state, &format!("adam.v.{name}"));
             assert_eq!(m.size(), a.size());
             assert_eq!(bits(m), bits(&ms[k]), "m of {name}");
             assert_eq!(bits(v), bits(&vs[k]), "v of {name}");
@@ -329,28 +326,14 @@ mod tests {
         assert_ne!(bits(&ours[0].1), bits(&start[0].1));
         assert_ne!(bits(&ours[2].1), bits(&start[2].1), "emb moved from step 3");
         let decayed = copies(&start);
-        let mut all = Adam::new(
-            decayed
-                .iter()
-                .map(|(n, p)| (format!("{n}.w"), p.shallow_clone()))
-                .collect(),
-            lr,
-            wd,
-        );
+        let mut all = adam(&decayed, |n| format!("{n}.w"), lr, wd);
         // (Three steps: Adam's first moves every element by ±lr whatever the decay.)
         for t in 1..=3 {
             set_grads(&decayed, t, None);
             all.step();
         }
         let plain = copies(&start);
-        let mut opt1 = Adam::new(
-            plain
-                .iter()
-                .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                .collect(),
-            lr,
-            wd,
-        );
+        let mut opt1 = adam(&plain, str::to_owned, lr, wd);
         for t in 1..=3 {
             set_grads(&plain, t, None);
             opt1.step();
@@ -372,13 +355,7 @@ mod tests {
         let (lr, wd) = (0.02, 0.01);
         let a = params(9);
         let b = copies(&a);
-        let mut oa = Adam::new(
-            a.iter()
-                .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                .collect(),
-            lr,
-            wd,
-        );
+        let mut oa = adam(&a, str::to_owned, lr, wd);
         for t in 1..=3 {
             set_grads(&a, t, None);
             oa.step();
@@ -389,13 +366,7 @@ mod tests {
                 pb.shallow_clone().copy_(pa);
             }
         });
-        let mut ob = Adam::new(
-            b.iter()
-                .map(|(n, p)| (n.clone(), p.shallow_clone()))
-                .collect(),
-            lr,
-            wd,
-        );
+        let mut ob = adam(&b, str::to_owned, lr, wd);
         ob.restore(&oa.state());
         assert_eq!(ob.step, 3);
         for t in 4..=5 {

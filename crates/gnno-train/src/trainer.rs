@@ -754,8 +754,9 @@ mod tests {
         assert_eq!(c.share(), Some(0.4));
     }
 
-    #[test]
-    fn each_position_scores_its_own_hard_negatives_with_their_log_q() {
+    /// A small SASRec over 12 items (L 3, 8-d, no dropout) for sampled softmax with
+    /// logQ on every negative, initialised from `seed`.
+    fn sampled_sasrec(seed: i64) -> (TrainSettings, nn::VarStore, Model) {
         let mut cfg = crate::tests::settings();
         cfg.backbone = Backbone::Sasrec;
         cfg.history_len = 3;
@@ -764,8 +765,14 @@ mod tests {
         cfg.dropout = 0.0;
         cfg.loss = Loss::SampledSoftmax;
         cfg.logq = LogQ::All;
-        tch::manual_seed(5);
-        let (_vs, model, _, _) = new_model(&cfg, 12, Device::Cpu);
+        tch::manual_seed(seed);
+        let (vs, model, _, _) = new_model(&cfg, 12, Device::Cpu);
+        (cfg, vs, model)
+    }
+
+    #[test]
+    fn each_position_scores_its_own_hard_negatives_with_their_log_q() {
+        let (cfg, _vs, model) = sampled_sasrec(5);
         let (k, h) = (4usize, 2usize);
         // A draw per row, and two hard negatives per position (0 = none), each
         // with its own ln q; positions without a target carry hard ones too
@@ -835,16 +842,7 @@ mod tests {
 
     #[test]
     fn groups_sharing_a_draw_score_as_rows_with_that_draw() {
-        let mut cfg = crate::tests::settings();
-        cfg.backbone = Backbone::Sasrec;
-        cfg.history_len = 3;
-        cfg.dim = 8;
-        cfg.heads = 1;
-        cfg.dropout = 0.0;
-        cfg.loss = Loss::SampledSoftmax;
-        cfg.logq = LogQ::All;
-        tch::manual_seed(3);
-        let (_vs, model, _, _) = new_model(&cfg, 12, Device::Cpu);
+        let (cfg, _vs, model) = sampled_sasrec(3);
         let (d0, d1) = (vec![3i64, 7, 11, 12], vec![1i64, 4, 6, 9]);
         // Rows 0 and 1 share draw 0, row 2 has draw 1 ...
         let grouped = batch([d0.clone(), d1.clone()].concat(), 2, 2);
