@@ -53,6 +53,10 @@ pub(crate) struct Tensors {
     hist: Tensor,
     /// `[rows, positions]`
     targets: Tensor,
+    /// `[M]` flat indices into `rows × positions` of the trained positions (a target
+    /// above 0), in row-major order: computed on the host, so a step on a GPU does
+    /// not wait on a `nonzero` for its size.
+    idx: Tensor,
     random: Tensor,
     random_log_q: Tensor,
     random_mask: Tensor,
@@ -98,8 +102,12 @@ impl Tensors {
                 m_max,
             )
         });
+        let idx: Vec<i64> = (0..b.targets.len() as i64)
+            .filter(|&i| b.targets[i as usize] > 0)
+            .collect();
         Self {
             hist: history_tensor(&b.hist, b.len, device),
+            idx: Tensor::from_slice(&idx).to_device(device),
             targets: Tensor::from_slice(&b.targets)
                 .view([rows, p])
                 .to_device(device),
@@ -175,15 +183,14 @@ pub(crate) fn batch_loss(
     mut tally: Option<&mut Hardness>,
 ) -> Tensor {
     let p = t.targets.size()[1];
-    let valid = t.targets.gt(0); // [B, P]
-                                 // [M] flat positions. Sequence rows pad inputs and targets alike (P = L), so
-                                 // the trained positions are the real inputs: SASRec encodes only those.
-    let idx = valid.view([-1]).nonzero().squeeze_dim(1);
+    // [M] flat positions. Sequence rows pad inputs and targets alike (P = L), so
+    // the trained positions are the real inputs: SASRec encodes only those.
+    let idx = &t.idx;
     debug_assert!(
-        !model.is_causal() || t.hist.ne(0).equal(&valid),
+        !model.is_causal() || t.hist.ne(0).equal(&t.targets.gt(0)),
         "sequence rows: inputs and targets padded alike"
     );
-    let (rep, rep_all) = match model.encode_real(&t.hist, &idx, train) {
+    let (rep, rep_all) = match model.encode_real(&t.hist, idx, train) {
         Some(rep) => (rep, None), // [M, D]
         None => {
             let r = if model.is_causal() {
@@ -194,10 +201,10 @@ pub(crate) fn batch_loss(
             };
             let r = r.narrow(1, r.size()[1] - p, p); // [B, P, D]
             let d = r.size()[2];
-            (r.reshape([-1, d]).index_select(0, &idx), Some(r))
+            (r.reshape([-1, d]).index_select(0, idx), Some(r))
         }
     };
-    let tgt = t.targets.view([-1]).index_select(0, &idx); // [M]
+    let tgt = t.targets.view([-1]).index_select(0, idx); // [M]
     if cfg.loss == Loss::FullSoftmax {
         return objectives::full_softmax(&model.score_all(&rep), &tgt);
     }
@@ -205,7 +212,7 @@ pub(crate) fn batch_loss(
     let out = model.out_items();
     let pos = (&rep * out.forward(&tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
-    let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, &idx);
+    let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, idx);
     let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
         // One draw for the batch: [M, K] by one matrix product.
         let e_rand = out.forward(&t.random.squeeze_dim(0)); // [K, D]
@@ -240,7 +247,7 @@ pub(crate) fn batch_loss(
         let e_rand = out.forward(&t.random); // [B, K, D]
         let rep_all = rep_all.unwrap_or_else(|| {
             let b = t.targets.size()[0];
-            Packing { idx: &idx, b, l: p }.pad(&rep)
+            Packing { idx, b, l: p }.pad(&rep)
         });
         (
             flat(rep_all.matmul(&e_rand.transpose(1, 2)), k),
