@@ -107,6 +107,8 @@ ARMS = {
     # What else the method allows at τ = 0.01: 32 hard negatives instead of 9, and
     # the curriculum started at epoch 5 instead of 19.
     "ssm-gnno-g32-tau001-h32": dict(SSM, sampler="gnno", tau=0.01, n_hard=32),
+    # The same K as the 32-hard arm (256 + 32) with uniform negatives only: its control.
+    "ssm-uniform-g32-h32": dict(SSM, sampler="uniform", n_hard=32),
     "ssm-gnno-g32-tau001-w5": dict(SSM, sampler="gnno", tau=0.01, warmup=5),
     # ... and the curriculum's cap lowered from 0.5 to 0.25: at τ = 0.01 the draws
     # pile up right under the cap (J p99 0.475) and 0.35% of them are the user's
@@ -150,7 +152,7 @@ MULTI_SEED = {
     # GNNO τ = 0.1's gain under BPR (+9.6% on seed 42 against the EPYC run), on more seeds.
     "bpr-uniform", "bpr-gnno-tau01",
     # 32 hard negatives: level with full softmax on seed 42 (0.0589 against 0.0590).
-    "ssm-gnno-g32-tau001-h32", "ssm-gnno-g32-tau001-h32-cap025",
+    "ssm-gnno-g32-tau001-h32", "ssm-gnno-g32-tau001-h32-cap025", "ssm-uniform-g32-h32",
 }
 
 here = Path(__file__).parent
