@@ -66,17 +66,17 @@ pub fn sampled_softmax(
     (logits.logsumexp([1i64].as_slice(), false) - pos).mean(Kind::Float)
 }
 
-/// Cross-entropy over every item: `logits [M, N + 2]` (columns 0 and N + 1, padding
-/// and the mask token, are never candidates), `targets [M]`.
-pub fn full_softmax(logits: &Tensor, targets: &Tensor) -> Tensor {
-    let n = logits.size()[1];
-    let cols = Tensor::from_slice(&[0i64, n - 1]).to_device(logits.device());
-    let logits = logits.index_fill(1, &cols, f64::NEG_INFINITY);
-    (logits.logsumexp([1i64].as_slice(), false)
-        - logits
-            .gather(1, &targets.unsqueeze(1), false)
-            .squeeze_dim(1))
-    .mean(Kind::Float)
+/// Cross-entropy over every item: representations `rep [M, D]` scored against the
+/// item rows 1..=N of `table [N + 2, D]` (rows 0 and N + 1, padding and the mask
+/// token, are never candidates, so they are not scored at all), `targets [M]` in
+/// 1..=N. One fused log-softmax and its gather, as `F.cross_entropy` computes it:
+/// the `[M, N]` logits are read and written about three times a step where a
+/// log-sum-exp written out (max, subtract, exp, sum) and a masked copy took about
+/// nine (`cargo bench --bench stages -- objectives`).
+pub fn full_softmax(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Tensor {
+    let n = table.size()[0] - 2;
+    rep.matmul(&table.narrow(0, 1, n).transpose(0, 1))
+        .cross_entropy_for_logits(&(targets - 1))
 }
 
 /// The logQ correction of the sampled softmax for `k_random` random and `k_hard`
@@ -272,13 +272,18 @@ mod tests {
 
     #[test]
     fn full_softmax_ignores_padding_and_mask_token() {
-        // 3 items: columns 0 (padding) and 4 (mask token) carry large logits that
-        // must not count.
-        let logits = t(&[9.0, 1.0, 2.0, 0.0, 9.0], &[1, 5]);
-        let targets = Tensor::from_slice(&[2i64]);
-        let z: f64 = [1.0f64, 2.0, 0.0].iter().map(|x| x.exp()).sum();
-        let want = z.ln() - 2.0;
-        assert!((val(&full_softmax(&logits, &targets)) - want).abs() < TOL);
+        // 3 items, 1-d: rep 1 and rows 9 (padding), 1, 2, 0, 9 (mask token) give
+        // logits 9, 1, 2, 0, 9; the two 9s must not count. Two positions, targets
+        // items 2 and 3.
+        let rep = t(&[1.0, 2.0], &[2, 1]);
+        let table = t(&[9.0, 1.0, 2.0, 0.0, 9.0], &[5, 1]);
+        let targets = Tensor::from_slice(&[2i64, 3]);
+        let ce = |r: f64, target: f64| {
+            let z: f64 = [1.0f64, 2.0, 0.0].iter().map(|x| (r * x).exp()).sum();
+            z.ln() - r * target
+        };
+        let want = (ce(1.0, 2.0) + ce(2.0, 0.0)) / 2.0;
+        assert!((val(&full_softmax(&rep, &table, &targets)) - want).abs() < TOL);
     }
 
     #[test]

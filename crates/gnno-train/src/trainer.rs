@@ -206,7 +206,7 @@ pub(crate) fn batch_loss(
     };
     let tgt = t.targets.view([-1]).index_select(0, idx); // [M]
     if cfg.loss == Loss::FullSoftmax {
-        return objectives::full_softmax(&model.score_all(&rep), &tgt);
+        return objectives::full_softmax(&rep, &model.out_items().ws, &tgt);
     }
     // Targets and negatives are scored with the output table (`items` when tied).
     let out = model.out_items();
