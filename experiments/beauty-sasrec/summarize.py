@@ -36,7 +36,7 @@ def seed(arm):
 def cfg(arm):
     text = open(os.path.join(here, arm + ".toml")).read()
     get = lambda k: re.search(rf"^{k} = (.*)$", text, re.M).group(1).strip('"')
-    c = {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup", "random-scope", "batch-size"]}
+    c = {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup", "random-scope", "batch-size", "max-hardness"]}
     g = re.search(r"^random-groups = (\d+)$", text, re.M)
     c["random-groups"] = int(g.group(1)) if g else 1
     c["freerec"] = re.search(r'^sasrec-residual = "input"$', text, re.M) is not None
@@ -54,6 +54,8 @@ for r in rows:
         negs = "all items"
     else:
         hard = f"{c['n-hard']} {c['sampler']}" + (f" τ={c['temperature']}" if c["sampler"] == "gnno" else "")
+        if c["sampler"] == "gnno" and float(c["max-hardness"]) != 0.5:
+            hard += f" cap {c['max-hardness']}"
         if c["random-scope"] != "batch":
             per = "per user"
         elif c["random-groups"] > 1:
