@@ -24,8 +24,8 @@ def device(r):
 
 
 def base(arm):
-    # "-xeon": seed 42 rerun on the Xeon (its own workdir), grouped with the Xeon's seeds.
-    return re.sub(r"-(s\d+|xeon)$", "", arm)
+    # "-xeon": rerun on the Xeon (its own workdir), grouped with the Xeon's seeds.
+    return re.sub(r"(-xeon)?(-s\d+)?$", "", arm)
 
 
 def seed(arm):
