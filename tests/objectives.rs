@@ -154,6 +154,10 @@ fn sasrec_training_killed_after_a_checkpoint_resumes_to_the_same_bytes() {
         let q = project("");
         set_train(&q, keys);
         let cfg = std::fs::read_to_string(q.path().join("pipeline.toml")).expect("read");
+        assert!(
+            cfg.contains("threads = 2"),
+            "the premise of the one-thread switch"
+        );
         q.config(&cfg.replace("threads = 2", "threads = 1"));
         q
     };

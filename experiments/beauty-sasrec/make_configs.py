@@ -105,10 +105,8 @@ ARMS = {
     # often as uniform ones (hardness/run.sh), at 35x the test-item leakage.
     "ssm-gnno-g32-tau001": dict(SSM, sampler="gnno", tau=0.01),
     # What else the method allows at τ = 0.01: 32 hard negatives instead of 9, and
-    # the curriculum started at epoch 5 instead of 19.
+    # the curriculum started at epoch 5 instead of 19 ...
     "ssm-gnno-g32-tau001-h32": dict(SSM, sampler="gnno", tau=0.01, n_hard=32),
-    # The same K as the 32-hard arm (256 + 32) with uniform negatives only: its control.
-    "ssm-uniform-g32-h32": dict(SSM, sampler="uniform", n_hard=32),
     "ssm-gnno-g32-tau001-w5": dict(SSM, sampler="gnno", tau=0.01, warmup=5),
     # ... and the curriculum's cap lowered from 0.5 to 0.25: at τ = 0.01 the draws
     # pile up right under the cap (J p99 0.475) and 0.35% of them are the user's
@@ -117,6 +115,8 @@ ARMS = {
     # ... and the hard negatives left uncorrected: each weighs as one item, where
     # logQ cuts a draw of probability q by K·q (at τ = 0.01 most q are > 0.01).
     "ssm-gnno-g32-tau001-logq-random": dict(SSM, sampler="gnno", tau=0.01, logq="random"),
+    # The same K as the 32-hard arm (256 + 32) with uniform negatives only: its control.
+    "ssm-uniform-g32-h32": dict(SSM, sampler="uniform", n_hard=32),
     "bpr-uniform": dict(loss="bpr", sampler="uniform", tau=1.0, n_hard=9, warmup=19, n_random=16, logq="off"),
     # BPR, BCE and gBCE with GNNO at the τ that works under sampled softmax (0.01;
     # at τ = 1 GNNO's draw is uniform's).

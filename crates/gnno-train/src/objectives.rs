@@ -69,10 +69,10 @@ pub fn sampled_softmax(
 /// Cross-entropy over every item: representations `rep [M, D]` scored against the
 /// item rows 1..=N of `table [N + 2, D]` (rows 0 and N + 1, padding and the mask
 /// token, are never candidates, so they are not scored at all), `targets [M]` in
-/// 1..=N. One fused log-softmax and its gather, as `F.cross_entropy` computes it:
-/// the `[M, N]` logits are read and written about three times a step where a
-/// log-sum-exp written out (max, subtract, exp, sum) and a masked copy took about
-/// nine (`cargo bench --bench stages -- objectives`).
+/// 1..=N. One fused log-softmax and its gather, as `F.cross_entropy` computes it,
+/// where a masked copy and a log-sum-exp written out (max, subtract, exp, sum) each
+/// passed over the `[M, N]` logits, the step's largest tensor (timed in
+/// docs/RESULTS.md, "Stage performance").
 pub fn full_softmax(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Tensor {
     let n = table.size()[0] - 2;
     rep.matmul(&table.narrow(0, 1, n).transpose(0, 1))

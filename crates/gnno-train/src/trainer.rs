@@ -102,8 +102,9 @@ impl Tensors {
                 m_max,
             )
         });
-        let idx: Vec<i64> = (0..b.targets.len() as i64)
-            .filter(|&i| b.targets[i as usize] > 0)
+        let idx: Vec<i64> = (0i64..)
+            .zip(&b.targets)
+            .filter_map(|(i, &t)| (t > 0).then_some(i))
             .collect();
         Self {
             hist: history_tensor(&b.hist, b.len, device),
