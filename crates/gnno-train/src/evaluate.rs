@@ -155,20 +155,19 @@ pub fn ranks(
 ) -> Result<Vec<(u64, u64)>> {
     let device = scores.device();
     let n_all = scores.size()[1];
-    let finite = scores.isfinite().all().int64_value(&[]) != 0;
-    if !finite {
+    if !all_finite(scores) {
         return Err(Error::usage(format!(
             "{what}: the model gives non-finite scores (NaN or infinity)"
         ))
         .with_hint("training diverged: lower train.lr or check the data"));
     }
-    // Padding and the mask token are never candidates.
-    let cols = Tensor::from_slice(&[0i64, n_all - 1]).to_device(device);
-    let scores = scores.index_fill(1, &cols, f64::NEG_INFINITY);
+    // Padding and the mask token are never candidates: the items are columns
+    // 1..=N (a view, not a copy).
+    let items = scores.narrow(1, 1, n_all - 2);
     let tt = Tensor::from_slice(tgt).to_device(device).unsqueeze(1);
     let ts = scores.gather(1, &tt, false);
     // Every other item scoring at least the target's score ranks ahead.
-    let ahead_all = scores
+    let ahead_all = items
         .ge_tensor(&ts)
         .sum_dim_intlist(1i64, false, Kind::Int64)
         - 1;
@@ -186,15 +185,15 @@ pub fn ranks(
         d.dedup();
         let k = d.len();
         hist_cols.extend(d);
-        // Padding column 0 scores -inf: never ahead.
+        // Padding column 0 (not an item: never ahead).
         hist_cols.extend(std::iter::repeat_n(0, width - k));
     }
     let hc = history_tensor(&hist_cols, width, device);
-    let ahead_hist =
-        scores
-            .gather(1, &hc, false)
-            .ge_tensor(&ts)
-            .sum_dim_intlist(1i64, false, Kind::Int64);
+    let ahead_hist = scores
+        .gather(1, &hc, false)
+        .ge_tensor(&ts)
+        .logical_and(&hc.gt(0))
+        .sum_dim_intlist(1i64, false, Kind::Int64);
     let all: Vec<i64> =
         Vec::<i64>::try_from(ahead_all.to_device(Device::Cpu)).map_err(|e| torch(&e, "ranks"))?;
     let hist: Vec<i64> =
@@ -208,6 +207,14 @@ pub fn ranks(
             (a + 1, a.saturating_sub(h) + 1)
         })
         .collect())
+}
+
+/// Whether every value of `t` is finite, by one pass (its least and greatest
+/// value: a NaN makes both NaN, an infinity one of them), where `isfinite().all()`
+/// takes five.
+pub(crate) fn all_finite(t: &Tensor) -> bool {
+    let (lo, hi) = t.aminmax(None, false);
+    lo.double_value(&[]).is_finite() && hi.double_value(&[]).is_finite()
 }
 
 /// The early-stopping metric of a ranking: `HR@K` or `NDCG@K`.
@@ -455,6 +462,15 @@ mod tests {
         let bad = Tensor::from_slice(&[0.0f32, f32::NAN, 0.1, 0.2, 0.3, 0.0]).view([1, 6]);
         let err = ranks(&bad, &[1], &[vec![]], "epoch 7").expect_err("NaN");
         assert!(err.to_string().contains("epoch 7"), "{err}");
+        // An infinity either way is an error too, wherever it is.
+        for (at, v) in [(0, f32::INFINITY), (5, f32::NEG_INFINITY), (3, f32::NAN)] {
+            let mut row = [0.0f32, 0.1, 0.2, 0.3, 0.4, 0.0];
+            row[at] = v;
+            let t = Tensor::from_slice(&row).view([1, 6]);
+            assert!(!all_finite(&t), "{v} at {at}");
+            assert!(ranks(&t, &[1], &[vec![]], "e").is_err());
+        }
+        assert!(all_finite(&scores));
     }
 
     #[test]

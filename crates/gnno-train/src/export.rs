@@ -204,7 +204,7 @@ pub fn recommend(
             let hist = pad_histories(chunk.iter().map(|&i| seqs[i].as_slice()), w);
             let rep = model.encode(&history_tensor(&hist, w, device), false);
             let mut scores = model.score_all(&rep);
-            if scores.isfinite().all().int64_value(&[]) == 0 {
+            if !crate::evaluate::all_finite(&scores) {
                 return Err(Error::usage(
                     "export: the best model gives non-finite scores (NaN or infinity)",
                 )

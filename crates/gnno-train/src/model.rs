@@ -15,7 +15,7 @@ use gnno_core::config::{
     Backbone, OutputEmbedding, SasrecInit, SasrecPadding, SasrecResidual, TrainSettings,
 };
 use tch::nn::{self, Module, RNN};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Multi-head self-attention with a key-padding mask and an optional causal mask.
 #[derive(Debug)]
@@ -88,29 +88,36 @@ impl Attention {
         self.o.forward(&y)
     }
 
-    /// The same on packed rows `[T, D]` (the real positions `p.idx` of a `[B, L]`
-    /// batch): the projections run on the T real positions only, and only the
-    /// attention itself sees the padded layout. With `slots` (`sasrec-padding =
-    /// "attended"`) keys and values get the leading padding-slot column and
-    /// `bias` is `[B, 1, L, L + 1]` (`SlotColumn`).
-    #[expect(clippy::too_many_arguments, reason = "one attention call")]
-    fn forward_packed(
+    /// Attention on packed rows `[T, D]` in `layout`'s order: each chunk of rows
+    /// attends in its own padded `[b, w]` layout; the projections run once over
+    /// all T positions.
+    fn forward_chunks(
         &self,
         xq: &Tensor,
         x: &Tensor,
-        bias: &Tensor,
-        p: &Packing,
-        slots: Option<&SlotColumn>,
+        layout: &Layout,
         dropout: f64,
         train: bool,
     ) -> Tensor {
-        let (k, v) = (self.k.forward(x), self.v.forward(x));
-        let (k, v) = match slots {
-            None => (p.pad(&k), p.pad(&v)),
-            Some(s) => (s.pad(&k, &self.k), s.pad(&v, &self.v)),
+        let (q, k, v) = (self.q.forward(xq), self.k.forward(x), self.v.forward(x));
+        let ys: Vec<Tensor> = layout
+            .chunks
+            .iter()
+            .map(|c| {
+                let part = |t: &Tensor| t.narrow(0, c.start, c.len);
+                let p = c.packing();
+                let (k, v) = match &c.slots {
+                    None => (p.pad(&part(&k)), p.pad(&part(&v))),
+                    Some(s) => (s.pad(&part(&k), &self.k), s.pad(&part(&v), &self.v)),
+                };
+                p.pack(&self.attend(&p.pad(&part(&q)), &k, &v, &c.bias, dropout, train))
+            })
+            .collect();
+        let y = match ys.as_slice() {
+            [one] => one.shallow_clone(),
+            _ => Tensor::cat(&ys, 0),
         };
-        let y = self.attend(&p.pad(&self.q.forward(xq)), &k, &v, bias, dropout, train);
-        self.o.forward(&p.pack(&y))
+        self.o.forward(&y)
     }
 
     /// Multi-head attention of projected queries `q` `[B, L, D]` over keys and
@@ -204,6 +211,97 @@ impl Packing<'_> {
     }
 }
 
+/// Below this many attention elements' worth of work a further chunk is not
+/// worth its extra ops (`chunk_plan`; measured on Beauty at L = 50, see
+/// docs/RESULTS.md).
+const CHUNK_OVERHEAD: usize = 1 << 16;
+
+/// How SASRec's attention sees a batch: its rows in chunks, each chunk's rows
+/// left-padded to the chunk's longest. Attention is the one layer that needs the
+/// padded layout, at `b × w²` scores for `b` rows of width `w`; a random batch at
+/// L = 50 is mostly padding (one long row sets the width), while rows of similar
+/// length trimmed to their longest cost about what their items cost. Every other
+/// layer runs on the packed positions, in the chunks' order.
+struct Layout {
+    chunks: Vec<Chunk>,
+    /// Item and position ids of the packed positions, in the chunks' order.
+    items: Tensor,
+    positions: Tensor,
+    /// The chunks' order → the caller's (`Packing::idx`) order; None when they agree.
+    back: Option<Tensor>,
+}
+
+/// `b` rows of width `w` with real positions `idx` (flat into `b × w`, row-major),
+/// which are `start..start + len` of the layout's packed positions.
+struct Chunk {
+    idx: Tensor,
+    b: i64,
+    w: i64,
+    start: i64,
+    len: i64,
+    /// Additive attention mask `[b, 1, w, w]` (`[b, 1, w, w + 1]` with slots).
+    bias: Tensor,
+    slots: Option<SlotColumn>,
+}
+
+impl Chunk {
+    fn packing(&self) -> Packing<'_> {
+        Packing {
+            idx: &self.idx,
+            b: self.b,
+            l: self.w,
+        }
+    }
+}
+
+/// Rows (indices into `spans`) grouped into chunks, each with its width, for rows
+/// whose items span `spans[r]` columns (0: no item, in no chunk): rows sorted by
+/// span, cut where the attention work `rows × w × (w + d)` plus `overhead` per
+/// chunk is least (exact, by dynamic programming over the distinct spans).
+fn chunk_plan(spans: &[usize], d: usize, overhead: usize) -> Vec<(usize, Vec<usize>)> {
+    let mut rows: Vec<usize> = (0..spans.len()).filter(|&r| spans[r] > 0).collect();
+    rows.sort_by_key(|&r| (spans[r], r));
+    // Distinct spans and how many rows end at each (cumulative).
+    let mut widths: Vec<usize> = Vec::new();
+    let mut upto: Vec<usize> = Vec::new();
+    for (i, &r) in rows.iter().enumerate() {
+        if widths.last() != Some(&spans[r]) {
+            widths.push(spans[r]);
+            upto.push(0);
+        }
+        if let Some(u) = upto.last_mut() {
+            *u = i + 1;
+        }
+    }
+    // best[j]: the least work for the rows of the first j widths; from[j]: where
+    // its last chunk starts.
+    let m = widths.len();
+    let (mut best, mut from) = (vec![0usize; m + 1], vec![0usize; m + 1]);
+    for j in 1..=m {
+        let w = widths[j - 1];
+        let (cost, i) = (1..=j)
+            .map(|i| {
+                let before = if i > 1 { upto[i - 2] } else { 0 };
+                let n = upto[j - 1] - before;
+                (best[i - 1] + n * w * (w + d) + overhead, i)
+            })
+            .min()
+            .unwrap_or((0, j));
+        best[j] = cost;
+        from[j] = i;
+    }
+    let mut plan = Vec::new();
+    let mut j = m;
+    while j > 0 {
+        let i = from[j];
+        let lo = if i > 1 { upto[i - 2] } else { 0 };
+        plan.push((widths[j - 1], rows[lo..upto[j - 1]].to_vec()));
+        j = i - 1;
+    }
+    plan.reverse();
+    plan
+}
+
 fn normal() -> nn::Init {
     nn::Init::Randn {
         mean: 0.0,
@@ -255,24 +353,21 @@ impl Block {
         self.ln2.forward(&(x + f))
     }
 
-    /// SASRec's block on packed rows `[T, D]`: normalised queries, attention over
-    /// the unnormalised sequence added to the normalised query (`Query`) or to
-    /// the block's input (`Input`), then LayerNorm and a ReLU feed-forward with a
-    /// residual.
+    /// SASRec's block on packed rows `[T, D]` (in `layout`'s order): normalised
+    /// queries, attention over the unnormalised sequence added to the normalised
+    /// query (`Query`) or to the block's input (`Input`), then LayerNorm and a ReLU
+    /// feed-forward with a residual.
     fn forward_sasrec(
         &self,
         x: &Tensor,
-        bias: &Tensor,
-        p: &Packing,
-        form: (SasrecResidual, Option<&SlotColumn>),
+        layout: &Layout,
+        residual: SasrecResidual,
         dropout: f64,
         train: bool,
     ) -> Tensor {
         let q = self.ln1.forward(x);
-        let a = self
-            .att
-            .forward_packed(&q, x, bias, p, form.1, dropout, train);
-        let x = match form.0 {
+        let a = self.att.forward_chunks(&q, x, layout, dropout, train);
+        let x = match residual {
             SasrecResidual::Query => q + a,
             SasrecResidual::Input => x + a,
         };
@@ -314,6 +409,10 @@ pub struct Model {
     dropout: f64,
     residual: SasrecResidual,
     padding: SasrecPadding,
+    /// SASRec on the CPU: `CHUNK_OVERHEAD` for the attention's chunks
+    /// (`chunk_plan`); None: one chunk, the batch's own width (always on a GPU,
+    /// where a step is bound by kernel launches, not by the padding's work).
+    chunk_overhead: Option<usize>,
 }
 
 impl Model {
@@ -392,6 +491,7 @@ impl Model {
             dropout: cfg.dropout,
             residual: cfg.sasrec_residual,
             padding: cfg.sasrec_padding,
+            chunk_overhead: Some(CHUNK_OVERHEAD),
         }
     }
 
@@ -476,9 +576,10 @@ impl Model {
 
     /// SASRec on the real positions of `hist` `[T, D]`: embeddings, layer norms,
     /// projections, feed-forward layers and dropout run on those T positions only,
-    /// and only attention sees the padded `[B, L]` layout (padded keys masked), so
-    /// at a random batch's L = 50, where most of the batch is padding, a step costs
-    /// about what its real positions cost.
+    /// and only attention sees a padded layout (padded keys masked), a chunk of
+    /// rows of similar length at a time on the CPU (`Layout`), so at a random
+    /// batch's L = 50, where most of the batch is padding, a step costs about what
+    /// its real positions cost.
     fn sasrec(
         &self,
         pos: &nn::Embedding,
@@ -488,32 +589,121 @@ impl Model {
         p: &Packing,
         train: bool,
     ) -> Tensor {
-        // Positions count from the right: the last column is L − 1 whatever the width.
-        let positions = p.idx.remainder(p.l) + (self.max_len - p.l);
+        let layout = self.layout(hist, p);
         #[expect(clippy::cast_precision_loss, reason = "embedding size")]
         let scale = (self.items.ws.size()[1] as f64).sqrt();
-        let items = self.items.forward(&hist.view([-1]).index_select(0, p.idx));
-        let mut x = (items * scale + pos.forward(&positions)).dropout(self.dropout, train);
-        let tri = Tensor::ones([p.l, p.l], (Kind::Float, hist.device())).triu(1) * -1e9;
-        let bias = key_padding(hist) + tri.unsqueeze(0).unsqueeze(0);
-        let (bias, slots) = match self.padding {
-            SasrecPadding::Masked => (bias, None),
-            SasrecPadding::Attended => {
-                // ln(padding slots up to L) per row; −1e9 for a full row.
-                #[expect(clippy::cast_precision_loss, reason = "history length")]
-                let l_max = self.max_len as f64;
-                let n = hist.ne(0).sum_dim_intlist(1, false, Kind::Float).neg() + l_max;
-                let ln_n = n.clamp_min(1.0).log().masked_fill(&n.lt(0.5), -1e9);
-                let col = ln_n.view([-1, 1, 1, 1]).expand([p.b, 1, p.l, 1], false);
-                let bias = Tensor::cat(&[col, bias], -1);
-                (bias, Some(SlotColumn::new(p)))
-            }
-        };
+        let items = self.items.forward(&layout.items);
+        let mut x = (items * scale + pos.forward(&layout.positions)).dropout(self.dropout, train);
         for blk in blocks {
-            let form = (self.residual, slots.as_ref());
-            x = blk.forward_sasrec(&x, &bias, p, form, self.dropout, train);
+            x = blk.forward_sasrec(&x, &layout, self.residual, self.dropout, train);
         }
-        last_ln.forward(&x)
+        let x = last_ln.forward(&x);
+        match &layout.back {
+            Some(back) => x.index_select(0, back),
+            None => x,
+        }
+    }
+
+    /// The attention layout of `hist` `[B, L]` with real positions `p.idx`: on the
+    /// CPU rows in chunks by `chunk_plan`, else (or when one chunk is best) one
+    /// chunk of the whole batch in the caller's order.
+    fn layout(&self, hist: &Tensor, p: &Packing) -> Layout {
+        let one = || Layout {
+            chunks: vec![self.chunk(hist, p.idx.shallow_clone(), 0)],
+            items: hist.view([-1]).index_select(0, p.idx),
+            // Positions count from the right: the last column is L − 1 whatever
+            // the width.
+            positions: p.idx.remainder(p.l) + (self.max_len - p.l),
+            back: None,
+        };
+        let Some(overhead) = self.chunk_overhead.filter(|_| hist.device() == Device::Cpu) else {
+            return one();
+        };
+        let Ok(h) = Vec::<i64>::try_from(hist.reshape([-1])) else {
+            return one();
+        };
+        let l = usize::try_from(p.l).unwrap_or(0);
+        let d = usize::try_from(self.items.ws.size()[1]).unwrap_or(0);
+        // A row's items span from its first item to the end (left-padded).
+        let spans: Vec<usize> = h
+            .chunks(l.max(1))
+            .map(|r| r.iter().position(|&i| i != 0).map_or(0, |f| l - f))
+            .collect();
+        let plan = chunk_plan(&spans, d, overhead);
+        if plan.len() <= 1 {
+            return one();
+        }
+        // Each real position's place in the caller's (row-major) order.
+        let mut rank = vec![-1i64; h.len()];
+        for (r, f) in (0i64..).zip(
+            h.iter()
+                .enumerate()
+                .filter(|(_, &i)| i != 0)
+                .map(|(f, _)| f),
+        ) {
+            rank[f] = r;
+        }
+        let (mut chunks, mut items, mut positions, mut order) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (w, rows) in plan {
+            let start = i64::try_from(items.len()).unwrap_or(0);
+            let (mut cols, mut idx) = (Vec::with_capacity(rows.len() * w), Vec::new());
+            for &row in &rows {
+                let first = row * l + (l - w);
+                for (f, &item) in (first..).zip(&h[first..(row + 1) * l]) {
+                    if item != 0 {
+                        let col = f - first;
+                        idx.push(i64::try_from(cols.len()).unwrap_or(0));
+                        items.push(item);
+                        positions.push(self.max_len - i64::try_from(w - col).unwrap_or(0));
+                        order.push(rank[f]);
+                    }
+                    cols.push(item);
+                }
+            }
+            let rows = i64::try_from(rows.len()).unwrap_or(0);
+            let ch = Tensor::from_slice(&cols).view([rows, -1]);
+            chunks.push(self.chunk(&ch, Tensor::from_slice(&idx), start));
+        }
+        let mut back = vec![0i64; order.len()];
+        for (k, &o) in (0i64..).zip(&order) {
+            back[usize::try_from(o).unwrap_or(0)] = k;
+        }
+        Layout {
+            chunks,
+            items: Tensor::from_slice(&items),
+            positions: Tensor::from_slice(&positions),
+            back: Some(Tensor::from_slice(&back)),
+        }
+    }
+
+    /// One chunk of rows `hist` `[b, w]` with real positions `idx`, at `start` of
+    /// the packed positions: its attention bias (key padding and the causal mask;
+    /// with `sasrec-padding = "attended"` the slot column of ln(padding slots up
+    /// to L), −1e9 for a full row).
+    fn chunk(&self, hist: &Tensor, idx: Tensor, start: i64) -> Chunk {
+        let (b, w) = (hist.size()[0], hist.size()[1]);
+        let tri = Tensor::ones([w, w], (Kind::Float, hist.device())).triu(1) * -1e9;
+        let bias = key_padding(hist) + tri.unsqueeze(0).unsqueeze(0);
+        let mut c = Chunk {
+            len: idx.size()[0],
+            idx,
+            b,
+            w,
+            start,
+            bias,
+            slots: None,
+        };
+        if matches!(self.padding, SasrecPadding::Attended) {
+            #[expect(clippy::cast_precision_loss, reason = "history length")]
+            let l_max = self.max_len as f64;
+            let n = hist.ne(0).sum_dim_intlist(1, false, Kind::Float).neg() + l_max;
+            let ln_n = n.clamp_min(1.0).log().masked_fill(&n.lt(0.5), -1e9);
+            let col = ln_n.view([-1, 1, 1, 1]).expand([b, 1, w, 1], false);
+            c.bias = Tensor::cat(&[col, c.bias], -1);
+            c.slots = Some(SlotColumn::new(&c.packing()));
+        }
+        c
     }
 
     /// The table candidates are scored with: `items`, or the separate output table.
@@ -620,13 +810,57 @@ mod tests {
         hist.view([-1]).ne(0).nonzero().squeeze_dim(1)
     }
 
+    /// The same model with its attention in as many chunks as its rows have spans.
+    fn chunked((vs, m): (nn::VarStore, Model)) -> (nn::VarStore, Model) {
+        let m = Model {
+            chunk_overhead: Some(0),
+            ..m
+        };
+        (vs, m)
+    }
+
+    #[test]
+    fn chunk_plan_cuts_where_the_work_is_least() {
+        // Spans 0 (no item: in no chunk), 1, 1, 2, 6 at d = 2.
+        let spans = [2, 0, 1, 6, 1];
+        // Overhead 0: a chunk per span, rows sorted by span, then by row.
+        assert_eq!(
+            chunk_plan(&spans, 2, 0),
+            vec![(1, vec![2, 4]), (2, vec![0]), (6, vec![3])]
+        );
+        // Overhead 10: {1, 1, 2} at width 2 costs 3·2·4 + 10 = 34 against
+        // 2·1·3 + 10 + 1·2·4 + 10 = 34 for two chunks (a tie: the longer first
+        // chunk wins), and the row of span 6 alone (6·8 + 10 = 58) against one
+        // chunk of all (4·6·8 + 10 = 202).
+        assert_eq!(
+            chunk_plan(&spans, 2, 10),
+            vec![(2, vec![2, 4, 0]), (6, vec![3])]
+        );
+        // A large overhead: one chunk at the longest span.
+        assert_eq!(chunk_plan(&spans, 2, 1000), vec![(6, vec![2, 4, 0, 3])]);
+        assert!(chunk_plan(&[0, 0], 2, 0).is_empty());
+    }
+
     #[test]
     fn sasrec_on_real_positions_equals_the_padded_form() {
-        let (_vs, m) = sasrec();
+        for (_vs, m) in [sasrec(), chunked(sasrec())] {
+            sasrec_equals_the_padded_form(&m);
+        }
+    }
+
+    fn sasrec_equals_the_padded_form(m: &Model) {
         let hist =
             Tensor::from_slice(&[0i64, 0, 3, 4, 5, 0, 0, 0, 0, 7, 1, 2, 3, 4, 5]).view([3, 5]);
         let idx = real(&hist);
-        let want = padded_reference(&m, &hist)
+        // Spans 3, 2 and 5: three chunks when each costs nothing, else one.
+        let p = Packing {
+            idx: &idx,
+            b: 3,
+            l: 5,
+        };
+        let chunks = m.layout(&hist, &p).chunks.len();
+        assert_eq!(chunks, if m.chunk_overhead == Some(0) { 3 } else { 1 });
+        let want = padded_reference(m, &hist)
             .view([15, -1])
             .index_select(0, &idx);
         let got = m.encode_real(&hist, &idx, false).expect("SASRec");
@@ -675,11 +909,17 @@ mod tests {
 
     #[test]
     fn sasrec_with_attended_padding_equals_zero_vectors_as_keys() {
-        let (_vs, m) = sasrec_with(|c| {
+        let freerec = |c: &mut TrainSettings| {
             c.sasrec_residual = SasrecResidual::Input;
             c.sasrec_padding = SasrecPadding::Attended;
             c.sasrec_init = SasrecInit::Xavier;
-        });
+        };
+        for (_vs, m) in [sasrec_with(freerec), chunked(sasrec_with(freerec))] {
+            attended_padding_equals_zero_vectors_as_keys(m);
+        }
+    }
+
+    fn attended_padding_equals_zero_vectors_as_keys(m: Model) {
         // The reference pads to the full L = 6; the model sees the same width and a
         // trimmed width 5: padding slots count up to L either way.
         let full = Tensor::from_slice(&[
