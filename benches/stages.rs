@@ -626,6 +626,16 @@ fn bench_groups(tmp: &Path) {
         "  sampled softmax, random-groups  32, 32 hard {s:6.1} s/epoch   {:.3} of full softmax",
         s / full
     );
+    // And 512 random negatives per group instead of 256.
+    let k512 = gnno_core::config::TrainSettings {
+        n_random: 512,
+        ..cfg.clone()
+    };
+    let s = time(&k512, n_hard);
+    println!(
+        "  sampled softmax, random-groups  32, K 512 {s:6.1} s/epoch   {:.3} of full softmax",
+        s / full
+    );
     let gbce = gnno_core::config::TrainSettings {
         loss: Loss::Gbce,
         logq: LogQ::Off,
