@@ -166,10 +166,14 @@ pub fn ranks(
     let items = scores.narrow(1, 1, n_all - 2);
     let tt = Tensor::from_slice(tgt).to_device(device).unsqueeze(1);
     let ts = scores.gather(1, &tt, false);
-    // Every other item scoring at least the target's score ranks ahead.
+    // Every other item scoring at least the target's score ranks ahead. Compared
+    // into floats and counted in floats (exact below 2^24 items): a Bool result is
+    // written element by element and cast to Int64 whole before a sum.
+    let ahead = Tensor::empty(items.size(), (scores.kind(), device));
     let ahead_all = items
-        .ge_tensor(&ts)
-        .sum_dim_intlist(1i64, false, Kind::Int64)
+        .ge_tensor_out(&ahead, &ts)
+        .sum_dim_intlist(1i64, false, scores.kind())
+        .to_kind(Kind::Int64)
         - 1;
     // History items (distinct, not the target) ahead are removed under the
     // history-excluded protocol.
