@@ -169,10 +169,10 @@ pub fn ranks(
     // Every other item scoring at least the target's score ranks ahead. Compared
     // into floats and counted in floats (exact below 2^24 items): a Bool result is
     // written element by element and cast to Int64 whole before a sum.
-    let ahead = Tensor::empty(items.size(), (scores.kind(), device));
+    let ahead = Tensor::empty(items.size(), (Kind::Float, device));
     let ahead_all = items
         .ge_tensor_out(&ahead, &ts)
-        .sum_dim_intlist(1i64, false, scores.kind())
+        .sum_dim_intlist(1i64, false, Kind::Float)
         .to_kind(Kind::Int64)
         - 1;
     // History items (distinct, not the target) ahead are removed under the
@@ -217,8 +217,16 @@ pub fn ranks(
 /// value: a NaN makes both NaN, an infinity one of them), where `isfinite().all()`
 /// takes five.
 pub(crate) fn all_finite(t: &Tensor) -> bool {
+    if t.numel() == 0 {
+        return true;
+    }
     let (lo, hi) = t.aminmax(None, false);
-    lo.double_value(&[]).is_finite() && hi.double_value(&[]).is_finite()
+    // One read back from the device for both.
+    let both = Tensor::stack(&[lo, hi], 0)
+        .to_kind(Kind::Double)
+        .to_device(Device::Cpu);
+    let both = Vec::<f64>::try_from(both).unwrap_or_default();
+    both.len() == 2 && both.iter().all(|v| v.is_finite())
 }
 
 /// The early-stopping metric of a ranking: `HR@K` or `NDCG@K`.
@@ -475,6 +483,10 @@ mod tests {
             assert!(ranks(&t, &[1], &[vec![]], "e").is_err());
         }
         assert!(all_finite(&scores));
+        assert!(all_finite(&Tensor::zeros(
+            [0, 6],
+            (Kind::Float, Device::Cpu)
+        )));
     }
 
     #[test]

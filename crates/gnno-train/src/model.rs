@@ -409,9 +409,10 @@ pub struct Model {
     dropout: f64,
     residual: SasrecResidual,
     padding: SasrecPadding,
-    /// SASRec on the CPU: `CHUNK_OVERHEAD` for the attention's chunks
-    /// (`chunk_plan`); None: one chunk, the batch's own width (always on a GPU,
-    /// where a step is bound by kernel launches, not by the padding's work).
+    /// SASRec: the fixed cost of a further attention chunk (`chunk_plan`),
+    /// `CHUNK_OVERHEAD`; None: one chunk, the batch's own width. Chunks are cut on
+    /// the CPU only: on a GPU a step is bound by kernel launches, not by the
+    /// padding's work, and the batch stays one chunk whatever this holds.
     chunk_overhead: Option<usize>,
 }
 
@@ -633,15 +634,21 @@ impl Model {
         if plan.len() <= 1 {
             return one();
         }
-        // Each real position's place in the caller's (row-major) order.
+        // Each real position's place in the caller's order: the caller's index
+        // decides, and unless it is exactly the items ≠ 0 (as every caller's is)
+        // the batch stays one chunk, the form that follows it whatever it holds.
+        let Ok(given) = Vec::<i64>::try_from(p.idx) else {
+            return one();
+        };
         let mut rank = vec![-1i64; h.len()];
-        for (r, f) in (0i64..).zip(
-            h.iter()
-                .enumerate()
-                .filter(|(_, &i)| i != 0)
-                .map(|(f, _)| f),
-        ) {
-            rank[f] = r;
+        for (r, &f) in (0i64..).zip(&given) {
+            match usize::try_from(f)
+                .ok()
+                .filter(|&f| h.get(f).is_some_and(|&i| i != 0))
+            {
+                Some(f) => rank[f] = r,
+                None => return one(),
+            }
         }
         let (mut chunks, mut items, mut positions, mut order) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -652,6 +659,9 @@ impl Model {
                 let first = row * l + (l - w);
                 for (f, &item) in (first..).zip(&h[first..(row + 1) * l]) {
                     if item != 0 {
+                        if rank[f] < 0 {
+                            return one(); // an item the caller's index left out
+                        }
                         let col = f - first;
                         idx.push(i64::try_from(cols.len()).unwrap_or(0));
                         items.push(item);
@@ -664,6 +674,9 @@ impl Model {
             let rows = i64::try_from(rows.len()).unwrap_or(0);
             let ch = Tensor::from_slice(&cols).view([rows, -1]);
             chunks.push(self.chunk(&ch, Tensor::from_slice(&idx), start));
+        }
+        if order.len() != given.len() {
+            return one(); // the caller's index names a position twice
         }
         let mut back = vec![0i64; order.len()];
         for (k, &o) in (0i64..).zip(&order) {
@@ -884,6 +897,65 @@ mod tests {
         );
         let last = |h: &Tensor| m.encode(h, false);
         assert_close(&last(&wide), &last(&hist));
+    }
+
+    #[test]
+    fn chunks_of_several_rows_equal_the_padded_form() {
+        // Width 6, spans 2, 0 (no item), 6, 1, 4, 5, 2: at d = 8 and a cost of 20
+        // per chunk, three chunks of widths 2, 5 and 6 holding 3, 2 and 1 rows, in
+        // an order other than the batch's.
+        let rows: [[i64; 6]; 7] = [
+            [0, 0, 0, 0, 3, 4],
+            [0; 6],
+            [1, 2, 3, 4, 5, 6],
+            [0, 0, 0, 0, 0, 7],
+            [0, 0, 5, 9, 6, 7],
+            [0, 9, 8, 1, 2, 3],
+            [0, 0, 0, 0, 8, 2],
+        ];
+        let want_plan = vec![(2, vec![3, 0, 6]), (5, vec![4, 5]), (6, vec![2])];
+        assert_eq!(chunk_plan(&[2, 0, 6, 1, 4, 5, 2], 8, 20), want_plan);
+        let freerec = |c: &mut TrainSettings| {
+            c.sasrec_residual = SasrecResidual::Input;
+            c.sasrec_padding = SasrecPadding::Attended;
+        };
+        for (_vs, m) in [sasrec(), sasrec_with(freerec)] {
+            let m = Model {
+                chunk_overhead: Some(20),
+                ..m
+            };
+            let mut flat: Vec<i64> = rows.iter().flatten().copied().collect();
+            // Masked padding also takes a row with a gap (its zero a masked key);
+            // attended padding counts slots, not gaps, so it is left to the rows.
+            if matches!(m.padding, SasrecPadding::Masked) {
+                flat.extend([0, 3, 0, 5, 6, 7]);
+            }
+            let b = i64::try_from(flat.len() / 6).expect("rows");
+            let hist = Tensor::from_slice(&flat).view([b, 6]);
+            let idx = real(&hist);
+            let p = Packing { idx: &idx, b, l: 6 };
+            assert_eq!(m.layout(&hist, &p).chunks.len(), 3);
+            let t = idx.size()[0];
+            let want = padded_reference(&m, &hist)
+                .view([b * 6, -1])
+                .index_select(0, &idx);
+            let got = m.encode_real(&hist, &idx, false).expect("SASRec");
+            assert_eq!(got.size(), vec![t, 8]);
+            assert_close(&got, &want);
+            let all = m.encode_all(&hist, false).view([b * 6, -1]);
+            assert_close(&all.index_select(0, &idx), &want);
+            let pad = hist.view([-1]).eq(0).nonzero().squeeze_dim(1);
+            assert_eq!(all.index_select(0, &pad).abs().max().double_value(&[]), 0.0);
+            // An index other than the items ≠ 0 (here without the last one) is
+            // followed as given: one chunk, the caller's positions.
+            let fewer = idx.narrow(0, 0, t - 1);
+            let q = Packing {
+                idx: &fewer,
+                b,
+                l: 6,
+            };
+            assert_eq!(m.layout(&hist, &q).chunks.len(), 1);
+        }
     }
 
     #[test]
