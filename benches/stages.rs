@@ -659,6 +659,81 @@ fn bench_groups(tmp: &Path) {
         "  FreeRec block: random-groups  32 {s:6.1} s/epoch   {:.3} of full softmax",
         s / full
     );
+    // The rows above train without dropout; the arms train with 0.6, which every
+    // objective pays alike (the backbone's).
+    let arms = |loss: Loss, groups: u32, k: u32| gnno_core::config::TrainSettings {
+        loss,
+        logq: if loss == Loss::FullSoftmax {
+            LogQ::Off
+        } else {
+            LogQ::All
+        },
+        random_scope: if loss == Loss::FullSoftmax {
+            RandomScope::Row
+        } else {
+            RandomScope::Batch
+        },
+        random_groups: groups,
+        n_random: k,
+        dropout: 0.6,
+        weight_decay: 1e-8,
+        batching: Batching::Random,
+        ..sasrec_beauty()
+    };
+    let full = time(&arms(Loss::FullSoftmax, 1, 256), 0);
+    println!("  dropout 0.6 (the arms'): full softmax {full:6.1} s/epoch");
+    for (what, hard, k) in [
+        ("9 hard", n_hard, 256),
+        ("32 hard", 32, 256),
+        ("K 512, 9 hard", n_hard, 512),
+    ] {
+        let s = time(&arms(Loss::SampledSoftmax, 32, k), hard);
+        println!(
+            "  dropout 0.6: random-groups 32, {what:14} {s:6.1} s/epoch   {:.3} of full softmax",
+            s / full
+        );
+    }
+}
+
+/// Dropout 0.6 on the CPU at the sizes of a SASRec step on Beauty (a batch's
+/// ~3,000 real positions × 64, and attention weights), gnno's mask stream against
+/// libtorch's `dropout`, alternated in the same run.
+fn bench_dropout() {
+    use gnno_train::dropout::Dropout;
+    let ours = Dropout::new(0.6);
+    let threads = rayon::current_num_threads();
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(1));
+    println!(
+        "dropout (p 0.6, CPU, {threads} threads, one call's time; gnno's masks against libtorch's dropout, alternated):"
+    );
+    for n in [3_000i64 * 64, 100_000, 1_000_000] {
+        let x = tch::Tensor::randn([n], (tch::Kind::Float, tch::Device::Cpu));
+        let reps = 200;
+        let (mut a, mut b) = (0f64, 0f64);
+        for round in 0..4 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                let _ = ours.apply(x.shallow_clone(), true);
+            }
+            let ta = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for _ in 0..reps {
+                let _ = x.dropout(0.6, true);
+            }
+            let tb = t.elapsed().as_secs_f64();
+            if round > 0 {
+                a += ta;
+                b += tb;
+            }
+        }
+        let per = |s: f64| s / f64::from(3 * reps) * 1e6;
+        println!(
+            "  {n:>9} elements: gnno {:8.1} µs   libtorch {:8.1} µs   ratio {:.2}x",
+            per(a),
+            per(b),
+            b / a
+        );
+    }
 }
 
 /// The export stage on Beauty: top-100 for every user (22,363) over 12,101 items
@@ -761,6 +836,9 @@ fn main() {
     }
     if want("groups") {
         bench_groups(tmp.path());
+    }
+    if want("dropout") {
+        bench_dropout();
     }
     if want("ingest") {
         bench_ingest(tmp.path());

@@ -140,6 +140,18 @@ fn every_loss_trains_every_backbone() {
     }
 }
 
+/// Training at one libtorch thread: at two, libtorch's CPU training is not always
+/// deterministic (ARCHITECTURE.md, Determinism), so tests that compare two runs'
+/// losses or bytes train at one, as the promise reads.
+fn one_thread(p: &Project) {
+    let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
+    assert!(
+        cfg.contains("threads = 2"),
+        "the premise of the one-thread switch"
+    );
+    p.config(&cfg.replace("threads = 2", "threads = 1"));
+}
+
 #[test]
 fn sasrec_training_killed_after_a_checkpoint_resumes_to_the_same_bytes() {
     // The field's setting, where resume has the most state to carry: sequence
@@ -148,17 +160,10 @@ fn sasrec_training_killed_after_a_checkpoint_resumes_to_the_same_bytes() {
     let keys = "backbone = \"sasrec\"\nloss = \"sampled-softmax\"\nlogq = \"all\"\n\
                 random-scope = \"batch\"\nrandom-groups = 4\ndropout = 0.3\n\
                 weight-decay = 0.001\ngamma = 0.0\nepochs = 4";
-    // At one thread: at two, libtorch's CPU training is not always deterministic
-    // (ARCHITECTURE.md, Determinism).
     let setup = || {
         let q = project("");
         set_train(&q, keys);
-        let cfg = std::fs::read_to_string(q.path().join("pipeline.toml")).expect("read");
-        assert!(
-            cfg.contains("threads = 2"),
-            "the premise of the one-thread switch"
-        );
-        q.config(&cfg.replace("threads = 2", "threads = 1"));
+        one_thread(&q);
         q
     };
     let clean = setup();
@@ -218,6 +223,7 @@ fn training_does_not_depend_on_the_shard_size() {
     b.config(&cfg.replace("shard-rows = 500", "shard-rows = 77"));
     for p in [&a, &b] {
         set_train(p, "backbone = \"sasrec\"\nloss = \"sampled-softmax\"");
+        one_thread(p);
         p.ok(&["run"]);
     }
     let (la, lb) = (losses(&a), losses(&b));

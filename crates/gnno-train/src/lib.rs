@@ -18,6 +18,7 @@ pub mod adam;
 pub mod alloc;
 pub mod batches;
 pub mod checkpoint;
+pub mod dropout;
 pub mod evaluate;
 pub mod export;
 pub mod metrics;

@@ -15,6 +15,8 @@ use gnno_core::config::{
     Backbone, OutputEmbedding, SasrecInit, SasrecPadding, SasrecResidual, TrainSettings,
 };
 use tch::nn::{self, Module, RNN};
+
+use crate::dropout::Dropout;
 use tch::{Device, Kind, Tensor};
 
 /// Multi-head self-attention with a key-padding mask and an optional causal mask.
@@ -75,14 +77,21 @@ impl Attention {
     }
 
     /// Queries from `xq`, keys and values from `x`. `bias`: additive mask
-    /// `[B or 1, 1, L or 1, L]` (0 keep, -1e9 drop); `dropout` on the attention weights.
-    fn forward(&self, xq: &Tensor, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
+    /// `[B or 1, 1, L or 1, L]` (0 keep, -1e9 drop); `drop` on the attention weights.
+    fn forward(
+        &self,
+        xq: &Tensor,
+        x: &Tensor,
+        bias: &Tensor,
+        drop: Option<&Dropout>,
+        train: bool,
+    ) -> Tensor {
         let y = self.attend(
             &self.q.forward(xq),
             &self.k.forward(x),
             &self.v.forward(x),
             bias,
-            dropout,
+            drop,
             train,
         );
         self.o.forward(&y)
@@ -96,7 +105,7 @@ impl Attention {
         xq: &Tensor,
         x: &Tensor,
         layout: &Layout,
-        dropout: f64,
+        drop: Option<&Dropout>,
         train: bool,
     ) -> Tensor {
         let (q, k, v) = (self.q.forward(xq), self.k.forward(x), self.v.forward(x));
@@ -110,7 +119,7 @@ impl Attention {
                     None => (p.pad(&part(&k)), p.pad(&part(&v))),
                     Some(s) => (s.pad(&part(&k), &self.k), s.pad(&part(&v), &self.v)),
                 };
-                p.pack(&self.attend(&p.pad(&part(&q)), &k, &v, &c.bias, dropout, train))
+                p.pack(&self.attend(&p.pad(&part(&q)), &k, &v, &c.bias, drop, train))
             })
             .collect();
         let y = match ys.as_slice() {
@@ -128,7 +137,7 @@ impl Attention {
         k: &Tensor,
         v: &Tensor,
         bias: &Tensor,
-        dropout: f64,
+        drop: Option<&Dropout>,
         train: bool,
     ) -> Tensor {
         let (b, l, d) = q.size3().unwrap_or((0, 0, 0));
@@ -136,9 +145,12 @@ impl Attention {
         let split = |t: &Tensor| t.view([b, -1, self.heads, dh]).transpose(1, 2);
         #[expect(clippy::cast_precision_loss, reason = "head size")]
         let scale = 1.0 / (dh as f64).sqrt();
-        let att = (split(q).matmul(&split(k).transpose(-2, -1)) * scale + bias)
-            .softmax(-1, Kind::Float)
-            .dropout(dropout, train);
+        let att =
+            (split(q).matmul(&split(k).transpose(-2, -1)) * scale + bias).softmax(-1, Kind::Float);
+        let att = match drop {
+            Some(d) => d.apply(att, train),
+            None => att,
+        };
         att.matmul(&split(v))
             .transpose(1, 2)
             .contiguous()
@@ -340,16 +352,10 @@ impl Block {
     }
 
     /// The authors' post-LN block (GELU feed-forward).
-    fn forward(&self, x: &Tensor, bias: &Tensor, dropout: f64, train: bool) -> Tensor {
-        let a = self
-            .att
-            .forward(x, x, bias, 0.0, false)
-            .dropout(dropout, train);
+    fn forward(&self, x: &Tensor, bias: &Tensor, drop: &Dropout, train: bool) -> Tensor {
+        let a = drop.apply(self.att.forward(x, x, bias, None, false), train);
         let x = self.ln1.forward(&(x + a));
-        let f = self
-            .ff2
-            .forward(&self.ff1.forward(&x).gelu("none"))
-            .dropout(dropout, train);
+        let f = drop.apply(self.ff2.forward(&self.ff1.forward(&x).gelu("none")), train);
         self.ln2.forward(&(x + f))
     }
 
@@ -362,21 +368,18 @@ impl Block {
         x: &Tensor,
         layout: &Layout,
         residual: SasrecResidual,
-        dropout: f64,
+        drop: &Dropout,
         train: bool,
     ) -> Tensor {
         let q = self.ln1.forward(x);
-        let a = self.att.forward_chunks(&q, x, layout, dropout, train);
+        let a = self.att.forward_chunks(&q, x, layout, Some(drop), train);
         let x = match residual {
             SasrecResidual::Query => q + a,
             SasrecResidual::Input => x + a,
         };
         let x = self.ln2.forward(&x);
-        let f = self
-            .ff2
-            .forward(&self.ff1.forward(&x).dropout(dropout, train).relu())
-            .dropout(dropout, train);
-        x + f
+        let h = drop.apply(self.ff1.forward(&x), train).relu();
+        x + drop.apply(self.ff2.forward(&h), train)
     }
 }
 
@@ -406,7 +409,7 @@ pub struct Model {
     /// Items are 1..=n_items; n_items + 1 is the mask token of the augmentations.
     pub n_items: i64,
     pub max_len: i64,
-    dropout: f64,
+    drop: Dropout,
     residual: SasrecResidual,
     padding: SasrecPadding,
     /// SASRec: the fixed cost of a further attention chunk (`chunk_plan`),
@@ -489,11 +492,17 @@ impl Model {
             body,
             n_items: n,
             max_len,
-            dropout: cfg.dropout,
+            drop: Dropout::new(cfg.dropout),
             residual: cfg.sasrec_residual,
             padding: cfg.sasrec_padding,
             chunk_overhead: Some(CHUNK_OVERHEAD),
         }
+    }
+
+    /// Restarts the dropout masks' stream on the CPU (the trainer: with each
+    /// epoch's seed, so a resumed run draws what an uninterrupted one draws).
+    pub(crate) fn reseed_dropout(&self, seed: u64) {
+        self.drop.reseed(seed);
     }
 
     /// Whether position t's state depends on positions ≤ t only, so one forward
@@ -532,9 +541,11 @@ impl Model {
                 let x = self.items.forward(hist);
                 let bias = key_padding(hist);
                 let positions = self.positions(l, dev);
-                let mut x = (x + pos.forward(&positions).unsqueeze(0)).dropout(self.dropout, train);
+                let mut x = self
+                    .drop
+                    .apply(x + pos.forward(&positions).unsqueeze(0), train);
                 for b in blocks {
-                    x = b.forward(&x, &bias, self.dropout, train);
+                    x = b.forward(&x, &bias, &self.drop, train);
                 }
                 x
             }
@@ -594,9 +605,11 @@ impl Model {
         #[expect(clippy::cast_precision_loss, reason = "embedding size")]
         let scale = (self.items.ws.size()[1] as f64).sqrt();
         let items = self.items.forward(&layout.items);
-        let mut x = (items * scale + pos.forward(&layout.positions)).dropout(self.dropout, train);
+        let mut x = self
+            .drop
+            .apply(items * scale + pos.forward(&layout.positions), train);
         for blk in blocks {
-            x = blk.forward_sasrec(&x, &layout, self.residual, self.dropout, train);
+            x = blk.forward_sasrec(&x, &layout, self.residual, &self.drop, train);
         }
         let x = last_ln.forward(&x);
         match &layout.back {
@@ -798,7 +811,7 @@ mod tests {
         };
         for b in blocks {
             let q = b.ln1.forward(&x);
-            let a = b.att.forward(&q, &x, &bias, 0.0, false);
+            let a = b.att.forward(&q, &x, &bias, None, false);
             let y = match m.residual {
                 SasrecResidual::Query => &q + a,
                 SasrecResidual::Input => &x + a,

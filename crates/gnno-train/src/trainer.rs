@@ -612,6 +612,8 @@ pub fn train(job: &Job) -> Result<TrainReport> {
         }
         #[expect(clippy::cast_possible_wrap, reason = "seed bits")]
         tch::manual_seed(mix_seed(&[job.seed, u64::from(epoch), 0x4452_4F50]) as i64);
+        tr.model
+            .reseed_dropout(mix_seed(&[job.seed, u64::from(epoch), 0x4D41_534B]));
         let t0 = Instant::now();
         let hard = epoch_negatives(job, epoch, &inst)?;
         let (loss, trained, hardness) = tr.epoch(epoch, hard.as_ref(), true)?;
