@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The per-epoch cost of GNNO's sampled-softmax arm against full softmax as the
+# pipeline trains them (the arms' configs: one thread, dropout 0.6), each alone on
+# the machine: `gnno stage train` for EPOCHS epochs (default 8) of the 9-hard arm
+# with its hard negatives from the first epoch, of full softmax, and of the
+# 9-hard arm again (the two bracket full softmax, so a drift in the machine's speed
+# shows). Prints each run's training seconds per epoch, the shares, and the
+# negatives stage's draw per epoch. Work folders go to a temporary directory.
+# Usage: experiments/beauty-sasrec/cost.sh [EPOCHS]
+set -euo pipefail
+cd "$(dirname "$0")"
+. ../../scripts/env.sh
+bin="$CARGO_TARGET_DIR/release/gnno"
+[ -x "$bin" ] || (cd ../.. && cargo build --release --workspace --locked)
+epochs=${1:-8}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+data=$(cd ../../../shared/data/s3rec && pwd)
+conf() { # arm, name
+  sed -e "s#^workdir = .*#workdir = \"$tmp/$2\"#" \
+      -e "s#^inputs = .*#inputs = [\"$data/Beauty.txt\"]#" \
+      -e 's/^warmup = .*/warmup = 0/' -e "s/^epochs = .*/epochs = $epochs/" \
+      "$1.toml" > "$tmp/$2.toml"
+  "$bin" -c "$tmp/$2.toml" run --to negatives --quiet > /dev/null
+}
+conf ssm-gnno-g32-tau001-s7 sampled
+conf full-softmax-s7 full
+mean() { # name → training seconds per epoch
+  "$bin" -c "$tmp/$1.toml" report train --json | python3 -c '
+import json, sys
+e = json.load(sys.stdin)["report"]["epochs"]
+print(round(sum(x["train_seconds"] for x in e) / len(e), 3))'
+}
+runs=()
+for name in sampled full sampled; do
+  "$bin" -c "$tmp/$name.toml" stage train --force --quiet
+  runs+=("$name $(mean "$name")")
+  echo "${runs[-1]} s per epoch"
+done
+draw=$("$bin" -c "$tmp/sampled.toml" report negatives --json | python3 -c "
+import json, sys
+print(round(json.load(sys.stdin)['timings_s']['draw_and_write'] / $epochs, 3))" || echo "?")
+python3 - "$draw" "${runs[@]}" <<'EOF'
+import sys
+draw = sys.argv[1]
+s1, f, s2 = (float(r.split()[1]) for r in sys.argv[2:5])
+print(f"sampled / full softmax: {s1 / f:.3f}, {s2 / f:.3f}")
+if draw != "?":
+    d = float(draw)
+    print(f"negatives draw {d:.3f} s per epoch; with it: {(s1 + d) / f:.3f}, {(s2 + d) / f:.3f}")
+EOF
