@@ -274,18 +274,17 @@ impl Chunk {
 fn chunk_plan(spans: &[usize], d: usize, overhead: usize) -> Vec<(usize, Vec<usize>)> {
     let mut rows: Vec<usize> = (0..spans.len()).filter(|&r| spans[r] > 0).collect();
     rows.sort_by_key(|&r| (spans[r], r));
-    // Distinct spans and how many rows end at each (cumulative).
+    // Distinct spans, and how many rows come before each (`upto[j]`) and up to
+    // the last (`upto[m]`).
     let mut widths: Vec<usize> = Vec::new();
     let mut upto: Vec<usize> = Vec::new();
     for (i, &r) in rows.iter().enumerate() {
         if widths.last() != Some(&spans[r]) {
             widths.push(spans[r]);
-            upto.push(0);
-        }
-        if let Some(u) = upto.last_mut() {
-            *u = i + 1;
+            upto.push(i);
         }
     }
+    upto.push(rows.len());
     // best[j]: the least work for the rows of the first j widths; from[j]: where
     // its last chunk starts.
     let m = widths.len();
@@ -294,8 +293,7 @@ fn chunk_plan(spans: &[usize], d: usize, overhead: usize) -> Vec<(usize, Vec<usi
         let w = widths[j - 1];
         let (cost, i) = (1..=j)
             .map(|i| {
-                let before = if i > 1 { upto[i - 2] } else { 0 };
-                let n = upto[j - 1] - before;
+                let n = upto[j] - upto[i - 1];
                 (best[i - 1] + n * w * (w + d) + overhead, i)
             })
             .min()
@@ -307,8 +305,7 @@ fn chunk_plan(spans: &[usize], d: usize, overhead: usize) -> Vec<(usize, Vec<usi
     let mut j = m;
     while j > 0 {
         let i = from[j];
-        let lo = if i > 1 { upto[i - 2] } else { 0 };
-        plan.push((widths[j - 1], rows[lo..upto[j - 1]].to_vec()));
+        plan.push((widths[j - 1], rows[upto[i - 1]..upto[j]].to_vec()));
         j = i - 1;
     }
     plan.reverse();
