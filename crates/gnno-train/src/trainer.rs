@@ -7,7 +7,7 @@ use crate::adam::Adam;
 use crate::batches::{Batch, EpochNegatives, RandomSampler, Rows};
 use crate::checkpoint::{self, CheckpointState};
 use crate::evaluate::{self, Split};
-use crate::model::{Model, Packing};
+use crate::model::{rows, Model, Packing};
 use crate::objectives;
 use crate::{
     alloc, augment, history_tensor, permutation, resolve_device, EpochRow, Job, BEST_MODEL,
@@ -21,7 +21,6 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::SeedableRng;
 use serde::Serialize;
 use std::time::Instant;
-use tch::nn::Module;
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -211,12 +210,12 @@ pub(crate) fn batch_loss(
     }
     // Targets and negatives are scored with the output table (`items` when tied).
     let out = model.out_items();
-    let pos = (&rep * out.forward(&tgt)).sum_dim_intlist(1i64, false, Kind::Float);
+    let pos = (&rep * rows(out, &tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, idx);
     let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
         // One draw for the batch: [M, K] by one matrix product.
-        let e_rand = out.forward(&t.random.squeeze_dim(0)); // [K, D]
+        let e_rand = rows(out, &t.random.squeeze_dim(0)); // [K, D]
         let m = rep.size()[0];
         (
             rep.matmul(&e_rand.transpose(0, 1)),
@@ -227,7 +226,7 @@ pub(crate) fn batch_loss(
         // order, so each group's are a contiguous run. They are laid out as
         // [G, M_max, D] (a constant number of ops whatever G), scored by one
         // batched product with the groups' draws, and gathered back.
-        let e_rand = out.forward(&t.random); // [G, K, D]
+        let e_rand = rows(out, &t.random); // [G, K, D]
         let g = e_rand.size()[0];
         let padded = Packing {
             idx: slot,
@@ -245,7 +244,7 @@ pub(crate) fn batch_loss(
     } else {
         // A draw per row: [B, P, K] by one batched product, then the trained
         // positions.
-        let e_rand = out.forward(&t.random); // [B, K, D]
+        let e_rand = rows(out, &t.random); // [B, K, D]
         let rep_all = rep_all.unwrap_or_else(|| {
             let b = t.targets.size()[0];
             Packing { idx, b, l: p }.pad(&rep)
@@ -264,7 +263,7 @@ pub(crate) fn batch_loss(
             let h = hard.size()[2];
             let hard = flat(hard.shallow_clone(), h); // [M, H]
             let hs =
-                (out.forward(&hard) * rep.unsqueeze(1)).sum_dim_intlist(-1i64, false, Kind::Float);
+                (rows(out, &hard) * rep.unsqueeze(1)).sum_dim_intlist(-1i64, false, Kind::Float);
             let hard_mask = hard.gt(0);
             if let Some(tally) = tally {
                 tally.hard.add(&hs, &pos, &hard_mask);
@@ -727,6 +726,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
 mod tests {
     use super::*;
     use gnno_core::config::LogQ;
+    use tch::nn::Module;
 
     /// Three sequence rows of length 3 (1, 1 and 3 trained positions) with K = 4
     /// random negatives.
@@ -848,6 +848,30 @@ mod tests {
             None,
         );
         assert!((plain.double_value(&[]) - got).abs() > 1e-3);
+    }
+
+    #[test]
+    fn padded_hard_negatives_send_no_gradient_to_the_padding_row() {
+        // Candidates are gathered by index_select on the CPU (`model::rows`), which
+        // unlike libtorch's embedding does not drop the padding index: the
+        // masked candidates must send row 0 an exactly zero gradient, under every
+        // sampled loss, while the items they sit beside get one.
+        for loss in [Loss::SampledSoftmax, Loss::Bce, Loss::Gbce, Loss::Bpr] {
+            let (mut cfg, vs, model) = sampled_sasrec(5);
+            cfg.loss = loss;
+            let mut b = batch(vec![3, 7, 11, 12, 1, 4, 6, 9, 2, 5, 10, 12], 3, 1);
+            // Two trained positions (2 and 6) with a padded hard slot.
+            b.hard = vec![9, 10, 3, 1, 6, 0, 1, 2, 3, 4, 8, 5, 9, 0, 12, 10, 3, 6];
+            b.hard_log_q = vec![-2.0; 18];
+            let t = Tensors::new(&b, 4, 2, Device::Cpu);
+            let loss_value = batch_loss(&model, &cfg, &t, 12, true, None);
+            assert!(loss_value.double_value(&[]).is_finite(), "{loss:?}");
+            loss_value.backward();
+            let g = vs.variables()["items.weight"].grad();
+            let row = |i: i64| g.get(i).abs().max().to_kind(Kind::Double).double_value(&[]);
+            assert_eq!(row(0), 0.0, "{loss:?}");
+            assert!(row(6) > 0.0 && row(9) > 0.0, "{loss:?}");
+        }
     }
 
     #[test]
