@@ -84,7 +84,7 @@ impl Sampler {
         out: &mut Vec<Drawn>,
     ) {
         let prep = self.prepare(t, h);
-        self.draw_prepared(prep.as_ref(), t, n, exclude, rng, out);
+        self.draw_prepared(prep.as_ref(), None, t, n, exclude, rng, out);
     }
 
     /// The per-(target, hardness) part of a draw, reusable across instances.
@@ -95,10 +95,31 @@ impl Sampler {
         }
     }
 
-    /// [`Sampler::draw`] with the (target, hardness) part prepared.
+    /// Where t and `exclude` sit in t's overlap list (GNNO only; `prep` for t at
+    /// any hardness): the part of a draw that depends on the instance but not on
+    /// the epoch's hardness.
+    pub fn locate(
+        &self,
+        prep: &sampler::Prepared,
+        t: ItemIdx,
+        exclude: &[ItemIdx],
+    ) -> Option<sampler::Located> {
+        match self {
+            Self::Gnno { index, .. } => Some(index.locate(prep, t, exclude)),
+            _ => None,
+        }
+    }
+
+    /// [`Sampler::draw`] with the (target, hardness) part prepared and, when
+    /// given, the instance's exclusions located (`loc`, for this t and `exclude`).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the draw's inputs, each prepared by the caller"
+    )]
     pub fn draw_prepared<R: rand::Rng>(
         &self,
         prep: Option<&sampler::Prepared>,
+        loc: Option<&sampler::Located>,
         t: ItemIdx,
         n: u32,
         exclude: &[ItemIdx],
@@ -113,7 +134,13 @@ impl Sampler {
         // exact ln q; the others give ln of their normaliser, subtracted from each
         // draw's log-weight.
         let (cond, log_norm) = match self {
-            Self::Gnno { index, .. } => (prep.map(|p| index.condition(p, t, exclude)), 0.0),
+            Self::Gnno { index, .. } => (
+                prep.map(|p| match loc {
+                    Some(loc) => index.condition_located(p, loc),
+                    None => index.condition(p, t, exclude),
+                }),
+                0.0,
+            ),
             Self::Uniform { n_items } => (None, sampler::uniform_log_norm(*n_items, t, exclude)),
             Self::Popularity(p) => (None, p.log_norm(t, exclude)),
         };
@@ -249,7 +276,8 @@ impl Draw<'_> {
             } else {
                 &[][..]
             };
-            // Instances come grouped by target: prepare each (target, h) once.
+            // Instances come grouped by target: prepare each (target, h) once,
+            // and locate each instance's exclusions once for all its epochs.
             if prep_target != Some(t) {
                 preps = epochs
                     .iter()
@@ -257,11 +285,16 @@ impl Draw<'_> {
                     .collect();
                 prep_target = Some(t);
             }
+            let loc = preps
+                .first()
+                .and_then(Option::as_ref)
+                .and_then(|p| self.sampler.locate(p, t, exclude));
             for (x, &(e, _)) in epochs.iter().enumerate() {
                 let mut rng = instance_rng(self.seed, e, i as u64);
                 buf.clear();
                 self.sampler.draw_prepared(
                     preps[x].as_ref(),
+                    loc.as_ref(),
                     t,
                     cfg.n_hard,
                     exclude,

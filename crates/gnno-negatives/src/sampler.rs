@@ -160,15 +160,14 @@ impl OverlapIndex {
         }
     }
 
-    /// p(· | t, h) with t and the `exclude` items removed, ready for exact draws.
-    /// The excluded items' places are found once (a binary search each); a draw
-    /// then skips them instead of rejecting them, so a history that holds the
-    /// target's heaviest neighbours (most instances at small τ) costs no more
-    /// than one that holds none.
-    pub fn condition(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> Conditioned<'_> {
+    /// Where t and the `exclude` items sit in t's list: what [`Self::condition`]
+    /// needs of them whatever h (`p` prepared for t at any h), so an instance
+    /// drawn for several epochs looks them up once. A binary search or three per
+    /// distinct item.
+    pub fn locate(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> Located {
         let list = &self.by_id[p.a..p.a + p.len];
-        let mut ex_nb: Vec<(usize, u32)> = Vec::new();
-        let mut ex_nn: Vec<usize> = Vec::new();
+        let runs = &self.run_j[p.ra..p.ra + p.runs];
+        let mut loc = Located::default();
         for k in distinct_with(t, exclude) {
             if k < 1 || k > self.n_items {
                 continue;
@@ -176,35 +175,50 @@ impl OverlapIndex {
             match list.binary_search(&k) {
                 Ok(x) => {
                     let v = self.j_by_id[p.a + x];
-                    let runs = &self.run_j[p.ra..p.ra + p.runs];
                     let r = runs.partition_point(|&w| w > v);
-                    if r < p.start {
-                        continue; // J > h: no mass to remove
-                    }
                     let (from, to) = self.run_bounds(p, r);
                     let run_ids = &self.ids[p.a + from..p.a + to];
                     if let Ok(pos) = run_ids.binary_search(&k) {
-                        ex_nb.push((r, u32::try_from(pos).unwrap_or(u32::MAX)));
+                        loc.nb.push((r, u32::try_from(pos).unwrap_or(u32::MAX)));
                     }
                 }
                 // Its rank among the items absent from the list.
-                Err(x) => ex_nn.push(k as usize - 1 - x),
+                Err(x) => loc.nn.push(k as usize - 1 - x),
             }
         }
-        ex_nb.sort_unstable();
-        ex_nn.sort_unstable();
+        loc.nb.sort_unstable();
+        loc.nn.sort_unstable();
+        loc
+    }
+
+    /// p(· | t, h) with t and the `exclude` items removed, ready for exact draws.
+    /// The excluded items' places are found once (a binary search each); a draw
+    /// then skips them instead of rejecting them, so a history that holds the
+    /// target's heaviest neighbours (most instances at small τ) costs no more
+    /// than one that holds none.
+    pub fn condition(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> Conditioned<'_> {
+        self.condition_located(p, &self.locate(p, t, exclude))
+    }
+
+    /// [`Self::condition`] with the exclusions located by [`Self::locate`] for the
+    /// same t.
+    pub fn condition_located(&self, p: &Prepared, loc: &Located) -> Conditioned<'_> {
+        // Excluded neighbours with J > h (runs before `p.start`) have no mass to
+        // remove; the scan for r0 below starts past them.
+        let ex_nb = &loc.nb;
         // The first allowed run with an item left sets the scale: every remaining
         // weight is exp(J/τ − J(r0)/τ) ≤ 1 and run r0's are exactly 1, so the
         // excluded weights subtracted below never cancel more than a few digits.
         let mut r0 = p.start;
         while r0 < p.runs {
             let (from, to) = self.run_bounds(p, r0);
-            if excluded_in(&ex_nb, r0).len() < to - from {
+            if excluded_in(ex_nb, r0).len() < to - from {
                 break;
             }
             r0 += 1;
         }
-        ex_nb.drain(..ex_nb.partition_point(|x| x.0 < r0));
+        let ex_nb = ex_nb[ex_nb.partition_point(|x| x.0 < r0)..].to_vec();
+        let ex_nn = loc.nn.clone();
         let log_max = if r0 < p.runs {
             f64::from(self.run_j[p.ra + r0]) / self.tau
         } else {
@@ -281,6 +295,16 @@ impl OverlapIndex {
         }
         w
     }
+}
+
+/// An instance's exclusions in its target's list (see [`OverlapIndex::locate`]).
+#[derive(Debug, Default, Clone)]
+pub struct Located {
+    /// Excluded neighbours as (run, place in run), ascending.
+    nb: Vec<(usize, u32)>,
+    /// Ranks of the excluded non-neighbours among the items absent from the list,
+    /// ascending.
+    nn: Vec<usize>,
 }
 
 /// What a draw for one (target, hardness) needs, computed once.
