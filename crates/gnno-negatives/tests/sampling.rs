@@ -341,6 +341,58 @@ fn an_instances_draws_are_what_single_draws_give() {
 }
 
 #[test]
+fn exclusions_located_at_one_hardness_condition_any_other_exactly() {
+    // The stage locates an instance's exclusions once for a block of epochs,
+    // with the first epoch's preparation, and conditions every epoch's hardness
+    // on them: each epoch's draws (items and ln q) must be those of conditioning
+    // afresh at its own hardness, including caps that leave some of the excluded
+    // neighbours above h (no mass to remove) and some below.
+    let case = &vectors()["cases"][0];
+    let n = u32::try_from(case["n_items"].as_u64().expect("n")).expect("u32");
+    let tau = 0.05;
+    let idx = index(case, tau);
+    let s = Sampler::Gnno {
+        index: index(case, tau),
+        tau,
+    };
+    let mut compared = 0;
+    for t in 1..=n {
+        let by_j = heaviest_first(case, t);
+        for k in [0, 1, 3] {
+            let exclude = by_j[..k.min(by_j.len())].to_vec();
+            for (h_at, h) in [(0.1, 0.5), (0.5, 0.1), (1.0, 0.3), (0.3, 1.0)] {
+                let loc = s
+                    .locate(&idx.prepare(t, h_at), t, &exclude)
+                    .expect("GNNO locates");
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+                s.draw_prepared(
+                    Some(&idx.prepare(t, h)),
+                    Some(&loc),
+                    t,
+                    20,
+                    &exclude,
+                    &mut rng,
+                    &mut a,
+                );
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+                s.draw(t, h, 20, &exclude, &mut rng, &mut b);
+                let key = |d: &[Drawn]| -> Vec<(u32, u32)> {
+                    d.iter().map(|x| (x.item, x.log_prob.to_bits())).collect()
+                };
+                assert_eq!(
+                    key(&a),
+                    key(&b),
+                    "t={t} k={k} located at {h_at}, drawn at {h}"
+                );
+                compared += a.len();
+            }
+        }
+    }
+    assert!(compared > 1000, "{compared}");
+}
+
+#[test]
 fn sharp_draws_with_the_heaviest_items_excluded_follow_the_exact_distribution() {
     // The instances small τ makes common: the history holds the target's heaviest
     // neighbours, so nearly all of the base mass is excluded. Frequencies of
