@@ -280,8 +280,9 @@ impl Adam {
         out
     }
 
-    /// Restore from checkpoint tensors (missing entries leave zeros).
-    pub fn restore(&mut self, named: &[(String, Tensor)]) {
+    /// Restore from checkpoint tensors (missing entries leave zeros). Err names
+    /// an entry whose size is not its parameter's.
+    pub fn restore(&mut self, named: &[(String, Tensor)]) -> Result<(), String> {
         let find = |n: &str| named.iter().find(|(k, _)| k == n).map(|(_, t)| t);
         if let Some(s) = find("adam.step") {
             self.step = s.int64_value(&[]);
@@ -289,9 +290,17 @@ impl Adam {
         for k in 0..self.params.len() {
             let r = self.range(k);
             for what in ["m", "v"] {
-                let Some(t) = find(&format!("adam.{what}.{}", self.params[k].0)) else {
+                let name = format!("adam.{what}.{}", self.params[k].0);
+                let Some(t) = find(&name) else {
                     continue;
                 };
+                if t.numel() != r.len() {
+                    return Err(format!(
+                        "{name} holds {} values, its parameter {}",
+                        t.numel(),
+                        r.len()
+                    ));
+                }
                 let src = t.to_kind(Kind::Float);
                 match &mut self.moments {
                     Moments::Host { m, v } => {
@@ -309,6 +318,7 @@ impl Adam {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -520,7 +530,15 @@ mod tests {
             }
         });
         let mut ob = adam_with(&b, str::to_owned, lr, wd, to);
-        ob.restore(&oa.state());
+        // An entry of another size is refused, by name.
+        let mut bad = oa.state();
+        if let Some(e) = bad.iter_mut().find(|(n, _)| n == "adam.v.emb") {
+            e.1 = e.1.narrow(0, 0, 12);
+        }
+        let err = ob.restore(&bad).expect_err("a short entry");
+        assert!(err.contains("adam.v.emb") && err.contains("48"), "{err}");
+        let mut ob = adam_with(&b, str::to_owned, lr, wd, to);
+        ob.restore(&oa.state()).expect("its own state");
         assert_eq!(ob.step, 3);
         for t in 4..=5 {
             set_grads(&a, t, None);

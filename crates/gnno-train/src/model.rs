@@ -203,10 +203,10 @@ impl SlotColumn {
 /// items or masked out of the loss. On the CPU by `index_select`, whose backward is
 /// one `index_add` into the table's gradient: libtorch's CPU embedding backward
 /// runs an add per index, 2.6x slower at 27,000 indices (a batch's hard
-/// negatives), one thread. The padding row 0 reads zeros either way; the
-/// embedding keeps its gradient out of row 0, here a padded index sends it the
-/// zero gradient of a masked candidate, so row 0 stays zero (a test holds it).
-/// Elsewhere libtorch's embedding.
+/// negatives), one thread. The padding row 0 (zeroed when the table is built)
+/// reads zeros either way. The embedding keeps its gradient out of row 0; here a
+/// padded index sends it the zero gradient of a masked candidate, so row 0 stays
+/// zero (a test holds it). Elsewhere libtorch's embedding.
 pub(crate) fn rows(table: &nn::Embedding, idx: &Tensor) -> Tensor {
     if table.ws.device() != Device::Cpu {
         return table.forward(idx);

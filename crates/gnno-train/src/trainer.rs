@@ -581,7 +581,9 @@ pub fn train(job: &Job) -> Result<TrainReport> {
         let tpath = ckpt_dir.join(&saved.tensors);
         let named = checkpoint::load_named(&tpath)?;
         checkpoint::load_model_tensors(&mut tr.vs, &named, &tpath)?;
-        tr.opt.restore(&named);
+        tr.opt
+            .restore(&named)
+            .map_err(|e| Error::artifact(&tpath, format!("damaged checkpoint: {e}")))?;
         tracing::info!(epoch = saved.next_epoch, "resuming from checkpoint");
         resumed = Some(saved.next_epoch);
         st = saved;
