@@ -727,7 +727,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gnno_core::config::LogQ;
+    use gnno_core::config::{LogQ, OutputEmbedding};
     use tch::nn::Module;
 
     /// Three sequence rows of length 3 (1, 1 and 3 trained positions) with K = 4
@@ -858,9 +858,16 @@ mod tests {
         // unlike libtorch's embedding does not drop the padding index: the
         // masked candidates must send row 0 an exactly zero gradient, under every
         // sampled loss, while the items they sit beside get one.
-        for loss in [Loss::SampledSoftmax, Loss::Bce, Loss::Gbce, Loss::Bpr] {
-            let (mut cfg, vs, model) = sampled_sasrec(5);
+        // With a separate output table too: the candidates are its rows, the
+        // inputs the item table's.
+        let losses = [Loss::SampledSoftmax, Loss::Bce, Loss::Gbce, Loss::Bpr];
+        for (loss, separate) in losses.iter().flat_map(|&l| [(l, false), (l, true)]) {
+            let (mut cfg, _, _) = sampled_sasrec(5);
             cfg.loss = loss;
+            if separate {
+                cfg.output_embedding = OutputEmbedding::Separate;
+            }
+            let (vs, model, _, _) = new_model(&cfg, 12, Device::Cpu);
             let mut b = batch(vec![3, 7, 11, 12, 1, 4, 6, 9, 2, 5, 10, 12], 3, 1);
             // Two trained positions (2 and 6) with a padded hard slot.
             b.hard = vec![9, 10, 3, 1, 6, 0, 1, 2, 3, 4, 8, 5, 9, 0, 12, 10, 3, 6];
@@ -869,10 +876,11 @@ mod tests {
             let loss_value = batch_loss(&model, &cfg, &t, 12, true, None);
             assert!(loss_value.double_value(&[]).is_finite(), "{loss:?}");
             loss_value.backward();
-            let g = vs.variables()["items.weight"].grad();
+            let table = if separate { "out_items" } else { "items" };
+            let g = vs.variables()[&format!("{table}.weight")].grad();
             let row = |i: i64| g.get(i).abs().max().to_kind(Kind::Double).double_value(&[]);
-            assert_eq!(row(0), 0.0, "{loss:?}");
-            assert!(row(6) > 0.0 && row(9) > 0.0, "{loss:?}");
+            assert_eq!(row(0), 0.0, "{loss:?} {table}");
+            assert!(row(6) > 0.0 && row(9) > 0.0, "{loss:?} {table}");
         }
     }
 
