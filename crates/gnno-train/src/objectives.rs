@@ -66,6 +66,40 @@ pub fn sampled_softmax(
     (logits.logsumexp([1i64].as_slice(), false) - pos).mean(Kind::Float)
 }
 
+/// [`sampled_softmax`] over candidates given in parts, without building its
+/// graph: each part is its scores `[M, k]` and an additive bias (minus the logQ
+/// correction, −∞ where a candidate does not exist), so the parts need no
+/// concatenation, mask or correction in the graph. The log-softmax over
+/// `[target | parts]` and its gradient with respect to those logits (softmax −
+/// one-hot of the target, over M) are computed without autograd; the result is a
+/// surrogate, Σ logit · gradient, whose value is replaced by the loss, so its
+/// gradient reaches `pos` and each part's scores as the loss's own would. One
+/// log-softmax, its exp and a product per part, where the graph (concatenations,
+/// subtraction, masked fill, log-sum-exp and each one's backward) passed over
+/// the `[M, C]` scores about twice as often.
+pub fn sampled_softmax_parts(pos: &Tensor, parts: &[(Tensor, Tensor)]) -> Tensor {
+    #[expect(clippy::cast_precision_loss, reason = "a count of positions")]
+    let m = pos.size()[0].max(1) as f64;
+    let (loss, grad) = tch::no_grad(|| {
+        let mut cols = vec![pos.detach().unsqueeze(1)];
+        cols.extend(parts.iter().map(|(s, b)| s.detach() + b));
+        let lsm = Tensor::cat(&cols, 1).log_softmax(1, Kind::Float);
+        let loss = -lsm.select(1, 0).mean(Kind::Float);
+        let mut grad = lsm.exp();
+        let _ = grad.g_div_scalar_(m);
+        let _ = grad.select(1, 0).g_sub_scalar_(1.0 / m);
+        (loss, grad)
+    });
+    let mut surrogate = (pos * grad.select(1, 0)).sum(Kind::Float);
+    let mut at = 1;
+    for (s, _) in parts {
+        let k = s.size()[1];
+        surrogate = surrogate + (s * grad.narrow(1, at, k)).sum(Kind::Float);
+        at += k;
+    }
+    &surrogate - surrogate.detach() + loss
+}
+
 /// Cross-entropy over every item: representations `rep [M, D]` scored against the
 /// item rows 1..=N of `table [N + 2, D]` (rows 0 and N + 1, padding and the mask
 /// token, are never candidates, so they are not scored at all), `targets [M]` in
@@ -174,6 +208,74 @@ mod tests {
         let neg = t(&[1.0, -1.0, 0.0, 3.0], &[2, 2]);
         let mask = Tensor::from_slice(&[true, true, true, false]).view([2, 2]);
         (pos, neg, mask)
+    }
+
+    #[test]
+    fn sampled_softmax_in_parts_equals_the_graph_in_value_and_gradient() {
+        // Three positions, 3 + 2 candidates in two parts, some missing, with a
+        // logQ correction: the surrogate's value and its gradients with respect
+        // to the target scores and both parts are the graph form's.
+        let pos0 = t(&[2.0, 0.5, -1.0], &[3]);
+        let r0 = t(&[1.0, -1.0, 0.3, 0.0, 3.0, 2.5, -0.5, 0.2, 4.0], &[3, 3]);
+        let h0 = t(&[0.7, 1.5, -2.0, 0.1, 1.0, 9.0], &[3, 2]);
+        let rm = Tensor::from_slice(&[true, true, true, true, false, true, true, true, true])
+            .view([3, 3]);
+        let hm = Tensor::from_slice(&[true, false, true, true, true, false]).view([3, 2]);
+        let corr = t(
+            &[
+                -0.5, 0.2, 0.1, -0.3, 0.4, 0.0, 0.9, -1.0, 0.25, 0.6, -0.2, 0.3, 0.1, -0.4, 0.5,
+            ],
+            &[3, 5],
+        );
+        let leaf = |x: &Tensor| x.copy().set_requires_grad(true);
+        let grads = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor| {
+            let (p, r, h) = (leaf(&pos0), leaf(&r0), leaf(&h0));
+            let loss = f(&p, &r, &h);
+            loss.backward();
+            (val(&loss), p.grad(), r.grad(), h.grad())
+        };
+        let graph = grads(&|p, r, h| {
+            sampled_softmax(
+                p,
+                &Tensor::cat(&[r, h], 1),
+                &Tensor::cat(&[&rm, &hm], 1),
+                Some(&corr),
+            )
+        });
+        let parts = grads(&|p, r, h| {
+            let bias =
+                |c: Tensor, m: &Tensor| (-c).masked_fill(&m.logical_not(), f64::NEG_INFINITY);
+            sampled_softmax_parts(
+                p,
+                &[
+                    (r.shallow_clone(), bias(corr.narrow(1, 0, 3), &rm)),
+                    (h.shallow_clone(), bias(corr.narrow(1, 3, 2), &hm)),
+                ],
+            )
+        });
+        assert!(
+            (graph.0 - parts.0).abs() < TOL,
+            "{} vs {}",
+            graph.0,
+            parts.0
+        );
+        for (a, b) in [
+            (&graph.1, &parts.1),
+            (&graph.2, &parts.2),
+            (&graph.3, &parts.3),
+        ] {
+            assert_eq!(a.size(), b.size());
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "gradient off by {diff}");
+        }
+        // Missing candidates get no gradient; present ones do.
+        assert_eq!(parts.2.double_value(&[1, 1]), 0.0);
+        assert_eq!(parts.3.double_value(&[2, 1]), 0.0);
+        assert!(parts.3.double_value(&[2, 0]) > 0.0);
+        assert!(
+            parts.1.double_value(&[0]) < 0.0,
+            "the target's score is pushed up"
+        );
     }
 
     #[test]

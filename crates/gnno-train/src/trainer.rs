@@ -13,7 +13,7 @@ use crate::{
     alloc, augment, history_tensor, permutation, resolve_device, EpochRow, Job, BEST_MODEL,
     CHECKPOINT_DIR, HISTORY_FILE, TAG_BATCH, TAG_ORDER, TAG_RANDOM, TAG_VIEW,
 };
-use gnno_core::config::{Backbone, Batching, Loss, RandomScope, TrainSettings};
+use gnno_core::config::{Backbone, Batching, LogQ, Loss, RandomScope, TrainSettings};
 use gnno_core::dataset::{Dataset, Instances};
 use gnno_core::error::{Error, Result};
 use gnno_core::{fsutil, mix_seed};
@@ -258,24 +258,49 @@ pub(crate) fn batch_loss(
     if let Some(tally) = tally.as_deref_mut() {
         tally.random.add(&rand_scores, &pos, &rand_mask);
     }
-    let (neg, mask, log_q, k_hard) = match &t.hard {
-        Some((hard, hard_lq)) => {
-            let h = hard.size()[2];
-            let hard = flat(hard.shallow_clone(), h); // [M, H]
-            let hs =
-                (rows(out, &hard) * rep.unsqueeze(1)).sum_dim_intlist(-1i64, false, Kind::Float);
-            let hard_mask = hard.gt(0);
-            if let Some(tally) = tally {
-                tally.hard.add(&hs, &pos, &hard_mask);
-            }
-            (
-                Tensor::cat(&[rand_scores, hs], 1),
-                Tensor::cat(&[rand_mask, hard_mask], 1),
-                Tensor::cat(&[rand_lq, flat(hard_lq.shallow_clone(), h)], 1),
-                h,
-            )
+    // The hard part: scores, which exist, ln q.
+    let hard = t.hard.as_ref().map(|(hard, hard_lq)| {
+        let h = hard.size()[2];
+        let hard = flat(hard.shallow_clone(), h); // [M, H]
+        let hs = (rows(out, &hard) * rep.unsqueeze(1)).sum_dim_intlist(-1i64, false, Kind::Float);
+        let hard_mask = hard.gt(0);
+        if let Some(tally) = tally {
+            tally.hard.add(&hs, &pos, &hard_mask);
         }
-        None => (rand_scores, rand_mask, rand_lq, 0),
+        (hs, hard_mask, flat(hard_lq.shallow_clone(), h))
+    });
+    let k_hard = hard.as_ref().map_or(0, |(hs, _, _)| hs.size()[1]);
+    if cfg.loss == Loss::SampledSoftmax {
+        // Each part's logQ correction (as `objectives::logq_correction` gives it)
+        // and mask folded into one additive bias.
+        #[expect(clippy::cast_precision_loss, reason = "counts")]
+        let ln = |n: i64| (n as f64).ln();
+        let (c_rand, c_hard) = match cfg.logq {
+            LogQ::Off => (None, None),
+            LogQ::Random => (Some(ln(k)), None),
+            LogQ::All => (Some(ln(k + k_hard)), Some(ln(k + k_hard))),
+        };
+        let bias = |lq: &Tensor, mask: &Tensor, c: Option<f64>| {
+            match c {
+                Some(c) => -(lq + c),
+                None => lq.zeros_like(),
+            }
+            .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+        };
+        let mut parts = vec![(rand_scores, bias(&rand_lq, &rand_mask, c_rand))];
+        if let Some((hs, hard_mask, hard_lq)) = hard {
+            let b = bias(&hard_lq, &hard_mask, c_hard);
+            parts.push((hs, b));
+        }
+        return objectives::sampled_softmax_parts(&pos, &parts);
+    }
+    let (neg, mask, log_q) = match hard {
+        Some((hs, hard_mask, hard_lq)) => (
+            Tensor::cat(&[rand_scores, hs], 1),
+            Tensor::cat(&[rand_mask, hard_mask], 1),
+            Tensor::cat(&[rand_lq, hard_lq], 1),
+        ),
+        None => (rand_scores, rand_mask, rand_lq),
     };
     let correction = objectives::logq_correction(cfg.logq, &log_q, k, k_hard);
     let negatives = usize::try_from(k + k_hard).unwrap_or(0);
@@ -727,7 +752,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gnno_core::config::{LogQ, OutputEmbedding};
+    use gnno_core::config::OutputEmbedding;
     use tch::nn::Module;
 
     /// Three sequence rows of length 3 (1, 1 and 3 trained positions) with K = 4
