@@ -90,13 +90,14 @@ pub fn sampled_softmax_parts(pos: &Tensor, parts: &[(Tensor, Tensor)]) -> Tensor
         let _ = grad.select(1, 0).g_sub_scalar_(1.0 / m);
         (loss, grad)
     });
-    let mut surrogate = (pos * grad.select(1, 0)).sum(Kind::Float);
+    let mut terms = vec![(pos * grad.select(1, 0)).sum(Kind::Float)];
     let mut at = 1;
     for (s, _) in parts {
         let k = s.size()[1];
-        surrogate = surrogate + (s * grad.narrow(1, at, k)).sum(Kind::Float);
+        terms.push((s * grad.narrow(1, at, k)).sum(Kind::Float));
         at += k;
     }
+    let surrogate = Tensor::stack(&terms, 0).sum(Kind::Float);
     &surrogate - surrogate.detach() + loss
 }
 
