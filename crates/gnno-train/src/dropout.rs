@@ -1,42 +1,92 @@
-//! Dropout whose masks, on the CPU, come from a seeded Xoshiro256++ stream rather
-//! than libtorch's generator. libtorch draws a CPU Bernoulli mask one element at a
-//! time (a 64-bit Mersenne-twister draw and a double comparison each), which at
-//! SASRec's dropout 0.6 cost about a quarter of a sampled-softmax step on Beauty
-//! (RESULTS.md, "dropout"); here one 64-bit draw gives two elements their keep bit
-//! by 32-bit thresholds (keep probability exact to 2⁻³²). The same expectation
-//! and the same gradient (the mask, scaled by 1 / (1 − p), multiplies the input);
-//! on other devices libtorch's own dropout runs, seeded by `tch::manual_seed`.
+//! Dropout whose masks, on the CPU, come from seeded xoshiro256++ streams of the
+//! model's own rather than libtorch's generator. libtorch draws a CPU Bernoulli
+//! mask one element at a time (a 64-bit Mersenne-twister draw and a double
+//! comparison each), which at SASRec's dropout 0.6 cost about a quarter of a
+//! sampled-softmax step on Beauty (RESULTS.md, "dropout"). Here four xoshiro256++
+//! generators step together, their state laid out word by word so the update is
+//! one vector operation per word; a step gives four 64-bit draws, and each 32-bit
+//! half gives one element its keep bit by a threshold (keep probability exact to
+//! 2⁻³²): eight elements per step. The same expectation and the same gradient (the
+//! mask, scaled by 1 / (1 − p), multiplies the input); on other devices libtorch's
+//! own dropout runs, seeded by `tch::manual_seed`.
 //!
-//! The trainer reseeds the stream with the epoch's seed next to libtorch's, so a
-//! resumed run draws the masks an uninterrupted one draws; one stream, consumed in
-//! the model's op order on one thread, so the masks do not depend on the thread
-//! count.
+//! The trainer reseeds the streams with the epoch's seed next to libtorch's, so a
+//! resumed run draws the masks an uninterrupted one draws; one set of streams,
+//! consumed in the model's op order on one thread, so the masks do not depend on
+//! the thread count.
 
 use std::sync::Mutex;
 
-use rand::rngs::Xoshiro256PlusPlus;
-use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
+
+/// Four xoshiro256++ generators (Blackman and Vigna), state word-major
+/// (`s[word][lane]`) so each step's arithmetic is four lanes wide.
+#[derive(Debug)]
+struct Lanes {
+    s: [[u64; 4]; 4],
+}
+
+impl Lanes {
+    /// The 16 state words from SplitMix64 over `seed`, as xoshiro's authors seed it.
+    fn seeded(seed: u64) -> Self {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^ (x >> 31)
+        };
+        let mut s = [[0u64; 4]; 4];
+        for lane in 0..4 {
+            for word in &mut s {
+                word[lane] = next();
+            }
+        }
+        Self { s }
+    }
+
+    /// One draw from each lane.
+    #[inline]
+    fn next(&mut self) -> [u64; 4] {
+        let [s0, s1, s2, s3] = &mut self.s;
+        let mut out = [0u64; 4];
+        for l in 0..4 {
+            out[l] = s0[l]
+                .wrapping_add(s3[l])
+                .rotate_left(23)
+                .wrapping_add(s0[l]);
+            let t = s1[l] << 17;
+            s2[l] ^= s0[l];
+            s3[l] ^= s1[l];
+            s1[l] ^= s2[l];
+            s0[l] ^= s3[l];
+            s2[l] ^= t;
+            s3[l] = s3[l].rotate_left(45);
+        }
+        out
+    }
+}
 
 #[derive(Debug)]
 pub struct Dropout {
     /// The probability of dropping an element.
     p: f64,
-    stream: Mutex<Xoshiro256PlusPlus>,
+    stream: Mutex<Lanes>,
 }
 
 impl Dropout {
     pub fn new(p: f64) -> Self {
         Self {
             p,
-            stream: Mutex::new(Xoshiro256PlusPlus::seed_from_u64(0)),
+            stream: Mutex::new(Lanes::seeded(0)),
         }
     }
 
     /// Restarts the mask stream (the trainer: once per epoch).
     pub fn reseed(&self, seed: u64) {
         if let Ok(mut s) = self.stream.lock() {
-            *s = Xoshiro256PlusPlus::seed_from_u64(seed);
+            *s = Lanes::seeded(seed);
         }
     }
 
@@ -65,18 +115,24 @@ impl Dropout {
                 return x.dropout(self.p, train);
             };
             let bit = |r: u32| if r < threshold { scale } else { 0.0 };
-            let mut pairs = mask.chunks_exact_mut(2);
-            for pair in &mut pairs {
-                let r = s.next_u64();
-                #[expect(clippy::cast_possible_truncation, reason = "the low half")]
-                let lo = r as u32;
-                pair[0] = bit(lo);
-                pair[1] = bit((r >> 32) as u32);
+            #[expect(clippy::cast_possible_truncation, reason = "the 32-bit halves")]
+            let fill = |out: &mut [f32], r: [u64; 4]| {
+                for (k, o) in out.iter_mut().enumerate() {
+                    let w = r[k / 2];
+                    *o = bit(if k % 2 == 0 {
+                        w as u32
+                    } else {
+                        (w >> 32) as u32
+                    });
+                }
+            };
+            let mut blocks = mask.chunks_exact_mut(8);
+            for block in &mut blocks {
+                fill(block, s.next());
             }
-            if let [last] = pairs.into_remainder() {
-                #[expect(clippy::cast_possible_truncation, reason = "the low half")]
-                let lo = s.next_u64() as u32;
-                *last = bit(lo);
+            let rest = blocks.into_remainder();
+            if !rest.is_empty() {
+                fill(rest, s.next());
             }
         }
         let mask = Tensor::from_slice(&mask).view(x.size().as_slice());
