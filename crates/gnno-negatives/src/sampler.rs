@@ -394,7 +394,26 @@ impl Conditioned<'_> {
                 let ex = self.ex_suf[self.ex_nb.partition_point(|x| x.0 < r)];
                 p.scaled(idx, r, self.log_max, self.shared) - ex
             };
+            // Galloping from r0 (probes r0 + 1, + 2, + 4, ...), then a binary
+            // search inside the bracket: most of the mass sits in the first
+            // allowed runs (all the more at small τ), so a draw usually needs a
+            // probe or two where a search over every run needs log2(runs). The
+            // same predicate, non-increasing in r, so the same run is found.
             let (mut lo, mut hi) = (self.r0 + 1, p.runs);
+            let mut step = 1;
+            while lo < hi {
+                let probe = lo + step - 1;
+                if probe >= hi {
+                    break;
+                }
+                if tail(probe) >= v {
+                    lo = probe + 1;
+                    step *= 2;
+                } else {
+                    hi = probe;
+                    break;
+                }
+            }
             while lo < hi {
                 let mid = (lo + hi) / 2;
                 if tail(mid) >= v {
