@@ -394,7 +394,7 @@ impl Conditioned<'_> {
                 let ex = self.ex_suf[self.ex_nb.partition_point(|x| x.0 < r)];
                 p.scaled(idx, r, self.log_max, self.shared) - ex
             };
-            // Galloping from r0 (probes r0 + 1, + 2, + 4, ...), then a binary
+            // Galloping from r0 (probes r0 + 1, + 3, + 7, ...), then a binary
             // search inside the bracket: most of the mass sits in the first
             // allowed runs (all the more at small τ), so a draw usually needs a
             // probe or two where a search over every run needs log2(runs). The
