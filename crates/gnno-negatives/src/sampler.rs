@@ -21,7 +21,6 @@ use gnno_core::error::Result;
 use gnno_core::ItemIdx;
 use gnno_store::GraphRead;
 use rand::RngExt;
-use std::cell::{Cell, OnceCell};
 
 /// Overlap lists in memory, prepared for one temperature.
 #[derive(Debug, Default)]
@@ -158,7 +157,6 @@ impl OverlapIndex {
             sufa: ra + t as usize,
             start,
             m0: self.n_items as usize - (b - a),
-            scaled: OnceCell::new(),
         }
     }
 
@@ -198,18 +196,13 @@ impl OverlapIndex {
     /// then skips them instead of rejecting them, so a history that holds the
     /// target's heaviest neighbours (most instances at small τ) costs no more
     /// than one that holds none.
-    pub fn condition<'a>(
-        &'a self,
-        p: &'a Prepared,
-        t: ItemIdx,
-        exclude: &[ItemIdx],
-    ) -> Conditioned<'a> {
+    pub fn condition(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> Conditioned<'_> {
         self.condition_located(p, &self.locate(p, t, exclude))
     }
 
     /// [`Self::condition`] with the exclusions located by [`Self::locate`] for the
     /// same t.
-    pub fn condition_located<'a>(&'a self, p: &'a Prepared, loc: &Located) -> Conditioned<'a> {
+    pub fn condition_located(&self, p: &Prepared, loc: &Located) -> Conditioned<'_> {
         // Excluded neighbours with J > h (runs before `p.start`) have no mass to
         // remove; the scan for r0 below starts past them.
         let ex_nb = &loc.nb;
@@ -237,9 +230,8 @@ impl OverlapIndex {
             let w = (f64::from(self.run_j[p.ra + ex_nb[i].0]) / self.tau - log_max).exp();
             ex_suf[i] = ex_suf[i + 1] + w;
         }
-        let shared = r0 == p.start && r0 < p.runs;
         let w_nb = if r0 < p.runs {
-            (p.scaled(self, r0, log_max, shared) - ex_suf[0]).max(0.0)
+            ((self.run_lsuf[p.sufa + r0] - log_max).exp() - ex_suf[0]).max(0.0)
         } else {
             0.0
         };
@@ -249,8 +241,7 @@ impl OverlapIndex {
         let total = w_nb + m0 as f64 * w0;
         Conditioned {
             idx: self,
-            p,
-            shared,
+            p: *p,
             r0,
             log_max,
             ex_nb,
@@ -317,7 +308,7 @@ pub struct Located {
 }
 
 /// What a draw for one (target, hardness) needs, computed once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Prepared {
     a: usize,
     len: usize,
@@ -328,31 +319,6 @@ pub struct Prepared {
     start: usize,
     /// Items absent from the list (J = 0, always allowed).
     m0: usize,
-    /// exp(ln suffix mass of run r − J(start)/τ), each computed the first time a
-    /// draw needs it (NaN until then) and shared by every instance conditioned
-    /// on this preparation whose scale is run `start`'s (most: the scale moves
-    /// only when the history holds all of that run). The same f64 expression
-    /// the draw would evaluate, so the draws do not change.
-    scaled: OnceCell<Box<[Cell<f64>]>>,
-}
-
-impl Prepared {
-    /// exp(ln suffix mass of run r − `log_max`), from the memo when `log_max`
-    /// is run `start`'s scale (`shared`).
-    fn scaled(&self, idx: &OverlapIndex, r: usize, log_max: f64, shared: bool) -> f64 {
-        let compute = || (idx.run_lsuf[self.sufa + r] - log_max).exp();
-        if !shared {
-            return compute();
-        }
-        let memo = self
-            .scaled
-            .get_or_init(|| vec![Cell::new(f64::NAN); self.runs].into_boxed_slice());
-        let cell = &memo[r];
-        if cell.get().is_nan() {
-            cell.set(compute());
-        }
-        cell.get()
-    }
 }
 
 /// p(· | t, h) with t and the excluded items removed (see [`OverlapIndex::condition`]).
@@ -360,9 +326,7 @@ impl Prepared {
 #[derive(Debug)]
 pub struct Conditioned<'a> {
     idx: &'a OverlapIndex,
-    p: &'a Prepared,
-    /// The scale is run `p.start`'s: `p`'s memo of scaled suffix masses applies.
-    shared: bool,
+    p: Prepared,
     r0: usize,
     log_max: f64,
     /// Excluded neighbours in runs ≥ r0 as (run, place in run), ascending.
@@ -385,14 +349,14 @@ impl Conditioned<'_> {
         if self.total <= 0.0 || self.total.is_nan() {
             return None;
         }
-        let (idx, p) = (self.idx, self.p);
+        let (idx, p) = (self.idx, &self.p);
         let u = rng.random::<f64>() * self.total;
         if u < self.w_nb {
             let v = self.w_nb - u;
             // The last run r >= r0 whose remaining tail mass is >= v.
             let tail = |r: usize| {
                 let ex = self.ex_suf[self.ex_nb.partition_point(|x| x.0 < r)];
-                p.scaled(idx, r, self.log_max, self.shared) - ex
+                (idx.run_lsuf[p.sufa + r] - self.log_max).exp() - ex
             };
             // Galloping from r0 (probes r0 + 1, + 3, + 7, ...), then a binary
             // search inside the bracket: most of the mass sits in the first
