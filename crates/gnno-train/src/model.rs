@@ -15,9 +15,9 @@ use gnno_core::config::{
     Backbone, OutputEmbedding, SasrecInit, SasrecPadding, SasrecResidual, TrainSettings,
 };
 use tch::nn::{self, Module, RNN};
+use tch::{Device, Kind, Tensor};
 
 use crate::dropout::Dropout;
-use tch::{Device, Kind, Tensor};
 
 /// Multi-head self-attention with a key-padding mask and an optional causal mask.
 #[derive(Debug)]

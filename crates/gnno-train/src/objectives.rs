@@ -125,16 +125,49 @@ pub fn full_softmax(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Tensor {
 /// k_random + k_hard, which averages the two importance-sampling estimates of the
 /// normaliser with weights proportional to their draw counts).
 pub fn logq_correction(mode: LogQ, log_q: &Tensor, k_random: i64, k_hard: i64) -> Option<Tensor> {
-    #[expect(clippy::cast_precision_loss, reason = "counts")]
-    match mode {
-        LogQ::Off => None,
-        LogQ::Random => {
-            let r = log_q.narrow(1, 0, k_random) + (k_random as f64).ln();
-            let h = log_q.narrow(1, k_random, k_hard).zeros_like();
-            Some(Tensor::cat(&[r, h], 1))
-        }
-        LogQ::All => Some(log_q + ((k_random + k_hard) as f64).ln()),
+    if mode == LogQ::Off {
+        return None;
     }
+    let part = |at: i64, n: i64, hard: bool| {
+        let lq = log_q.narrow(1, at, n);
+        match logq_shift(mode, k_random, k_hard, hard) {
+            Some(c) => lq + c,
+            None => lq.zeros_like(),
+        }
+    };
+    Some(Tensor::cat(
+        &[part(0, k_random, false), part(k_random, k_hard, true)],
+        1,
+    ))
+}
+
+/// ln K, the draw count the correction of a part's columns counts (the random
+/// or the hard ones, [`logq_correction`]); None where that part is not corrected.
+fn logq_shift(mode: LogQ, k_random: i64, k_hard: i64, hard: bool) -> Option<f64> {
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    match (mode, hard) {
+        (LogQ::Off, _) | (LogQ::Random, true) => None,
+        (LogQ::Random, false) => Some((k_random as f64).ln()),
+        (LogQ::All, _) => Some(((k_random + k_hard) as f64).ln()),
+    }
+}
+
+/// A part's additive bias for [`sampled_softmax_parts`]: minus its logQ
+/// correction (as [`logq_correction`] gives it for those columns), −∞ where a
+/// candidate does not exist (`mask` false).
+pub fn part_bias(
+    mode: LogQ,
+    log_q: &Tensor,
+    mask: &Tensor,
+    k_random: i64,
+    k_hard: i64,
+    hard: bool,
+) -> Tensor {
+    match logq_shift(mode, k_random, k_hard, hard) {
+        Some(c) => -(log_q + c),
+        None => log_q.zeros_like(),
+    }
+    .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }
 
 /// The loss of `kind` over sampled candidates (all but the full softmax); `gbce_beta`
@@ -209,6 +242,65 @@ mod tests {
         let neg = t(&[1.0, -1.0, 0.0, 3.0], &[2, 2]);
         let mask = Tensor::from_slice(&[true, true, true, false]).view([2, 2]);
         (pos, neg, mask)
+    }
+
+    #[test]
+    fn part_biases_are_minus_the_correction_of_their_columns() {
+        // Two positions, 3 random and 2 hard columns, the second hard one missing.
+        let lq = t(
+            &[
+                -1.0, -2.0, -3.0, -0.5, -0.25, -1.5, -2.5, -3.5, -0.75, -0.125,
+            ],
+            &[2, 5],
+        );
+        let mask =
+            Tensor::from_slice(&[true, true, true, true, false, true, true, true, true, false])
+                .view([2, 5]);
+        for mode in [LogQ::Off, LogQ::Random, LogQ::All] {
+            let whole = logq_correction(mode, &lq, 3, 2).unwrap_or_else(|| lq.zeros_like());
+            for (at, n, hard) in [(0, 3, false), (3, 2, true)] {
+                let b = part_bias(
+                    mode,
+                    &lq.narrow(1, at, n),
+                    &mask.narrow(1, at, n),
+                    3,
+                    2,
+                    hard,
+                );
+                let want = (-whole.narrow(1, at, n))
+                    .masked_fill(&mask.narrow(1, at, n).logical_not(), f64::NEG_INFINITY);
+                assert_eq!(b.size(), vec![2, n]);
+                for i in 0..2 {
+                    for j in 0..n {
+                        assert_eq!(
+                            b.double_value(&[i, j]),
+                            want.double_value(&[i, j]),
+                            "{mode:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // The hard columns are corrected under `all` only, by ln 5.
+        let b = part_bias(
+            LogQ::All,
+            &lq.narrow(1, 3, 2),
+            &mask.narrow(1, 3, 2),
+            3,
+            2,
+            true,
+        );
+        assert!((b.double_value(&[0, 0]) - (0.5 - 5f64.ln())).abs() < 1e-6);
+        let b = part_bias(
+            LogQ::Random,
+            &lq.narrow(1, 3, 2),
+            &mask.narrow(1, 3, 2),
+            3,
+            2,
+            true,
+        );
+        assert_eq!(b.double_value(&[0, 0]), 0.0);
+        assert_eq!(b.double_value(&[0, 1]), f64::NEG_INFINITY);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::{
     alloc, augment, history_tensor, permutation, resolve_device, EpochRow, Job, BEST_MODEL,
     CHECKPOINT_DIR, HISTORY_FILE, TAG_BATCH, TAG_ORDER, TAG_RANDOM, TAG_VIEW,
 };
-use gnno_core::config::{Backbone, Batching, LogQ, Loss, RandomScope, TrainSettings};
+use gnno_core::config::{Backbone, Batching, Loss, RandomScope, TrainSettings};
 use gnno_core::dataset::{Dataset, Instances};
 use gnno_core::error::{Error, Result};
 use gnno_core::{fsutil, mix_seed};
@@ -271,25 +271,13 @@ pub(crate) fn batch_loss(
     });
     let k_hard = hard.as_ref().map_or(0, |(hs, _, _)| hs.size()[1]);
     if cfg.loss == Loss::SampledSoftmax {
-        // Each part's logQ correction (as `objectives::logq_correction` gives it)
-        // and mask folded into one additive bias.
-        #[expect(clippy::cast_precision_loss, reason = "counts")]
-        let ln = |n: i64| (n as f64).ln();
-        let (c_rand, c_hard) = match cfg.logq {
-            LogQ::Off => (None, None),
-            LogQ::Random => (Some(ln(k)), None),
-            LogQ::All => (Some(ln(k + k_hard)), Some(ln(k + k_hard))),
+        // Each part's logQ correction and mask folded into one additive bias.
+        let bias = |lq: &Tensor, mask: &Tensor, is_hard: bool| {
+            objectives::part_bias(cfg.logq, lq, mask, k, k_hard, is_hard)
         };
-        let bias = |lq: &Tensor, mask: &Tensor, c: Option<f64>| {
-            match c {
-                Some(c) => -(lq + c),
-                None => lq.zeros_like(),
-            }
-            .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
-        };
-        let mut parts = vec![(rand_scores, bias(&rand_lq, &rand_mask, c_rand))];
+        let mut parts = vec![(rand_scores, bias(&rand_lq, &rand_mask, false))];
         if let Some((hs, hard_mask, hard_lq)) = hard {
-            let b = bias(&hard_lq, &hard_mask, c_hard);
+            let b = bias(&hard_lq, &hard_mask, true);
             parts.push((hs, b));
         }
         return objectives::sampled_softmax_parts(&pos, &parts);
@@ -752,7 +740,7 @@ pub fn train(job: &Job) -> Result<TrainReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gnno_core::config::OutputEmbedding;
+    use gnno_core::config::{LogQ, OutputEmbedding};
     use tch::nn::Module;
 
     /// Three sequence rows of length 3 (1, 1 and 3 trained positions) with K = 4
