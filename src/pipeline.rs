@@ -17,7 +17,7 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn load(config: &Path) -> Result<Self> {
         let cfg = Config::load(config)?;
-        let config_dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        let config_dir = gnno_core::config::config_folder(config);
         Ok(Self { cfg, config_dir })
     }
 

@@ -138,3 +138,30 @@ fn a_closed_stdout_ends_quietly_with_exit_0() {
     let o = with_closed_stdout(&p, &["report", "train"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[test]
+fn the_same_config_named_relatively_or_absolutely_is_the_same_pipeline() {
+    // A nightly job names the config by its full path, a person in the project
+    // folder as `pipeline.toml`: both must see the same inputs, not a stale ingest.
+    let p = Project::new();
+    p.write("data.tsv", &synthetic_log(200, 60, 3));
+    p.config(&small_config(""));
+    p.ok(&["run", "--to", "ingest"]);
+    let sub = p.path().join("sub");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    for (cwd, name) in [
+        (p.path(), "pipeline.toml"),
+        (p.path(), "./pipeline.toml"),
+        (sub.as_path(), "../pipeline.toml"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_gnno"))
+            .args(["--config", name, "status", "--json"])
+            .current_dir(cwd)
+            .output()
+            .expect("runs");
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        assert_eq!(st[0]["stage"], "ingest", "{st}");
+        assert_eq!(st[0]["status"]["state"], "up-to-date", "{name}: {st}");
+    }
+}

@@ -160,3 +160,53 @@ fn a_failed_rerun_leaves_the_previous_good_output_intact() {
     let st = p.ok(&["status"]);
     assert!(st.contains("ingest     up to date"), "{st}");
 }
+
+#[test]
+fn a_disk_that_fills_while_a_checkpoint_is_written_fails_cleanly_and_resumes() {
+    // A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) stands in for a full disk:
+    // a write past it fails with EFBIG part-way, as one fails with ENOSPC. libtorch
+    // aborted the process there (its archive writer throws from its destructor).
+    let model = |p: &Project| {
+        let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
+        // A model of a few hundred KB, so its files pass the limit and nothing
+        // else does.
+        p.config(
+            &cfg.replace("dim = 16", "dim = 64")
+                .replace("epochs = 6", "epochs = 1"),
+        );
+    };
+    let clean = project("");
+    model(&clean);
+    clean.ok(&["run"]);
+    let p = project("");
+    model(&p);
+    p.ok(&["run", "--to", "negatives"]);
+    let o = std::process::Command::new("bash")
+        .args(["-c", r#"ulimit -f 128; trap '' XFSZ; exec "$@""#, "bash"])
+        .arg(env!("CARGO_BIN_EXE_gnno"))
+        .args(["--config", "pipeline.toml", "--quiet", "stage", "train"])
+        .current_dir(p.path())
+        .output()
+        .expect("bash runs");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "an error, not a signal: {err}");
+    assert!(err.contains("File too large"), "{err}");
+    assert!(err.contains(".ot.tmp-"), "names the file: {err}");
+    assert!(err.contains("free space where the workdir is"), "{err}");
+    let left: Vec<_> = gnno_core::fsutil::list_files(&p.workdir())
+        .expect("list")
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    assert_eq!(
+        p.json(&["status", "--json"])[3]["status"]["state"],
+        "missing",
+        "nothing published"
+    );
+    p.ok(&["run"]);
+    let best = |q: &Project| {
+        std::fs::read(run_dir(&q.workdir(), "train").join("best.ot")).expect("best.ot")
+    };
+    assert_eq!(best(&p), best(&clean), "the rerun equals a clean run");
+}

@@ -599,6 +599,18 @@ impl<'a> Section<'a> {
     }
 }
 
+/// The folder relative paths in a config file are resolved against: the file's
+/// own, absolute and with symlinks resolved, so the same file named as
+/// `pipeline.toml`, `./pipeline.toml` or by its full path gives the same input
+/// paths (which the ingest stage's manifest records).
+pub fn config_folder(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| path.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+}
+
 impl Config {
     /// Read and validate a config file; relative paths are resolved against its folder.
     pub fn load(path: &Path) -> Result<Self> {
@@ -609,8 +621,7 @@ impl Config {
             },
             _ => Error::io(path, e),
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse(&text, &base).map_err(|e| match e {
+        Self::parse(&text, &config_folder(path)).map_err(|e| match e {
             Error::Config { problems, .. } => Error::Config {
                 file: Some(path.to_path_buf()),
                 problems,

@@ -97,6 +97,19 @@ impl Error {
             Self::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Some("check the path in pipeline.toml")
             }
+            Self::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::QuotaExceeded
+                        | std::io::ErrorKind::FileTooLarge
+                ) =>
+            {
+                Some(
+                    "free space where the workdir is (or raise the limit), then run again: \
+                     the stage resumes, and the last published output is intact",
+                )
+            }
             _ => None,
         }
     }

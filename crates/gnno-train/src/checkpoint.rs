@@ -4,10 +4,13 @@
 //! tensors that are complete.
 
 use crate::{torch, EpochRow};
-use gnno_core::error::{Error, Result};
+use gnno_core::error::{Error, IoContext, Result};
 use gnno_core::fsutil;
 use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use tch::{nn, Tensor};
 
 /// Resume state written after every epoch.
@@ -57,12 +60,72 @@ impl CheckpointState {
     }
 }
 
-/// Save named tensors atomically.
+/// Save named tensors atomically (temp file, fsync, rename; on error the temp file
+/// is removed and a file already at `path` stays as it was).
+///
+/// libtorch does not write the file itself: when one of its writes fails part-way
+/// (a full disk), its archive writer throws again from its destructor and the
+/// process aborts with a C++ trace. It writes through [`Sink`] instead, which
+/// never fails towards libtorch, and the first error is reported here.
 pub fn save_named(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
     let tmp = fsutil::tmp_path(path);
-    Tensor::save_multi(named, &tmp).map_err(|e| torch(&e, &format!("saving {}", tmp.display())))?;
-    fsutil::sync_file(&tmp)?;
-    fsutil::publish(&tmp, path)
+    fsutil::write_with(path, |f| {
+        let sink = Sink::new(f.try_clone().at(&tmp)?);
+        Tensor::save_multi_to_stream(named, sink.clone())
+            .map_err(|e| torch(&e, &format!("saving {}", tmp.display())))?;
+        sink.finish().at(&tmp)
+    })
+}
+
+/// A writer for libtorch that keeps its first I/O error instead of returning it
+/// (see [`save_named`]); after an error it discards what it is given. libtorch
+/// owns (and drops) its copy, so the state is shared.
+#[derive(Clone)]
+struct Sink(Arc<Mutex<SinkState>>);
+
+struct SinkState {
+    out: BufWriter<File>,
+    err: Option<io::Error>,
+}
+
+impl Sink {
+    fn new(file: File) -> Self {
+        Self(Arc::new(Mutex::new(SinkState {
+            out: BufWriter::with_capacity(1 << 20, file),
+            err: None,
+        })))
+    }
+
+    /// Flush, and the first error of any write.
+    fn finish(&self) -> io::Result<()> {
+        let mut s = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match s.err.take() {
+            Some(e) => Err(e),
+            None => s.out.flush(),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut s = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.err.is_none() {
+            if let Err(e) = s.out.write_all(buf) {
+                s.err = Some(e);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn load_named(path: &Path) -> Result<Vec<(String, Tensor)>> {
