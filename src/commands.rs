@@ -107,11 +107,7 @@ fn out() -> std::io::StdoutLock<'static> {
 
 fn validate(cli: &Cli) -> Result<()> {
     let cfg = gnno_core::config::Config::load(&cli.config)?;
-    let base = cli
-        .config
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
+    let base = gnno_core::config::config_folder(&cli.config);
     let files = gnno_ingest::parse::resolve_inputs(&cfg.ingest.inputs, &base)?;
     writeln!(
         out(),

@@ -149,10 +149,13 @@ fn the_same_config_named_relatively_or_absolutely_is_the_same_pipeline() {
     p.ok(&["run", "--to", "ingest"]);
     let sub = p.path().join("sub");
     std::fs::create_dir_all(&sub).expect("mkdir");
+    // A folder reached through a link is the same folder.
+    std::os::unix::fs::symlink(p.path(), p.path().join("alias")).expect("symlink");
     for (cwd, name) in [
         (p.path(), "pipeline.toml"),
         (p.path(), "./pipeline.toml"),
         (sub.as_path(), "../pipeline.toml"),
+        (p.path(), "alias/pipeline.toml"),
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_gnno"))
             .args(["--config", name, "status", "--json"])
@@ -164,4 +167,21 @@ fn the_same_config_named_relatively_or_absolutely_is_the_same_pipeline() {
         assert_eq!(st[0]["stage"], "ingest", "{st}");
         assert_eq!(st[0]["status"]["state"], "up-to-date", "{name}: {st}");
     }
+}
+
+#[test]
+fn a_config_that_is_a_link_resolves_paths_against_the_links_folder() {
+    let p = Project::new();
+    p.write("data.tsv", &synthetic_log(200, 60, 3));
+    p.config(&small_config(""));
+    let sub = p.path().join("sub");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    std::os::unix::fs::symlink("../pipeline.toml", sub.join("pipeline.toml")).expect("symlink");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gnno"))
+        .args(["--config", "sub/pipeline.toml", "validate"])
+        .current_dir(p.path())
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("sub/data.tsv"), "{}", stderr(&o));
 }

@@ -168,8 +168,8 @@ fn a_disk_that_fills_while_a_checkpoint_is_written_fails_cleanly_and_resumes() {
     // aborted the process there (its archive writer throws from its destructor).
     let model = |p: &Project| {
         let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
-        // A model of a few hundred KB, so its files pass the limit and nothing
-        // else does.
+        // A model of a few hundred KiB (encoder, 64-d), so its files pass the
+        // limit and nothing else does.
         p.config(
             &cfg.replace("dim = 16", "dim = 64")
                 .replace("epochs = 6", "epochs = 1"),
@@ -182,6 +182,8 @@ fn a_disk_that_fills_while_a_checkpoint_is_written_fails_cleanly_and_resumes() {
     model(&p);
     p.ok(&["run", "--to", "negatives"]);
     let o = std::process::Command::new("bash")
+        // 128 blocks of 1 KiB: best.ot and the checkpoint pass it, inside
+        // libtorch's writes (the sink buffers 64 KiB); nothing else does.
         .args(["-c", r#"ulimit -f 128; trap '' XFSZ; exec "$@""#, "bash"])
         .arg(env!("CARGO_BIN_EXE_gnno"))
         .args(["--config", "pipeline.toml", "--quiet", "stage", "train"])

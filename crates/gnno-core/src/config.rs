@@ -599,16 +599,17 @@ impl<'a> Section<'a> {
     }
 }
 
-/// The folder relative paths in a config file are resolved against: the file's
-/// own, absolute and with symlinks resolved, so the same file named as
-/// `pipeline.toml`, `./pipeline.toml` or by its full path gives the same input
-/// paths (which the ingest stage's manifest records).
+/// The folder relative paths in a config file are resolved against: the folder
+/// the file is named in, made absolute with symlinks resolved, so the same file
+/// named as `pipeline.toml`, `./pipeline.toml` or by its full path gives the same
+/// input paths (which the ingest stage's manifest records). A config that is
+/// itself a link keeps resolving against the link's folder, not its target's.
 pub fn config_folder(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .or_else(|| path.parent().map(Path::to_path_buf))
-        .unwrap_or_default()
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 impl Config {

@@ -71,27 +71,33 @@ pub fn save_named(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
     let tmp = fsutil::tmp_path(path);
     fsutil::write_with(path, |f| {
         let sink = Sink::new(f.try_clone().at(&tmp)?);
-        Tensor::save_multi_to_stream(named, sink.clone())
-            .map_err(|e| torch(&e, &format!("saving {}", tmp.display())))?;
-        sink.finish().at(&tmp)
+        let saved = Tensor::save_multi_to_stream(named, sink.clone());
+        // A write error first: it is the cause of any libtorch error after it.
+        sink.finish().at(&tmp)?;
+        saved.map_err(|e| torch(&e, &format!("saving {}", tmp.display())))
     })
 }
 
 /// A writer for libtorch that keeps its first I/O error instead of returning it
 /// (see [`save_named`]); after an error it discards what it is given. libtorch
 /// owns (and drops) its copy, so the state is shared.
-#[derive(Clone)]
-struct Sink(Arc<Mutex<SinkState>>);
+struct Sink<W: Write>(Arc<Mutex<SinkState<W>>>);
 
-struct SinkState {
-    out: BufWriter<File>,
+impl<W: Write> Clone for Sink<W> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+struct SinkState<W: Write> {
+    out: BufWriter<W>,
     err: Option<io::Error>,
 }
 
-impl Sink {
-    fn new(file: File) -> Self {
+impl<W: Write> Sink<W> {
+    fn new(out: W) -> Self {
         Self(Arc::new(Mutex::new(SinkState {
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: BufWriter::with_capacity(64 << 10, out),
             err: None,
         })))
     }
@@ -109,7 +115,7 @@ impl Sink {
     }
 }
 
-impl Write for Sink {
+impl<W: Write> Write for Sink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut s = self
             .0
@@ -175,4 +181,79 @@ pub fn load_model_tensors(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes `room` bytes, then fails as a full disk does.
+    struct Full {
+        room: usize,
+        taken: Arc<Mutex<usize>>,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut taken = self.taken.lock().expect("lock");
+            if *taken + buf.len() > self.room {
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+            *taken += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn named() -> Vec<(String, Tensor)> {
+        // 4 x 256 KiB: well past the sink's 64 KiB buffer.
+        (0..4)
+            .map(|i| {
+                (
+                    format!("model.w{i}"),
+                    Tensor::arange(65_536, (tch::Kind::Float, tch::Device::Cpu)) + f64::from(i),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_write_that_fails_inside_libtorch_is_kept_and_reported_not_thrown() {
+        // Through a writer that returned the error, libtorch aborted the process.
+        let taken = Arc::new(Mutex::new(0));
+        let sink = Sink::new(Full {
+            room: 300_000,
+            taken: Arc::clone(&taken),
+        });
+        let saved = Tensor::save_multi_to_stream(&named(), sink.clone());
+        assert!(saved.is_ok(), "libtorch saw every write succeed: {saved:?}");
+        let err = sink.finish().expect_err("the disk filled");
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        let taken = *taken.lock().expect("lock");
+        assert!(
+            taken <= 300_000 && taken > 200_000,
+            "wrote up to the room, then nothing: {taken}"
+        );
+    }
+
+    #[test]
+    fn saved_tensors_load_back_equal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.ot");
+        let named = named();
+        save_named(&path, &named).expect("saved");
+        let back = load_named(&path).expect("loaded");
+        assert_eq!(back.len(), named.len());
+        for ((n, t), (m, u)) in named.iter().zip(&back) {
+            assert_eq!(n, m);
+            assert!(t.equal(u), "{n}");
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("m.ot")]);
+    }
 }
