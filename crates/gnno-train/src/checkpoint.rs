@@ -7,7 +7,6 @@ use crate::{torch, EpochRow};
 use gnno_core::error::{Error, IoContext, Result};
 use gnno_core::fsutil;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
