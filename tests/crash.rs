@@ -163,9 +163,8 @@ fn a_failed_rerun_leaves_the_previous_good_output_intact() {
 
 #[test]
 fn a_disk_that_fills_while_a_checkpoint_is_written_fails_cleanly_and_resumes() {
-    // A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) stands in for a full disk:
-    // a write past it fails with EFBIG part-way, as one fails with ENOSPC. libtorch
-    // aborted the process there (its archive writer throws from its destructor).
+    // libtorch aborted the process here (its archive writer throws again from its
+    // destructor when a write fails).
     let model = |p: &Project| {
         let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
         // A model of a few hundred KiB (encoder, 64-d), so its files pass the
@@ -181,15 +180,9 @@ fn a_disk_that_fills_while_a_checkpoint_is_written_fails_cleanly_and_resumes() {
     let p = project("");
     model(&p);
     p.ok(&["run", "--to", "negatives"]);
-    let o = std::process::Command::new("bash")
-        // 128 blocks of 1 KiB: best.ot and the checkpoint pass it, inside
-        // libtorch's writes (the sink buffers 64 KiB); nothing else does.
-        .args(["-c", r#"ulimit -f 128; trap '' XFSZ; exec "$@""#, "bash"])
-        .arg(env!("CARGO_BIN_EXE_gnno"))
-        .args(["--config", "pipeline.toml", "--quiet", "stage", "train"])
-        .current_dir(p.path())
-        .output()
-        .expect("bash runs");
+    // best.ot and the checkpoint pass 128 KiB inside libtorch's writes (the sink
+    // buffers 64 KiB); nothing else the train stage writes does.
+    let o = limited(&p, 128, "train");
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "an error, not a signal: {err}");
     assert!(err.contains("File too large"), "{err}");
@@ -211,4 +204,62 @@ fn a_disk_that_fills_while_a_checkpoint_is_written_fails_cleanly_and_resumes() {
         std::fs::read(run_dir(&q.workdir(), "train").join("best.ot")).expect("best.ot")
     };
     assert_eq!(best(&p), best(&clean), "the rerun equals a clean run");
+}
+
+/// `gnno stage <stage>` under a file-size limit of `kib` KiB (SIGXFSZ ignored): a
+/// write past it fails part-way with EFBIG, as one fails with ENOSPC on a full disk.
+fn limited(p: &Project, kib: u32, stage: &str) -> std::process::Output {
+    std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(r#"ulimit -f {kib}; trap '' XFSZ; exec "$@""#),
+            "bash",
+        ])
+        .arg(env!("CARGO_BIN_EXE_gnno"))
+        .args(["--config", "pipeline.toml", "--quiet", "stage", stage])
+        .current_dir(p.path())
+        .output()
+        .expect("bash runs")
+}
+
+#[test]
+fn a_disk_that_fills_while_shards_are_written_fails_cleanly_and_resumes() {
+    // Shards of a few MB (100 hard negatives per instance) pass a 1 MiB limit; the
+    // private copy of the graph store the stage reads (about 0.5 MB) does not.
+    let big = |p: &Project| {
+        let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
+        p.config(
+            &cfg.replace("n-hard = 3", "n-hard = 100")
+                .replace("shard-rows = 200", "shard-rows = 5000"),
+        );
+    };
+    let clean = project("");
+    big(&clean);
+    clean.ok(&["run", "--to", "negatives"]);
+    let p = project("");
+    big(&p);
+    p.ok(&["run", "--to", "graph"]);
+    let o = limited(&p, 1024, "negatives");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("File too large"), "{err}");
+    assert!(err.contains(".parquet.tmp-"), "names the file: {err}");
+    assert!(err.contains("free space where the workdir is"), "{err}");
+    let left: Vec<_> = gnno_core::fsutil::list_files(&p.workdir())
+        .expect("list")
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    assert_eq!(
+        p.json(&["status", "--json"])[2]["status"]["state"],
+        "missing",
+        "nothing published"
+    );
+    p.ok(&["stage", "negatives"]);
+    let (pa, pc) = (
+        run_dir(&p.workdir(), "negatives"),
+        run_dir(&clean.workdir(), "negatives"),
+    );
+    assert_same_files(&snapshot(&pa), &snapshot(&pc), &pa, &pc);
 }

@@ -129,6 +129,21 @@ impl Error {
     }
 }
 
+/// An error of the Parquet writer on `path`: an I/O error as one (a full disk gets
+/// its hint), anything else as internal.
+pub fn parquet_write(path: impl Into<PathBuf>, e: parquet::errors::ParquetError) -> Error {
+    let path = path.into();
+    match e {
+        parquet::errors::ParquetError::External(inner) => {
+            match inner.downcast::<std::io::Error>() {
+                Ok(io) => Error::io(path, *io),
+                Err(other) => Error::internal(format!("writing {}: {other}", path.display())),
+            }
+        }
+        other => Error::internal(format!("writing {}: {other}", path.display())),
+    }
+}
+
 /// Extension to name the path of any I/O error.
 pub trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;

@@ -5,7 +5,7 @@ use arrow::array::{ArrayRef, Float32Array, ListArray, RecordBatch, UInt32Array, 
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field};
 use gnno_core::config::NegativesSettings;
-use gnno_core::error::{Error, IoContext, Result};
+use gnno_core::error::{parquet_write, Error, IoContext, Result};
 pub use gnno_core::shards::*;
 use gnno_core::{fsutil, ItemIdx};
 use parquet::arrow::ArrowWriter;
@@ -189,17 +189,13 @@ pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usi
         .set_created_by(format!("gnno {}", env!("CARGO_PKG_VERSION")))
         .build();
     let tmp = fsutil::tmp_path(path);
-    let f = std::fs::File::create(&tmp).at(&tmp)?;
-    let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props))
-        .map_err(|e| Error::internal(e.to_string()))?;
-    w.write(&batch)
-        .map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
-    let f = w
-        .into_inner()
-        .map_err(|e| Error::internal(format!("{}: {e}", tmp.display())))?;
-    f.sync_all().at(&tmp)?;
-    drop(f);
-    fsutil::publish(&tmp, path)?;
+    fsutil::write_with(path, |f| {
+        let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props))
+            .map_err(|e| parquet_write(&tmp, e))?;
+        w.write(&batch).map_err(|e| parquet_write(&tmp, e))?;
+        w.close().map_err(|e| parquet_write(&tmp, e))?;
+        Ok(())
+    })?;
     std::fs::metadata(path).map(|m| m.len()).at(path)
 }
 

@@ -309,10 +309,12 @@ impl Store {
             return Err(Error::artifact(path, "no graph store here")
                 .with_hint("run `gnno stage graph` first"));
         }
+        let tmp = std::env::temp_dir();
+        sweep_snapshots(&tmp);
         let dir = tempfile::Builder::new()
-            .prefix("gnno-store-")
-            .tempdir()
-            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            .prefix(&format!("{SNAPSHOT_PREFIX}{}-", std::process::id()))
+            .tempdir_in(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
         let copy = dir.path().join("store");
         copy_dir(path, &copy)?;
         let store = Self::open(&copy, expect_input).map_err(|e| match e {
@@ -360,6 +362,36 @@ impl Store {
 }
 
 /// A store opened from a private copy (see [`Store::open_snapshot`]).
+/// Snapshot folders are `<temp dir>/gnno-store-<pid>-<random>`.
+const SNAPSHOT_PREFIX: &str = "gnno-store-";
+
+/// Remove the snapshot folders of processes that are gone: a killed reader (a
+/// crashed or SIGKILLed stage) cannot remove its own, and a copy of a large graph
+/// store is hundreds of MB. Best-effort, and only where `/proc` tells which
+/// processes live (elsewhere nothing is removed).
+fn sweep_snapshots(tmp: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SNAPSHOT_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 pub struct Snapshot {
     store: Store,
     _dir: tempfile::TempDir,
@@ -418,6 +450,33 @@ impl GraphRead for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_of_dead_processes_are_swept_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let dead = child.id();
+        child.wait().expect("wait");
+        let mine = std::process::id();
+        let names = [
+            format!("{SNAPSHOT_PREFIX}{dead}-abc"),
+            format!("{SNAPSHOT_PREFIX}{mine}-def"),
+            format!("{SNAPSHOT_PREFIX}XyZ12a"),
+            "other-123-abc".to_owned(),
+        ];
+        for n in &names {
+            std::fs::create_dir_all(tmp.path().join(n).join("store")).expect("mkdir");
+        }
+        sweep_snapshots(tmp.path());
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = names[1..].to_vec();
+        want.sort();
+        assert_eq!(left, want, "only the dead process's snapshot goes");
+    }
 
     #[test]
     fn codec_round_trips_and_detects_damage() {
@@ -480,13 +539,26 @@ mod tests {
             v
         };
         let before = files(&p);
-        {
+        let copy = {
             let s = Store::open_snapshot(&p, None).expect("snapshot");
             assert_eq!(s.overlap(2).expect("get"), (vec![2, 1], vec![1.0, 0.4]));
+            // Named by its process, so a later run can sweep it if this one dies.
+            let copy = s._dir.path().to_path_buf();
+            let name = copy
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                name.starts_with(&format!("{SNAPSHOT_PREFIX}{}-", std::process::id())),
+                "{name}"
+            );
             // The published store stays openable while a snapshot is open.
             let s2 = Store::open_snapshot(&p, None).expect("second snapshot");
             assert_eq!(s2.info().n_items, 2);
-        }
+            copy
+        };
+        assert!(!copy.exists(), "a dropped snapshot removes its copy");
         assert_eq!(
             files(&p),
             before,

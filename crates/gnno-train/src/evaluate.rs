@@ -9,7 +9,7 @@ use crate::model::Model;
 use crate::{batch_width, history_tensor, pad_histories, torch, Job, TAG_SAMPLED};
 use gnno_core::config::parse_metric;
 use gnno_core::dataset::Dataset;
-use gnno_core::error::{Error, IoContext, Result};
+use gnno_core::error::{parquet_write, Error, Result};
 use gnno_core::{fsutil, mix_seed, ItemIdx};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -324,14 +324,13 @@ fn write_candidates(path: &Path, cands: &[Vec<ItemIdx>]) -> Result<()> {
     )
     .map_err(|e| Error::internal(e.to_string()))?;
     let tmp = fsutil::tmp_path(path);
-    let f = std::fs::File::create(&tmp).at(&tmp)?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None)
-        .map_err(|e| Error::internal(e.to_string()))?;
-    w.write(&batch)
-        .map_err(|e| Error::internal(e.to_string()))?;
-    let f = w.into_inner().map_err(|e| Error::internal(e.to_string()))?;
-    f.sync_all().at(&tmp)?;
-    fsutil::publish(&tmp, path)
+    fsutil::write_with(path, |f| {
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None)
+            .map_err(|e| parquet_write(&tmp, e))?;
+        w.write(&batch).map_err(|e| parquet_write(&tmp, e))?;
+        w.close().map_err(|e| parquet_write(&tmp, e))?;
+        Ok(())
+    })
 }
 
 /// Test target against its stored candidates (pessimistic ties), scored on the device.

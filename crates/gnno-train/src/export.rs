@@ -264,7 +264,7 @@ pub fn recommend(
     Ok(out)
 }
 
-fn parquet_err(path: &Path, e: impl std::fmt::Display) -> Error {
+fn arrow_err(path: &Path, e: &arrow::error::ArrowError) -> Error {
     Error::internal(format!("writing {}: {e}", path.display()))
 }
 
@@ -281,11 +281,13 @@ fn write_parquet(
             .set_compression(Compression::SNAPPY)
             .build();
         let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, Some(props))
-            .map_err(|e| parquet_err(path, e))?;
+            .map_err(|e| gnno_core::error::parquet_write(path, e))?;
         for b in batches {
-            w.write(&b?).map_err(|e| parquet_err(path, e))?;
+            w.write(&b?)
+                .map_err(|e| gnno_core::error::parquet_write(path, e))?;
         }
-        w.close().map_err(|e| parquet_err(path, e))?;
+        w.close()
+            .map_err(|e| gnno_core::error::parquet_write(path, e))?;
         Ok(())
     })
 }
@@ -300,7 +302,7 @@ fn write_embeddings(path: &Path, items: &[String], weights: &F32Tensor) -> Resul
     let child = Arc::new(Field::new("item", DataType::Float32, false));
     let d32 = i32::try_from(d).map_err(|e| Error::internal(e.to_string()))?;
     let vectors = FixedSizeListArray::try_new(child.clone(), d32, Arc::new(values), None)
-        .map_err(|e| parquet_err(path, e))?;
+        .map_err(|e| arrow_err(path, &e))?;
     let schema = Arc::new(Schema::new(vec![
         Field::new("item", DataType::Utf8, false),
         Field::new("vector", DataType::FixedSizeList(child, d32), false),
@@ -312,7 +314,7 @@ fn write_embeddings(path: &Path, items: &[String], weights: &F32Tensor) -> Resul
             Arc::new(vectors),
         ],
     )
-    .map_err(|e| parquet_err(path, e));
+    .map_err(|e| arrow_err(path, &e));
     write_parquet(path, schema, std::iter::once(batch))
 }
 
@@ -357,7 +359,7 @@ fn write_recommendations(
                     Arc::new(score),
                 ],
             )
-            .map_err(|e| parquet_err(path, e))
+            .map_err(|e| arrow_err(path, &e))
         });
     write_parquet(path, schema.clone(), batches)
 }
