@@ -6,7 +6,6 @@ use crate::runner::{RunOptions, State};
 use crate::stages::StageName;
 use crate::ui::Bars;
 use anyhow::Result;
-use gnno_core::error::IoContext;
 use gnno_store::GraphRead;
 use std::io::Write;
 
@@ -378,7 +377,10 @@ fn audit(
         }
     };
     let plot_path = plot.map_or_else(|| dir.join("audit.svg"), std::path::Path::to_path_buf);
-    std::fs::write(&plot_path, gnno_negatives::audit::plot_svg(&audits)).at(&plot_path)?;
+    gnno_core::fsutil::write_atomic(
+        &plot_path,
+        gnno_negatives::audit::plot_svg(&audits).as_bytes(),
+    )?;
     if json {
         let mut rows = serde_json::to_value(&audits)?;
         for (row, s) in rows.as_array_mut().into_iter().flatten().zip(&scored) {

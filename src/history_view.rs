@@ -5,7 +5,6 @@ use crate::history::{self, Outcome, Record};
 use crate::pipeline::Pipeline;
 use crate::stages::StageName;
 use anyhow::Result;
-use gnno_core::error::IoContext;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -95,7 +94,7 @@ pub fn show(
         if let Some(n) = last {
             all.drain(..all.len().saturating_sub(n));
         }
-        std::fs::write(path, plot_svg(&all)).at(path)?;
+        gnno_core::fsutil::write_atomic(path, plot_svg(&all).as_bytes())?;
         writeln!(o, "plot: {}", path.display())?;
     }
     if let Some(s) = stage {

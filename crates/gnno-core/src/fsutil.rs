@@ -52,14 +52,10 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 }
 
 /// Write `data` to `path` atomically: temp file, fsync, rename, fsync directory.
+/// On an error the temp file is removed (see [`write_with`]).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    {
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(data).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-    }
-    publish(&tmp, path)
+    write_with(path, |f| f.write_all(data).at(&tmp))
 }
 
 /// Rename a finished, fsynced temp file onto its final name and fsync the directory.

@@ -406,13 +406,20 @@ fn id_map_frame(
 
 /// Written under a temporary name and published by rename, like every other stage's
 /// files: a crash never leaves a truncated table under the final name.
+/// An I/O error (a full disk) stays one, naming the temp file.
 fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
+    let tmp = gnno_core::fsutil::tmp_path(path);
     gnno_core::fsutil::write_with(path, |f| {
         ParquetWriter::new(f)
             .with_compression(ParquetCompression::Snappy)
             .with_row_group_size(Some(1 << 20))
             .finish(df)
-            .map_err(|e| Error::internal(format!("{}: writing Parquet: {e}", path.display())))?;
+            .map_err(|e| match e {
+                PolarsError::IO { error, .. } => {
+                    Error::io(&tmp, std::io::Error::new(error.kind(), error.to_string()))
+                }
+                other => Error::internal(format!("{}: writing Parquet: {other}", path.display())),
+            })?;
         Ok(())
     })
 }

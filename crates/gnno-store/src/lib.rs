@@ -310,11 +310,19 @@ impl Store {
                 .with_hint("run `gnno stage graph` first"));
         }
         let tmp = std::env::temp_dir();
-        sweep_snapshots(&tmp);
+        sweep_snapshots(&tmp, SWEEP_MIN_AGE);
         let dir = tempfile::Builder::new()
-            .prefix(&format!("{SNAPSHOT_PREFIX}{}-", std::process::id()))
+            .prefix(SNAPSHOT_PREFIX)
             .tempdir_in(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
+        let lock_path = dir.path().join(SNAPSHOT_LOCK);
+        let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        lock.try_lock().map_err(|e| {
+            Error::io(
+                &lock_path,
+                std::io::Error::other(format!("cannot lock: {e}")),
+            )
+        })?;
         let copy = dir.path().join("store");
         copy_dir(path, &copy)?;
         let store = Self::open(&copy, expect_input).map_err(|e| match e {
@@ -331,6 +339,7 @@ impl Store {
                 path: path.to_path_buf(),
                 ..store
             },
+            _lock: lock,
             _dir: dir,
         })
     }
@@ -361,39 +370,54 @@ impl Store {
     }
 }
 
-/// A store opened from a private copy (see [`Store::open_snapshot`]).
-/// Snapshot folders are `<temp dir>/gnno-store-<pid>-<random>`.
+/// Snapshot folders are `<temp dir>/gnno-store-<random>`, each holding the copy
+/// (`store/`) and a file its reader keeps locked while the snapshot lives.
 const SNAPSHOT_PREFIX: &str = "gnno-store-";
+const SNAPSHOT_LOCK: &str = "reader.lock";
+/// A folder younger than this is never swept: its reader may be creating it.
+const SWEEP_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Remove the snapshot folders of processes that are gone: a killed reader (a
-/// crashed or SIGKILLed stage) cannot remove its own, and a copy of a large graph
-/// store is hundreds of MB. Best-effort, and only where `/proc` tells which
-/// processes live (elsewhere nothing is removed).
-fn sweep_snapshots(tmp: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
+/// Remove the snapshot folders whose reader is gone: a killed reader (a crashed or
+/// SIGKILLed stage) cannot remove its own, and a copy of a large graph store is
+/// hundreds of MB. A folder goes only when it is older than `min_age` and its lock
+/// file can be locked, that is when no process holds it, in any container sharing
+/// the temp folder on this kernel (an OS file lock, released when its holder dies).
+/// Folders without a lock file (older versions' snapshots) are left alone.
+/// Best-effort: errors are ignored.
+fn sweep_snapshots(tmp: &Path, min_age: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(SNAPSHOT_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        if !e.file_name().to_string_lossy().starts_with(SNAPSHOT_PREFIX) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if !old {
+            continue;
+        }
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.path().join(SNAPSHOT_LOCK))
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if lock.try_lock().is_ok() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
 
+/// A store opened from a private copy (see [`Store::open_snapshot`]). Fields drop
+/// in order: the store, then the lock, then the folder.
 pub struct Snapshot {
     store: Store,
+    _lock: std::fs::File,
     _dir: tempfile::TempDir,
 }
 
@@ -452,30 +476,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshots_of_dead_processes_are_swept_and_live_ones_kept() {
+    fn snapshots_whose_reader_is_gone_are_swept_and_the_others_kept() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut child = std::process::Command::new("true").spawn().expect("spawn");
-        let dead = child.id();
-        child.wait().expect("wait");
-        let mine = std::process::id();
-        let names = [
-            format!("{SNAPSHOT_PREFIX}{dead}-abc"),
-            format!("{SNAPSHOT_PREFIX}{mine}-def"),
-            format!("{SNAPSHOT_PREFIX}XyZ12a"),
-            "other-123-abc".to_owned(),
-        ];
-        for n in &names {
-            std::fs::create_dir_all(tmp.path().join(n).join("store")).expect("mkdir");
-        }
-        sweep_snapshots(tmp.path());
-        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let mut want = names[1..].to_vec();
-        want.sort();
-        assert_eq!(left, want, "only the dead process's snapshot goes");
+        let folder = |name: &str, lock_file: bool| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir_all(d.join("store")).expect("mkdir");
+            if lock_file {
+                std::fs::File::create(d.join(SNAPSHOT_LOCK)).expect("lock file");
+            }
+            d
+        };
+        folder(&format!("{SNAPSHOT_PREFIX}gone"), true);
+        let live = folder(&format!("{SNAPSHOT_PREFIX}live"), true);
+        folder(&format!("{SNAPSHOT_PREFIX}old-style"), false);
+        folder("other", true);
+        // A live reader holds its lock (another open file, as another process's).
+        let held = std::fs::File::open(live.join(SNAPSHOT_LOCK)).expect("open");
+        held.try_lock().expect("locked");
+        let left = || {
+            let mut v: Vec<String> = std::fs::read_dir(tmp.path())
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let all = left();
+        // Too young to judge: nothing goes.
+        sweep_snapshots(tmp.path(), std::time::Duration::from_secs(3600));
+        assert_eq!(left(), all);
+        sweep_snapshots(tmp.path(), std::time::Duration::ZERO);
+        assert_eq!(
+            left(),
+            ["gnno-store-live", "gnno-store-old-style", "other"],
+            "only the unheld snapshot goes"
+        );
+        drop(held);
+        sweep_snapshots(tmp.path(), std::time::Duration::ZERO);
+        assert_eq!(left(), ["gnno-store-old-style", "other"]);
     }
 
     #[test]
@@ -542,17 +580,10 @@ mod tests {
         let copy = {
             let s = Store::open_snapshot(&p, None).expect("snapshot");
             assert_eq!(s.overlap(2).expect("get"), (vec![2, 1], vec![1.0, 0.4]));
-            // Named by its process, so a later run can sweep it if this one dies.
+            // Its reader holds the lock, so no sweep takes it while it lives.
             let copy = s._dir.path().to_path_buf();
-            let name = copy
-                .file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned();
-            assert!(
-                name.starts_with(&format!("{SNAPSHOT_PREFIX}{}-", std::process::id())),
-                "{name}"
-            );
+            let other = std::fs::File::open(copy.join(SNAPSHOT_LOCK)).expect("open");
+            assert!(other.try_lock().is_err(), "the snapshot's lock is held");
             // The published store stays openable while a snapshot is open.
             let s2 = Store::open_snapshot(&p, None).expect("second snapshot");
             assert_eq!(s2.info().n_items, 2);
