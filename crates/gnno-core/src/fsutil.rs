@@ -42,7 +42,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// The temporary name a file is written under before it is published.
-pub fn tmp_path(path: &Path) -> PathBuf {
+fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
@@ -54,8 +54,7 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 /// Write `data` to `path` atomically: temp file, fsync, rename, fsync directory.
 /// On an error the temp file is removed (see [`write_with`]).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    write_with(path, |f| f.write_all(data).at(&tmp))
+    write_with(path, |f, tmp| f.write_all(data).at(tmp))
 }
 
 /// Rename a finished, fsynced temp file onto its final name and fsync the directory.
@@ -102,14 +101,14 @@ pub fn create_dir_durable(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
-/// Write `path` through `write` (which gets a file open on a temp name next to it),
-/// fsync, and publish by rename. On any error the temp file is removed and a file
-/// already at `path` stays as it was.
-pub fn write_with(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+/// Write `path` through `write` (which gets a file open on a temp name next to it,
+/// and that name for its errors), fsync, and publish by rename. On any error the
+/// temp file is removed and a file already at `path` stays as it was.
+pub fn write_with(path: &Path, write: impl FnOnce(&mut File, &Path) -> Result<()>) -> Result<()> {
     let tmp = tmp_path(path);
     let res = (|| {
         let mut f = File::create(&tmp).at(&tmp)?;
-        write(&mut f)?;
+        write(&mut f, &tmp)?;
         f.sync_all().at(&tmp)
     })();
     if let Err(e) = res {
@@ -191,9 +190,9 @@ mod tests {
     fn write_with_publishes_only_a_complete_file() {
         let t = tempfile::tempdir().expect("tempdir");
         let p = t.path().join("x.parquet");
-        write_with(&p, |f| f.write_all(b"old").at("x")).expect("write");
-        let err = write_with(&p, |f| {
-            f.write_all(b"half").at("x")?;
+        write_with(&p, |f, tmp| f.write_all(b"old").at(tmp)).expect("write");
+        let err = write_with(&p, |f, tmp| {
+            f.write_all(b"half").at(tmp)?;
             Err(crate::Error::internal("writer failed"))
         });
         assert!(err.is_err());
@@ -207,7 +206,7 @@ mod tests {
             1,
             "no temp file left"
         );
-        write_with(&p, |f| f.write_all(b"new").at("x")).expect("write");
+        write_with(&p, |f, tmp| f.write_all(b"new").at(tmp)).expect("write");
         assert_eq!(fs::read(&p).expect("read"), b"new");
     }
 }

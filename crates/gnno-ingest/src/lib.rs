@@ -408,15 +408,14 @@ fn id_map_frame(
 /// files: a crash never leaves a truncated table under the final name.
 /// An I/O error (a full disk) stays one, naming the temp file.
 fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
-    let tmp = gnno_core::fsutil::tmp_path(path);
-    gnno_core::fsutil::write_with(path, |f| {
+    gnno_core::fsutil::write_with(path, |f, tmp| {
         ParquetWriter::new(f)
             .with_compression(ParquetCompression::Snappy)
             .with_row_group_size(Some(1 << 20))
             .finish(df)
             .map_err(|e| match e {
                 PolarsError::IO { error, .. } => {
-                    Error::io(&tmp, std::io::Error::new(error.kind(), error.to_string()))
+                    Error::io(tmp, std::io::Error::new(error.kind(), error.to_string()))
                 }
                 other => Error::internal(format!("{}: writing Parquet: {other}", path.display())),
             })?;

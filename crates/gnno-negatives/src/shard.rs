@@ -188,12 +188,11 @@ pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usi
         .set_key_value_metadata(Some(kv))
         .set_created_by(format!("gnno {}", env!("CARGO_PKG_VERSION")))
         .build();
-    let tmp = fsutil::tmp_path(path);
-    fsutil::write_with(path, |f| {
+    fsutil::write_with(path, |f, tmp| {
         let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props))
-            .map_err(|e| parquet_write(&tmp, e))?;
-        w.write(&batch).map_err(|e| parquet_write(&tmp, e))?;
-        w.close().map_err(|e| parquet_write(&tmp, e))?;
+            .map_err(|e| parquet_write(tmp, e))?;
+        w.write(&batch).map_err(|e| parquet_write(tmp, e))?;
+        w.close().map_err(|e| parquet_write(tmp, e))?;
         Ok(())
     })?;
     std::fs::metadata(path).map(|m| m.len()).at(path)

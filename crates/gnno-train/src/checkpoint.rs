@@ -67,12 +67,11 @@ impl CheckpointState {
 /// process aborts with a C++ trace. It writes through [`Sink`] instead, which
 /// never fails towards libtorch, and the first error is reported here.
 pub fn save_named(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
-    let tmp = fsutil::tmp_path(path);
-    fsutil::write_with(path, |f| {
-        let sink = Sink::new(f.try_clone().at(&tmp)?);
+    fsutil::write_with(path, |f, tmp| {
+        let sink = Sink::new(f.try_clone().at(tmp)?);
         let saved = Tensor::save_multi_to_stream(named, sink.clone());
         // A write error first: it is the cause of any libtorch error after it.
-        sink.finish().at(&tmp)?;
+        sink.finish().at(tmp)?;
         saved.map_err(|e| torch(&e, &format!("saving {}", tmp.display())))
     })
 }

@@ -323,12 +323,11 @@ fn write_candidates(path: &Path, cands: &[Vec<ItemIdx>]) -> Result<()> {
         ],
     )
     .map_err(|e| Error::internal(e.to_string()))?;
-    let tmp = fsutil::tmp_path(path);
-    fsutil::write_with(path, |f| {
+    fsutil::write_with(path, |f, tmp| {
         let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None)
-            .map_err(|e| parquet_write(&tmp, e))?;
-        w.write(&batch).map_err(|e| parquet_write(&tmp, e))?;
-        w.close().map_err(|e| parquet_write(&tmp, e))?;
+            .map_err(|e| parquet_write(tmp, e))?;
+        w.write(&batch).map_err(|e| parquet_write(tmp, e))?;
+        w.close().map_err(|e| parquet_write(tmp, e))?;
         Ok(())
     })
 }

@@ -276,18 +276,18 @@ fn write_parquet(
 ) -> Result<()> {
     use parquet::basic::Compression;
     use parquet::file::properties::WriterProperties;
-    fsutil::write_with(path, |f| {
+    fsutil::write_with(path, |f, tmp| {
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .build();
         let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, Some(props))
-            .map_err(|e| gnno_core::error::parquet_write(path, e))?;
+            .map_err(|e| gnno_core::error::parquet_write(tmp, e))?;
         for b in batches {
             w.write(&b?)
-                .map_err(|e| gnno_core::error::parquet_write(path, e))?;
+                .map_err(|e| gnno_core::error::parquet_write(tmp, e))?;
         }
         w.close()
-            .map_err(|e| gnno_core::error::parquet_write(path, e))?;
+            .map_err(|e| gnno_core::error::parquet_write(tmp, e))?;
         Ok(())
     })
 }
