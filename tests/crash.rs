@@ -183,22 +183,7 @@ fn a_disk_that_fills_while_a_checkpoint_is_written_fails_cleanly_and_resumes() {
     // best.ot and the checkpoint pass 128 KiB inside libtorch's writes (the sink
     // buffers 64 KiB); nothing else the train stage writes does.
     let o = limited(&p, 128, "train");
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "an error, not a signal: {err}");
-    assert!(err.contains("File too large"), "{err}");
-    assert!(err.contains(".ot.tmp-"), "names the file: {err}");
-    assert!(err.contains("free space where the workdir is"), "{err}");
-    let left: Vec<_> = gnno_core::fsutil::list_files(&p.workdir())
-        .expect("list")
-        .into_iter()
-        .filter(|f| f.to_string_lossy().contains(".tmp-"))
-        .collect();
-    assert!(left.is_empty(), "temp files left: {left:?}");
-    assert_eq!(
-        p.json(&["status", "--json"])[3]["status"]["state"],
-        "missing",
-        "nothing published"
-    );
+    failed_cleanly(&p, &o, ".ot.tmp-", 3);
     p.ok(&["run"]);
     let best = |q: &Project| {
         std::fs::read(run_dir(&q.workdir(), "train").join("best.ot")).expect("best.ot")
@@ -222,6 +207,28 @@ fn limited(p: &Project, kib: u32, stage: &str) -> std::process::Output {
         .expect("bash runs")
 }
 
+/// A stage that hit the limit: exit 1 (an error, not a signal) naming the temp file
+/// (`file` is part of its name) with the free-space hint, no temp file left, and
+/// the stage (`index` in `status`) not published.
+fn failed_cleanly(p: &Project, o: &std::process::Output, file: &str, index: usize) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "an error, not a signal: {err}");
+    assert!(err.contains("File too large"), "{err}");
+    assert!(err.contains(file), "names the file: {err}");
+    assert!(err.contains("free space where the workdir is"), "{err}");
+    let left: Vec<_> = gnno_core::fsutil::list_files(&p.workdir())
+        .expect("list")
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    assert_eq!(
+        p.json(&["status", "--json"])[index]["status"]["state"],
+        "missing",
+        "nothing published"
+    );
+}
+
 #[test]
 fn a_disk_that_fills_while_shards_are_written_fails_cleanly_and_resumes() {
     // Shards of a few MB (100 hard negatives per instance) pass a 1 MiB limit; the
@@ -240,22 +247,7 @@ fn a_disk_that_fills_while_shards_are_written_fails_cleanly_and_resumes() {
     big(&p);
     p.ok(&["run", "--to", "graph"]);
     let o = limited(&p, 1024, "negatives");
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("File too large"), "{err}");
-    assert!(err.contains(".parquet.tmp-"), "names the file: {err}");
-    assert!(err.contains("free space where the workdir is"), "{err}");
-    let left: Vec<_> = gnno_core::fsutil::list_files(&p.workdir())
-        .expect("list")
-        .into_iter()
-        .filter(|f| f.to_string_lossy().contains(".tmp-"))
-        .collect();
-    assert!(left.is_empty(), "temp files left: {left:?}");
-    assert_eq!(
-        p.json(&["status", "--json"])[2]["status"]["state"],
-        "missing",
-        "nothing published"
-    );
+    failed_cleanly(&p, &o, ".parquet.tmp-", 2);
     p.ok(&["stage", "negatives"]);
     let (pa, pc) = (
         run_dir(&p.workdir(), "negatives"),
