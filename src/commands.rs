@@ -106,8 +106,7 @@ fn out() -> std::io::StdoutLock<'static> {
 
 fn validate(cli: &Cli) -> Result<()> {
     let cfg = gnno_core::config::Config::load(&cli.config)?;
-    let base = gnno_core::config::config_folder(&cli.config);
-    let files = gnno_ingest::parse::resolve_inputs(&cfg.ingest.inputs, &base)?;
+    let files = gnno_ingest::parse::resolve_inputs(&cfg.ingest.inputs, &cfg.folder)?;
     writeln!(
         out(),
         "{}: valid; {} input file(s), workdir {}, {} thread(s), device {}",

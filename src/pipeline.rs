@@ -11,14 +11,13 @@ use std::path::{Path, PathBuf};
 
 pub struct Pipeline {
     pub cfg: Config,
-    pub config_dir: PathBuf,
 }
 
 impl Pipeline {
     pub fn load(config: &Path) -> Result<Self> {
-        let cfg = Config::load(config)?;
-        let config_dir = gnno_core::config::config_folder(config);
-        Ok(Self { cfg, config_dir })
+        Ok(Self {
+            cfg: Config::load(config)?,
+        })
     }
 
     pub fn workdir(&self) -> &Path {

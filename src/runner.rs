@@ -101,7 +101,7 @@ impl Pipeline {
     pub fn inputs(&self, s: StageName, previous: Option<&Manifest>) -> Result<Vec<InputRef>> {
         if s == StageName::Ingest {
             let files =
-                gnno_ingest::parse::resolve_inputs(&self.cfg.ingest.inputs, &self.config_dir)?;
+                gnno_ingest::parse::resolve_inputs(&self.cfg.ingest.inputs, &self.cfg.folder)?;
             let mut out = Vec::new();
             for f in files {
                 let md = std::fs::metadata(&f).at(&f)?;

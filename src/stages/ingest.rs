@@ -22,7 +22,7 @@ impl Stage for Ingest {
         serde_json::json!({ "ingest": cfg.ingest })
     }
     fn run(&self, p: &Pipeline, out: &Path, progress: &dyn Progress) -> Result<StageOutput> {
-        let rep = gnno_ingest::run(&p.cfg.ingest, &p.config_dir, out, progress)?;
+        let rep = gnno_ingest::run(&p.cfg.ingest, &p.cfg.folder, out, progress)?;
         let mut o = StageOutput::new(&rep);
         o.rows.insert(INTERACTIONS_FILE.into(), rep.rows_out);
         o.rows.insert(ITEMS_FILE.into(), rep.items);

@@ -19,6 +19,10 @@ pub struct Config {
     pub export: ExportSettings,
     /// `[gates.<stage>]`: bounds on a stage's figures, checked before it publishes.
     pub gates: Vec<Gate>,
+    /// The folder relative paths are resolved against (for a loaded file: the folder
+    /// it is named in, canonical); the ingest inputs, globs resolved at each run, too.
+    #[serde(skip)]
+    pub folder: PathBuf,
 }
 
 /// One bound set on one figure of one stage (`[gates.ingest] rows = { min = 1000 }`).
@@ -604,7 +608,7 @@ impl<'a> Section<'a> {
 /// named as `pipeline.toml`, `./pipeline.toml` or by its full path gives the same
 /// input paths (which the ingest stage's manifest records). A config that is
 /// itself a link keeps resolving against the link's folder, not its target's.
-pub fn config_folder(path: &Path) -> PathBuf {
+fn config_folder(path: &Path) -> PathBuf {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -673,6 +677,7 @@ impl Config {
             evaluate,
             gates,
             export,
+            folder: base.to_path_buf(),
         };
         cfg.cross_checks(&mut problems);
         if problems.is_empty() {
