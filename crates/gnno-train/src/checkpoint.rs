@@ -100,12 +100,15 @@ impl<W: Write> Sink<W> {
         })))
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, SinkState<W>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Flush, and the first error of any write.
     fn finish(&self) -> io::Result<()> {
-        let mut s = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.state();
         match s.err.take() {
             Some(e) => Err(e),
             None => s.out.flush(),
@@ -115,10 +118,7 @@ impl<W: Write> Sink<W> {
 
 impl<W: Write> Write for Sink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut s = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = self.state();
         if s.err.is_none() {
             if let Err(e) = s.out.write_all(buf) {
                 s.err = Some(e);

@@ -19,7 +19,7 @@ use crate::safetensors::{F32Tensor, SafeTensors};
 use crate::{history_tensor, pad_histories, torch, Job};
 use gnno_core::config::{ExportSettings, TrainSettings};
 use gnno_core::dataset::Dataset;
-use gnno_core::error::{Error, IoContext, Result};
+use gnno_core::error::{parquet_write, Error, IoContext, Result};
 use gnno_core::progress::Progress;
 use gnno_core::{fsutil, ItemIdx, UserIdx};
 use serde::Serialize;
@@ -281,13 +281,11 @@ fn write_parquet(
             .set_compression(Compression::SNAPPY)
             .build();
         let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, Some(props))
-            .map_err(|e| gnno_core::error::parquet_write(tmp, e))?;
+            .map_err(|e| parquet_write(tmp, e))?;
         for b in batches {
-            w.write(&b?)
-                .map_err(|e| gnno_core::error::parquet_write(tmp, e))?;
+            w.write(&b?).map_err(|e| parquet_write(tmp, e))?;
         }
-        w.close()
-            .map_err(|e| gnno_core::error::parquet_write(tmp, e))?;
+        w.close().map_err(|e| parquet_write(tmp, e))?;
         Ok(())
     })
 }
