@@ -1,6 +1,6 @@
 //! Config validation, exit codes, the lock, status and reports.
 
-use crate::common::{small_config, stderr, synthetic_log, Project};
+use crate::common::{gnno_in, small_config, stderr, synthetic_log, Project};
 
 #[test]
 fn validate_accepts_the_repository_default() {
@@ -157,11 +157,7 @@ fn the_same_config_named_relatively_or_absolutely_is_the_same_pipeline() {
         (sub.as_path(), "../pipeline.toml"),
         (p.path(), "alias/pipeline.toml"),
     ] {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_gnno"))
-            .args(["--config", name, "status", "--json"])
-            .current_dir(cwd)
-            .output()
-            .expect("runs");
+        let o = gnno_in(cwd, &["--config", name, "status", "--json"]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
         assert_eq!(st[0]["stage"], "ingest", "{st}");
@@ -177,11 +173,7 @@ fn a_config_that_is_a_link_resolves_paths_against_the_links_folder() {
     let sub = p.path().join("sub");
     std::fs::create_dir_all(&sub).expect("mkdir");
     std::os::unix::fs::symlink("../pipeline.toml", sub.join("pipeline.toml")).expect("symlink");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gnno"))
-        .args(["--config", "sub/pipeline.toml", "validate"])
-        .current_dir(p.path())
-        .output()
-        .expect("runs");
+    let o = gnno_in(p.path(), &["--config", "sub/pipeline.toml", "validate"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("sub/data.tsv"), "{}", stderr(&o));
 }

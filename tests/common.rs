@@ -83,6 +83,15 @@ impl Project {
     }
 }
 
+/// Run gnno in `cwd` with exactly `args` (the config named as the test names it).
+pub fn gnno_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gnno"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("gnno runs")
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

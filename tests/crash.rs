@@ -17,6 +17,18 @@ fn project(extra: &str) -> Project {
     p
 }
 
+/// [`project`] with some of its config's settings replaced.
+fn project_edited(edits: &[(&str, &str)]) -> Project {
+    let p = project("");
+    let mut cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
+    for (from, to) in edits {
+        assert!(cfg.contains(from), "{from}");
+        cfg = cfg.replace(from, to);
+    }
+    p.config(&cfg);
+    p
+}
+
 #[test]
 fn negatives_killed_half_way_resumes_only_what_is_missing_and_equals_a_clean_run() {
     let clean = project("");
@@ -165,20 +177,12 @@ fn a_failed_rerun_leaves_the_previous_good_output_intact() {
 fn a_disk_that_fills_while_a_checkpoint_is_written_fails_cleanly_and_resumes() {
     // libtorch aborted the process here (its archive writer throws again from its
     // destructor when a write fails).
-    let model = |p: &Project| {
-        let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
-        // A model of a few hundred KiB (encoder, 64-d), so its files pass the
-        // limit and nothing else does.
-        p.config(
-            &cfg.replace("dim = 16", "dim = 64")
-                .replace("epochs = 6", "epochs = 1"),
-        );
-    };
-    let clean = project("");
-    model(&clean);
+    // A model of a few hundred KiB (encoder, 64-d), so its files pass the limit and
+    // nothing else does.
+    let edits = [("dim = 16", "dim = 64"), ("epochs = 6", "epochs = 1")];
+    let clean = project_edited(&edits);
     clean.ok(&["run"]);
-    let p = project("");
-    model(&p);
+    let p = project_edited(&edits);
     p.ok(&["run", "--to", "negatives"]);
     // best.ot and the checkpoint pass 128 KiB inside libtorch's writes (the sink
     // buffers 64 KiB); nothing else the train stage writes does.
@@ -233,18 +237,13 @@ fn failed_cleanly(p: &Project, o: &std::process::Output, file: &str, index: usiz
 fn a_disk_that_fills_while_shards_are_written_fails_cleanly_and_resumes() {
     // Shards of a few MB (100 hard negatives per instance) pass a 1 MiB limit; the
     // private copy of the graph store the stage reads (about 0.5 MB) does not.
-    let big = |p: &Project| {
-        let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
-        p.config(
-            &cfg.replace("n-hard = 3", "n-hard = 100")
-                .replace("shard-rows = 200", "shard-rows = 5000"),
-        );
-    };
-    let clean = project("");
-    big(&clean);
+    let edits = [
+        ("n-hard = 3", "n-hard = 100"),
+        ("shard-rows = 200", "shard-rows = 5000"),
+    ];
+    let clean = project_edited(&edits);
     clean.ok(&["run", "--to", "negatives"]);
-    let p = project("");
-    big(&p);
+    let p = project_edited(&edits);
     p.ok(&["run", "--to", "graph"]);
     let o = limited(&p, 1024, "negatives");
     failed_cleanly(&p, &o, ".parquet.tmp-", 2);
