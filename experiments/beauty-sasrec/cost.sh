@@ -6,13 +6,17 @@
 # 9-hard arm again (the two bracket full softmax, so a drift in the machine's speed
 # shows). Prints each run's training seconds per epoch, the shares, and the
 # negatives stage's draw per epoch. Work folders go to a temporary directory.
-# Usage: experiments/beauty-sasrec/cost.sh [EPOCHS]
+# Usage: experiments/beauty-sasrec/cost.sh [EPOCHS [SAMPLED_ARM FULL_ARM]]
+#   (default arms: ssm-gnno-g32-tau001-s7 and full-softmax-s7, the original block;
+#    ssm-gnno-g32-tau001-freerec-s7 and full-softmax-freerec-s7 for FreeRec's)
 set -euo pipefail
 cd "$(dirname "$0")"
 . ../../scripts/env.sh
 bin="$CARGO_TARGET_DIR/release/gnno"
 [ -x "$bin" ] || (cd ../.. && cargo build --release --workspace --locked)
 epochs=${1:-8}
+sampled_arm=${2:-ssm-gnno-g32-tau001-s7}
+full_arm=${3:-full-softmax-s7}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 data=$(cd ../../../shared/data/s3rec && pwd)
@@ -23,8 +27,8 @@ conf() { # arm, name
       "$1.toml" > "$tmp/$2.toml"
   "$bin" -c "$tmp/$2.toml" run --to negatives --quiet > /dev/null
 }
-conf ssm-gnno-g32-tau001-s7 sampled
-conf full-softmax-s7 full
+conf "$sampled_arm" sampled
+conf "$full_arm" full
 mean() { # name → training seconds per epoch
   "$bin" -c "$tmp/$1.toml" report train --json | python3 -c '
 import json, sys
