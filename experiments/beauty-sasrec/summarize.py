@@ -39,7 +39,17 @@ def cfg(arm):
     c = {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup", "random-scope", "batch-size", "max-hardness"]}
     g = re.search(r"^random-groups = (\d+)$", text, re.M)
     c["random-groups"] = int(g.group(1)) if g else 1
-    c["freerec"] = re.search(r'^sasrec-residual = "input"$', text, re.M) is not None
+    # Which parts of FreeRec's block the arm uses: its residual, its attended padding
+    # and initialisation (the whole block has all three).
+    residual = re.search(r'^sasrec-residual = "input"$', text, re.M) is not None
+    padinit = re.search(r'^sasrec-padding = "attended"$', text, re.M) is not None
+    c["block"] = {(True, True): " (FreeRec block)", (True, False): " (FreeRec residual)",
+                  (False, True): " (FreeRec padding + init)", (False, False): ""}[(residual, padinit)]
+    m = re.search(r'^random-negatives = "(\w+)"$', text, re.M)
+    c["random"] = m.group(1) if m else "uniform"
+    m = re.search(r"^random-alpha = (.*)$", text, re.M)
+    if c["random"] == "popularity":
+        c["random"] += f" (α {m.group(1) if m else '1.0'})"
     c["prior"] = re.search(r'^bce-offset = "prior"$', text, re.M) is not None
     return c
 
@@ -62,9 +72,9 @@ for r in rows:
             per = f"per group of {int(c['batch-size']) // c['random-groups']} users"
         else:
             per = "per batch"
-        negs = f"{c['n-random']} uniform {per} + {hard} from epoch {c['warmup']}"
+        negs = f"{c['n-random']} {c['random']} {per} + {hard} from epoch {c['warmup']}"
     f, o = e["test_full"], e["test_full_other_protocol"]
-    loss = c["loss"] + (" (FreeRec block)" if c["freerec"] else "") + (" + prior offset" if c["prior"] else "")
+    loss = c["loss"] + c["block"] + (" + prior offset" if c["prior"] else "")
     print(
         f"| {r['arm']} | {loss} | {negs} | {c['logq']} | {seed(r['arm'])} | {device(r)} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "
         f"{o['NDCG@10']:.4f} | {t['best_epoch']} / {t['epochs_run']} | {t['mean_train_seconds_per_epoch']:.1f} | {sum(e['seconds'] for e in t['epochs']) / 60:.0f} min |"
