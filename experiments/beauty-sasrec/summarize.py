@@ -35,22 +35,24 @@ def seed(arm):
 
 def cfg(arm):
     text = open(os.path.join(here, arm + ".toml")).read()
-    get = lambda k: re.search(rf"^{k} = (.*)$", text, re.M).group(1).strip('"')
+    def get(k, default=None):
+        m = re.search(rf"^{k} = (.*)$", text, re.M)
+        if m is None and default is None:
+            raise KeyError(f"{arm}.toml has no {k}")
+        return m.group(1).strip('"') if m else default
+
     c = {k: get(k) for k in ["loss", "sampler", "temperature", "n-hard", "n-random", "logq", "warmup", "random-scope", "batch-size", "max-hardness"]}
-    g = re.search(r"^random-groups = (\d+)$", text, re.M)
-    c["random-groups"] = int(g.group(1)) if g else 1
+    c["random-groups"] = int(get("random-groups", "1"))
     # Which parts of FreeRec's block the arm uses: its residual, its attended padding
-    # and initialisation (the whole block has all three).
-    residual = re.search(r'^sasrec-residual = "input"$', text, re.M) is not None
-    padinit = re.search(r'^sasrec-padding = "attended"$', text, re.M) is not None
+    # and initialisation (set together in every arm; the whole block has all three).
+    residual = get("sasrec-residual", "query") == "input"
+    padinit = get("sasrec-padding", "masked") == "attended"
     c["block"] = {(True, True): " (FreeRec block)", (True, False): " (FreeRec residual)",
                   (False, True): " (FreeRec padding + init)", (False, False): ""}[(residual, padinit)]
-    m = re.search(r'^random-negatives = "(\w+)"$', text, re.M)
-    c["random"] = m.group(1) if m else "uniform"
-    m = re.search(r"^random-alpha = (.*)$", text, re.M)
+    c["random"] = get("random-negatives", "uniform")
     if c["random"] == "popularity":
-        c["random"] += f" (α {m.group(1) if m else '1.0'})"
-    c["prior"] = re.search(r'^bce-offset = "prior"$', text, re.M) is not None
+        c["random"] += f" (α {get('random-alpha', '1.0')})"
+    c["prior"] = get("bce-offset", "none") == "prior"
     return c
 
 
