@@ -53,6 +53,7 @@ def cfg(arm):
     if c["random"] == "popularity":
         c["random"] += f" (α {get('random-alpha', '1.0')})"
     c["prior"] = get("bce-offset", "none") == "prior"
+    c["weight"] = float(get("negative-weight", "1.0"))
     return c
 
 
@@ -75,6 +76,8 @@ for r in rows:
         else:
             per = "per batch"
         negs = f"{c['n-random']} {c['random']} {per} + {hard} from epoch {c['warmup']}"
+        if c["weight"] != 1.0:
+            negs += f", each weighted {c['weight']:g}"
     f, o = e["test_full"], e["test_full_other_protocol"]
     loss = c["loss"] + c["block"] + (" + prior offset" if c["prior"] else "")
     print(

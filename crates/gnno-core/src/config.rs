@@ -238,6 +238,10 @@ pub enum RandomScope {
     Batch,
 }
 
+fn is_one_f64(x: &f64) -> bool {
+    *x == 1.0
+}
+
 fn is_one(n: &u32) -> bool {
     *n == 1
 }
@@ -354,6 +358,12 @@ pub struct TrainSettings {
     pub random_groups: u32,
     pub random_alpha: f64,
     pub logq: LogQ,
+    /// `sampled-softmax`: every negative's exp(score) weighted by w (its logit + ln w,
+    /// after any logQ correction); Xu et al.'s scaled cross-entropy (SCE) is
+    /// `logq = "off"` with w = α. Left out of the serialised form at its default, so
+    /// configs written before it existed keep their stage keys.
+    #[serde(skip_serializing_if = "is_one_f64")]
+    pub negative_weight: f64,
     /// gBCE calibration t ∈ [0, 1] (0 = plain BCE, 1 = fully calibrated).
     pub gbce_t: f64,
     /// Left out of the serialised form at its default, so configs written before
@@ -722,6 +732,12 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.train.negative_weight != 1.0 && self.train.loss != Loss::SampledSoftmax {
+            problems.push(
+                "train.negative-weight: weighs the negatives of loss = \"sampled-softmax\" only"
+                    .to_owned(),
+            );
+        }
         if matches!(
             self.train.loss,
             Loss::Bpr | Loss::Bce | Loss::Gbce | Loss::SampledSoftmax
@@ -1024,6 +1040,7 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         random_groups: s.uint("random-groups", 1, 1, 1_000_000),
         random_alpha: s.float("random-alpha", 1.0, 0.0, 10.0),
         logq,
+        negative_weight: s.float("negative-weight", 1.0, 1e-6, 1e6),
         gbce_t: s.float("gbce-t", 0.75, 0.0, 1.0),
         bce_offset: s.choice(
             "bce-offset",
@@ -1334,6 +1351,39 @@ mod tests {
         ] {
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
+    }
+
+    #[test]
+    fn negative_weight_is_for_sampled_softmax_and_stays_out_of_the_key_at_one() {
+        let c = Config::defaults(Path::new("/x"));
+        assert!((c.train.negative_weight - 1.0).abs() < f64::EPSILON);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert!(
+            key.get("negative_weight").is_none(),
+            "older configs keep their train key"
+        );
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nnegative-weight = 4\n",
+            Path::new("."),
+        )
+        .expect("parses");
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert!((key["negative_weight"].as_f64().expect("a number") - 4.0).abs() < f64::EPSILON);
+        let found =
+            problems("[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"bpr\"\nnegative-weight = 2\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with(
+            "train.negative-weight: weighs the negatives of loss = \"sampled-softmax\" only"
+        ));
+        let found = problems(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nnegative-weight = 0\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("train.negative-weight: 0 is out of range")),
+            "{found:?}"
+        );
     }
 
     #[test]

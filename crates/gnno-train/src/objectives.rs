@@ -153,19 +153,20 @@ fn logq_shift(mode: LogQ, k_random: i64, k_hard: i64, hard: bool) -> Option<f64>
 }
 
 /// A part's additive bias for [`sampled_softmax_parts`]: minus its logQ
-/// correction (as [`logq_correction`] gives it for those columns), −∞ where a
-/// candidate does not exist (`mask` false).
+/// correction (as [`logq_correction`] gives it for those columns), plus ln of the
+/// negatives' weight (`negative-weight`, 1 = none), −∞ where a candidate does not
+/// exist (`mask` false).
 pub fn part_bias(
     mode: LogQ,
     log_q: &Tensor,
     mask: &Tensor,
-    k_random: i64,
-    k_hard: i64,
+    (k_random, k_hard): (i64, i64),
     hard: bool,
+    weight: f64,
 ) -> Tensor {
     match logq_shift(mode, k_random, k_hard, hard) {
-        Some(c) => -(log_q + c),
-        None => log_q.zeros_like(),
+        Some(c) => -(log_q + c) + weight.ln(),
+        None => log_q.zeros_like() + weight.ln(),
     }
     .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }
@@ -263,9 +264,9 @@ mod tests {
                     mode,
                     &lq.narrow(1, at, n),
                     &mask.narrow(1, at, n),
-                    3,
-                    2,
+                    (3, 2),
                     hard,
+                    1.0,
                 );
                 let want = (-whole.narrow(1, at, n))
                     .masked_fill(&mask.narrow(1, at, n).logical_not(), f64::NEG_INFINITY);
@@ -286,21 +287,58 @@ mod tests {
             LogQ::All,
             &lq.narrow(1, 3, 2),
             &mask.narrow(1, 3, 2),
-            3,
-            2,
+            (3, 2),
             true,
+            1.0,
         );
         assert!((b.double_value(&[0, 0]) - (0.5 - 5f64.ln())).abs() < 1e-6);
         let b = part_bias(
             LogQ::Random,
             &lq.narrow(1, 3, 2),
             &mask.narrow(1, 3, 2),
-            3,
-            2,
+            (3, 2),
             true,
+            1.0,
         );
         assert_eq!(b.double_value(&[0, 0]), 0.0);
         assert_eq!(b.double_value(&[0, 1]), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn negative_weight_scales_every_negative_in_the_normaliser() {
+        // One position, target score 1, negatives 0 and 2 (the second missing
+        // in one case), logQ off, weight 4: loss = ln(e^1 + 4(e^0 + e^2)) − 1, by
+        // hand; with logQ `all` over 1 + 1 draws of ln q = −3 and −1, each weighted
+        // term is also divided by K·q: 4(e^0/(2e^-3) + e^2/(2e^-1)).
+        let pos = t(&[1.0], &[1]);
+        let (r, h) = (t(&[0.0], &[1, 1]), t(&[2.0], &[1, 1]));
+        let (rq, hq) = (t(&[-3.0], &[1, 1]), t(&[-1.0], &[1, 1]));
+        let yes = Tensor::from_slice(&[true]).view([1, 1]);
+        let no = Tensor::from_slice(&[false]).view([1, 1]);
+        let loss = |mode: LogQ, w: f64, hard_mask: &Tensor| {
+            let parts = [
+                (
+                    r.shallow_clone(),
+                    part_bias(mode, &rq, &yes, (1, 1), false, w),
+                ),
+                (
+                    h.shallow_clone(),
+                    part_bias(mode, &hq, hard_mask, (1, 1), true, w),
+                ),
+            ];
+            val(&sampled_softmax_parts(&pos, &parts))
+        };
+        let e = f64::exp;
+        let want = (e(1.0) + 4.0 * (e(0.0) + e(2.0))).ln() - 1.0;
+        assert!((loss(LogQ::Off, 4.0, &yes) - want).abs() < TOL);
+        let want = (e(1.0) + 4.0 * e(0.0)).ln() - 1.0;
+        assert!((loss(LogQ::Off, 4.0, &no) - want).abs() < TOL);
+        let want =
+            (e(1.0) + 4.0 * (e(0.0) / (2.0 * e(-3.0)) + e(2.0) / (2.0 * e(-1.0)))).ln() - 1.0;
+        assert!((loss(LogQ::All, 4.0, &yes) - want).abs() < TOL);
+        // Weight 1 is the plain sampled softmax.
+        let want = (e(1.0) + e(0.0) + e(2.0)).ln() - 1.0;
+        assert!((loss(LogQ::Off, 1.0, &yes) - want).abs() < TOL);
     }
 
     #[test]

@@ -273,7 +273,14 @@ pub(crate) fn batch_loss(
     if cfg.loss == Loss::SampledSoftmax {
         // Each part's logQ correction and mask folded into one additive bias.
         let bias = |lq: &Tensor, mask: &Tensor, is_hard: bool| {
-            objectives::part_bias(cfg.logq, lq, mask, k, k_hard, is_hard)
+            objectives::part_bias(
+                cfg.logq,
+                lq,
+                mask,
+                (k, k_hard),
+                is_hard,
+                cfg.negative_weight,
+            )
         };
         let mut parts = vec![(rand_scores, bias(&rand_lq, &rand_mask, false))];
         if let Some((hs, hard_mask, hard_lq)) = hard {
