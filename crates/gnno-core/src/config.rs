@@ -236,6 +236,11 @@ pub enum RandomScope {
     /// the batch's rows), scored by every position of the batch (group) in one
     /// matrix product; a row masks the drawn items of its own history.
     Batch,
+    /// Each trained position draws its own `n-random` over all items from the
+    /// batch's stream and masks its user's history (the field's sampled
+    /// cross-entropy, e.g. Xu et al.'s: K fresh negatives per position), scored by
+    /// a gather of `[M, K]` item rows, the costliest scope.
+    Position,
 }
 
 fn is_one_f64(x: &f64) -> bool {
@@ -1015,7 +1020,11 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
     let random_scope = s.choice(
         "random-scope",
         RandomScope::Row,
-        &[("row", RandomScope::Row), ("batch", RandomScope::Batch)],
+        &[
+            ("row", RandomScope::Row),
+            ("batch", RandomScope::Batch),
+            ("position", RandomScope::Position),
+        ],
     );
     let logq = s.choice(
         "logq",
@@ -1411,6 +1420,14 @@ mod tests {
         assert!(
             problems[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\"")
         );
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-scope = \"position\"\n",
+            Path::new("."),
+        )
+        .expect("parses");
+        assert_eq!(c.train.random_scope, RandomScope::Position);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert_eq!(key["random_scope"], "position");
     }
 
     #[test]

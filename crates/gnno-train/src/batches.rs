@@ -18,7 +18,8 @@
 //! serves every row of the batch (or, with `random-groups = G`, each of G groups of
 //! consecutive rows has its own draw), and each row masks the drawn items of its own
 //! train history: what survives for a row is a draw over its non-history items, so
-//! both scopes estimate the same normaliser.
+//! both scopes estimate the same normaliser. With `random-scope = "position"` each
+//! trained position draws its own from the batch's stream and masks likewise.
 
 use gnno_core::config::{RandomNegatives, TrainSettings};
 use gnno_core::dataset::{Dataset, Instances};
@@ -253,7 +254,7 @@ impl RandomSampler {
 }
 
 /// A batch in host memory, ready to become tensors.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub rows: usize,
     /// Input length L and target positions per row P (L for sequence rows, 1 for prefix rows).
@@ -270,8 +271,13 @@ pub struct Batch {
     pub random_rows: usize,
     /// Rows served by each draw: row r uses draw r / `group_rows`.
     pub group_rows: usize,
-    /// `[rows, k_random]`: whether row r may use candidate c.
+    /// `[rows, k_random]`: whether row r may use candidate c; with per-position
+    /// draws `[trained, k_random]`, whether trained position m may.
     pub random_mask: Vec<bool>,
+    /// One draw per trained position (`random-scope = "position"`): `random`,
+    /// `random_log_q` and `random_mask` have a row per trained position, in
+    /// row-major order.
+    pub per_position: bool,
     /// `[rows, positions, n_hard]` hard negatives (0 = none) and their ln q.
     pub hard: Vec<i64>,
     pub hard_log_q: Vec<f32>,
@@ -358,10 +364,12 @@ impl<'a> Rows<'a> {
     }
 
     /// Build one batch of `rows`; `rng_for(row)` gives each row's random stream, or
-    /// `shared` = (the batch's one stream, groups) when rows share their random
-    /// negatives: the rows are cut into at most `groups` groups of
-    /// ⌈rows / groups⌉ consecutive rows, and the groups' draws are taken from the
-    /// stream one after the other (so one group is the whole batch's one draw).
+    /// `shared` = (the batch's one stream, how it is shared) when the random
+    /// negatives are drawn for the batch: with `Share::Groups(g)` the rows are cut
+    /// into at most g groups of ⌈rows / g⌉ consecutive rows, and the groups' draws
+    /// are taken from the stream one after the other (so one group is the whole
+    /// batch's one draw); with `Share::PerPosition` every trained position takes its own
+    /// draw from the stream, in row-major order.
     pub fn batch(
         &self,
         rows: &[u64],
@@ -369,7 +377,7 @@ impl<'a> Rows<'a> {
         random: &RandomSampler,
         hard: Option<&EpochNegatives>,
         mut rng_for: impl FnMut(u64) -> Xoshiro256PlusPlus,
-        shared: Option<(Xoshiro256PlusPlus, usize)>,
+        shared: Option<(Xoshiro256PlusPlus, Share)>,
     ) -> Batch {
         let l = if self.trim {
             rows.iter()
@@ -393,7 +401,13 @@ impl<'a> Rows<'a> {
             ..Batch::default()
         };
         let share = shared.is_some();
-        if let Some((mut rng, groups)) = shared {
+        let mut own_draws = None;
+        if let Some((rng, Share::PerPosition)) = shared {
+            // Drawn position by position in the row loop below.
+            b.per_position = true;
+            b.group_rows = 1;
+            own_draws = Some(rng);
+        } else if let Some((mut rng, Share::Groups(groups))) = shared {
             b.group_rows = rows.len().div_ceil(groups.max(1)).max(1);
             b.random_rows = rows.len().div_ceil(b.group_rows).max(1);
             for g in 0..b.random_rows {
@@ -424,6 +438,7 @@ impl<'a> Rows<'a> {
             }
         };
         for (r, &row) in rows.iter().enumerate() {
+            let trained_before = b.trained;
             let u = self.user(row);
             let seq = self.ds.train_seq(u);
             if self.sequence {
@@ -458,6 +473,24 @@ impl<'a> Rows<'a> {
             sorted.extend_from_slice(seq);
             sorted.sort_unstable();
             sorted.dedup();
+            if let Some(rng) = own_draws.as_mut() {
+                // This row's trained positions each draw over all items and mask
+                // the row's own train items (and padding, 0).
+                for _ in trained_before..b.trained {
+                    let before = b.random.len();
+                    random.draw(&[], k_random, rng, &mut b.random, &mut b.random_log_q);
+                    let got = b.random.len() - before;
+                    b.random.extend(std::iter::repeat_n(0, k_random - got));
+                    b.random_log_q
+                        .extend(std::iter::repeat_n(0.0, k_random - got));
+                    let drawn = &b.random[before..];
+                    b.random_mask.extend(drawn.iter().map(|&j| {
+                        ItemIdx::try_from(j)
+                            .is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
+                    }));
+                }
+                continue;
+            }
             if share {
                 // Padding (0) and the row's own train items are masked.
                 let g = r / b.group_rows;
@@ -485,8 +518,20 @@ impl<'a> Rows<'a> {
             b.random_mask
                 .extend(std::iter::repeat_n(false, k_random - got));
         }
+        if b.per_position {
+            b.random_rows = b.trained;
+        }
         b
     }
+}
+
+/// How a batch's random negatives are shared ([`Rows::batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// At most this many groups of consecutive rows, a draw each.
+    Groups(usize),
+    /// Not shared: a draw per trained position.
+    PerPosition,
 }
 
 #[cfg(test)]
@@ -561,7 +606,7 @@ mod tests {
             s,
             None,
             |_| panic!("no per-row stream when rows share draws"),
-            Some((Xoshiro256PlusPlus::seed_from_u64(9), groups)),
+            Some((Xoshiro256PlusPlus::seed_from_u64(9), Share::Groups(groups))),
         )
     }
 
@@ -596,6 +641,59 @@ mod tests {
             for (c, &j) in b.random.iter().enumerate() {
                 let own = seq.contains(&u32::try_from(j).expect("item"));
                 assert_eq!(b.random_mask[r * 400 + c], !own, "row {r}, item {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_trained_position_draws_its_own_and_masks_its_users_history() {
+        let d = ds();
+        let inst = d.instances();
+        let rows = Rows::new(&d, &inst, true, 3);
+        let s = RandomSampler::new(&crate::tests::settings(), &d);
+        let build = || {
+            rows.batch(
+                &[0, 2],
+                50,
+                &s,
+                None,
+                |_| panic!("no per-row stream with per-position draws"),
+                Some((Xoshiro256PlusPlus::seed_from_u64(9), Share::PerPosition)),
+            )
+        };
+        let b = build();
+        // User 0 trains 3 positions (L = 3), user 2 one: four draws of 50.
+        assert_eq!(b.trained, 4);
+        assert!(b.per_position);
+        assert_eq!(
+            (
+                b.random_rows,
+                b.random.len(),
+                b.random_log_q.len(),
+                b.random_mask.len()
+            ),
+            (4, 200, 200, 200)
+        );
+        assert_eq!(b.random, build().random, "seeded");
+        // The first position's draw is the batch stream's first draw, as one shared
+        // draw of the same stream would be; the others are new ones.
+        let shared = shared_draws(&rows, &s, &[0, 2], 50, 1);
+        assert_eq!(&b.random[..50], &shared.random[..]);
+        for m in 1..4 {
+            assert_ne!(&b.random[..50], &b.random[m * 50..(m + 1) * 50], "draw {m}");
+        }
+        // Uniform over all items; position m masks its own user's train items.
+        assert!(b
+            .random_log_q
+            .iter()
+            .all(|&q| (f64::from(q) + 10f64.ln()).abs() < 1e-6));
+        for (m, user) in [(0usize, 0u32), (1, 0), (2, 0), (3, 2)] {
+            let seq = d.train_seq(user);
+            for c in 0..50 {
+                let j = b.random[m * 50 + c];
+                assert!((1..=10).contains(&j));
+                let own = seq.contains(&u32::try_from(j).expect("item"));
+                assert_eq!(b.random_mask[m * 50 + c], !own, "position {m}, item {j}");
             }
         }
     }

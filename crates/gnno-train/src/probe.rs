@@ -10,7 +10,7 @@ use crate::trainer::{
 use crate::{
     alloc, augment, history_tensor, permutation, resolve_device, Job, TAG_BATCH, TAG_RANDOM,
 };
-use gnno_core::config::{Backbone, RandomScope, TrainSettings};
+use gnno_core::config::{Backbone, TrainSettings};
 use gnno_core::error::{Error, Result};
 use gnno_core::mix_seed;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -109,6 +109,7 @@ pub fn throughput(
             random_rows: b,
             group_rows: 1,
             random_mask: vec![true; b * k],
+            per_position: false,
             hard: item(b * p * h),
             hard_log_q: vec![-(f64::from(n_items).ln() as f32); b * p * h],
             trained: b * p,
@@ -177,10 +178,10 @@ pub fn dataset_throughput(
     let all = batch_order(&rows, cfg, &ids, &order, 0, 3);
     let k = cfg.n_random as usize;
     let mut step = |chunk: &[u64]| -> Result<usize> {
-        let shared = (cfg.random_scope == RandomScope::Batch).then(|| {
+        let shared = crate::trainer::share(cfg).map(|share| {
             (
                 Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[chunk[0], TAG_BATCH])),
-                cfg.random_groups as usize,
+                share,
             )
         });
         let b = rows.batch(

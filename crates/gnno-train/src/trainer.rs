@@ -4,7 +4,7 @@
 //! resumes exactly where it stopped.
 
 use crate::adam::Adam;
-use crate::batches::{Batch, EpochNegatives, RandomSampler, Rows};
+use crate::batches::{Batch, EpochNegatives, RandomSampler, Rows, Share};
 use crate::checkpoint::{self, CheckpointState};
 use crate::evaluate::{self, Split};
 use crate::model::{rows, Model, Packing};
@@ -58,7 +58,10 @@ pub(crate) struct Tensors {
     idx: Tensor,
     random: Tensor,
     random_log_q: Tensor,
+    /// `[rows, K]`, or `[M, K]` with a draw per position.
     random_mask: Tensor,
+    /// A draw per trained position: `random`, its ln q and mask are `[M, K]`.
+    per_position: bool,
     /// When groups of several rows share a draw: each trained position's group
     /// `[M]`, its row in the groups' padded `[G × M_max]` layout, and M_max.
     groups: Option<(Tensor, Tensor, i64)>,
@@ -118,8 +121,9 @@ impl Tensors {
                 .view([b.random_rows as i64, k])
                 .to_device(device),
             random_mask: Tensor::from_slice(&b.random_mask)
-                .view([rows, k])
+                .view([-1, k])
                 .to_device(device),
+            per_position: b.per_position,
             groups,
             hard,
         }
@@ -213,7 +217,15 @@ pub(crate) fn batch_loss(
     let pos = (&rep * rows(out, &tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, idx);
-    let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
+    let (rand_scores, rand_lq) = if t.per_position {
+        // A draw per trained position: its K rows gathered, [M, K, D], each
+        // scored against its own representation.
+        let e_rand = rows(out, &t.random);
+        (
+            e_rand.bmm(&rep.unsqueeze(2)).squeeze_dim(2),
+            t.random_log_q.shallow_clone(),
+        )
+    } else if t.random.size()[0] == 1 {
         // One draw for the batch: [M, K] by one matrix product.
         let e_rand = rows(out, &t.random.squeeze_dim(0)); // [K, D]
         let m = rep.size()[0];
@@ -254,7 +266,11 @@ pub(crate) fn batch_loss(
             flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k),
         )
     };
-    let rand_mask = flat(t.random_mask.unsqueeze(1).expand([-1, p, k], false), k);
+    let rand_mask = if t.per_position {
+        t.random_mask.shallow_clone()
+    } else {
+        flat(t.random_mask.unsqueeze(1).expand([-1, p, k], false), k)
+    };
     if let Some(tally) = tally.as_deref_mut() {
         tally.random.add(&rand_scores, &pos, &rand_mask);
     }
@@ -365,7 +381,7 @@ impl<'a> Trainer<'a> {
             .into_iter()
             .enumerate()
         {
-            let shared = (cfg.random_scope == RandomScope::Batch).then(|| {
+            let shared = share(cfg).map(|share| {
                 let rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
                     job.seed,
                     u64::from(epoch),
@@ -373,7 +389,7 @@ impl<'a> Trainer<'a> {
                     TAG_RANDOM,
                     TAG_BATCH,
                 ]));
-                (rng, cfg.random_groups as usize)
+                (rng, share)
             });
             let b = self.rows.batch(
                 &chunk_ids,
@@ -521,6 +537,16 @@ pub(crate) fn epoch_negatives(
 
 /// The training rows of `inst` as `model` takes them (one per user for a causal
 /// model, one per instance otherwise; padding trimmed where the model allows).
+/// How `cfg`'s random negatives are shared within a batch; None when each row
+/// draws from its own stream (`random-scope = "row"`).
+pub(crate) fn share(cfg: &TrainSettings) -> Option<Share> {
+    match cfg.random_scope {
+        RandomScope::Row => None,
+        RandomScope::Batch => Some(Share::Groups(cfg.random_groups as usize)),
+        RandomScope::Position => Some(Share::PerPosition),
+    }
+}
+
 pub(crate) fn rows_for<'a>(
     ds: &'a Dataset,
     inst: &'a Instances,
@@ -766,6 +792,7 @@ mod tests {
             random_rows,
             group_rows,
             random_mask: (0..3 * k).map(|c| c % 5 != 3).collect(),
+            per_position: false,
             hard: vec![],
             hard_log_q: vec![],
             trained: 5,
@@ -902,6 +929,46 @@ mod tests {
             assert_eq!(row(0), 0.0, "{loss:?} {table}");
             assert!(row(6) > 0.0 && row(9) > 0.0, "{loss:?} {table}");
         }
+    }
+
+    #[test]
+    fn a_draw_per_position_scores_as_rows_when_a_rows_positions_draw_alike() {
+        let (cfg, _vs, model) = sampled_sasrec(3);
+        let d = [vec![3i64, 7, 11, 12], vec![1, 4, 6, 9], vec![2, 5, 10, 12]];
+        let per_row = batch(d.concat(), 3, 1);
+        // Trained positions: row 0's one, row 1's one, row 2's three; each takes
+        // its row's draw and mask.
+        let of_row = [0usize, 1, 2, 2, 2];
+        let per_position = |random: Vec<i64>| Batch {
+            random_log_q: random.iter().map(|&j| -2.0 - j as f32 * 0.1).collect(),
+            random,
+            random_rows: 5,
+            random_mask: of_row
+                .iter()
+                .flat_map(|&r| per_row.random_mask[r * 4..(r + 1) * 4].to_vec())
+                .collect(),
+            per_position: true,
+            ..per_row.clone()
+        };
+        let alike = per_position(of_row.iter().flat_map(|&r| d[r].clone()).collect());
+        let loss = |b: &Batch| {
+            let t = Tensors::new(b, 4, 0, Device::Cpu);
+            batch_loss(&model, &cfg, &t, 12, true, None).double_value(&[])
+        };
+        let (a, b) = (loss(&alike), loss(&per_row));
+        assert!(a.is_finite() && a > 0.0, "{a}");
+        assert!((a - b).abs() < 1e-6, "per position {a} vs per row {b}");
+        let tally = |b: &Batch| {
+            let mut h = Hardness::default();
+            let t = Tensors::new(b, 4, 0, Device::Cpu);
+            let _loss = batch_loss(&model, &cfg, &t, 12, true, Some(&mut h));
+            h.random.counts()
+        };
+        assert_eq!(tally(&alike), tally(&per_row));
+        // Row 2's last position drawing other items changes the loss.
+        let mut other: Vec<i64> = of_row.iter().flat_map(|&r| d[r].clone()).collect();
+        other[16..].copy_from_slice(&[1, 2, 3, 4]);
+        assert!((loss(&per_position(other)) - b).abs() > 1e-6);
     }
 
     #[test]
