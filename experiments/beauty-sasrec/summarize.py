@@ -69,7 +69,9 @@ for r in rows:
         hard = f"{c['n-hard']} {c['sampler']}" + (f" τ={c['temperature']}" if c["sampler"] == "gnno" else "")
         if c["sampler"] == "gnno" and float(c["max-hardness"]) != 0.5:
             hard += f" cap {c['max-hardness']}"
-        if c["random-scope"] != "batch":
+        if c["random-scope"] == "position":
+            per = "per position"
+        elif c["random-scope"] != "batch":
             per = "per user"
         elif c["random-groups"] > 1:
             per = f"per group of {int(c['batch-size']) // c['random-groups']} users"
