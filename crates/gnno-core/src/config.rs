@@ -241,6 +241,12 @@ pub enum RandomScope {
     /// cross-entropy, e.g. Xu et al.'s: K fresh negatives per position), scored by
     /// a gather of `[M, K]` item rows, the costliest scope.
     Position,
+    /// `random-groups` draws per batch as with `Batch`, but dealt to the trained
+    /// positions in turn (position m, in row-major order, takes draw m mod G), so
+    /// a user's positions fall in different draws and each draw serves positions
+    /// of many users; each position masks its user's history. The scoring cost of
+    /// `Batch` with as many groups.
+    Interleaved,
 }
 
 fn is_one_f64(x: &f64) -> bool {
@@ -754,9 +760,14 @@ impl Config {
                 self.train.loss
             ));
         }
-        if self.train.random_groups > 1 && self.train.random_scope != RandomScope::Batch {
+        if self.train.random_groups > 1
+            && !matches!(
+                self.train.random_scope,
+                RandomScope::Batch | RandomScope::Interleaved
+            )
+        {
             problems.push(format!(
-                "train.random-groups: {} groups need random-scope = \"batch\" (each row draws its own negatives with \"row\")",
+                "train.random-groups: {} groups need random-scope = \"batch\" or \"interleaved\" (rows or positions draw their own negatives with \"row\" and \"position\")",
                 self.train.random_groups
             ));
         }
@@ -1024,6 +1035,7 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
             ("row", RandomScope::Row),
             ("batch", RandomScope::Batch),
             ("position", RandomScope::Position),
+            ("interleaved", RandomScope::Interleaved),
         ],
     );
     let logq = s.choice(
@@ -1428,6 +1440,15 @@ mod tests {
         assert_eq!(c.train.random_scope, RandomScope::Position);
         let key = serde_json::to_value(&c.train).expect("serialises");
         assert_eq!(key["random_scope"], "position");
+        let c = Config::parse(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-scope = \"interleaved\"\nrandom-groups = 32\n",
+            Path::new("."),
+        )
+        .expect("parses");
+        assert_eq!(
+            (c.train.random_scope, c.train.random_groups),
+            (RandomScope::Interleaved, 32)
+        );
     }
 
     #[test]

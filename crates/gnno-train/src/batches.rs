@@ -274,10 +274,13 @@ pub struct Batch {
     /// `[rows, k_random]`: whether row r may use candidate c; with per-position
     /// draws `[trained, k_random]`, whether trained position m may.
     pub random_mask: Vec<bool>,
-    /// One draw per trained position (`random-scope = "position"`): `random`,
-    /// `random_log_q` and `random_mask` have a row per trained position, in
-    /// row-major order.
+    /// `random_mask` has a row per trained position, in row-major order: with
+    /// `random-scope = "position"` (a draw per trained position: `random` and
+    /// `random_log_q` have a row per position too) and `"interleaved"`.
     pub per_position: bool,
+    /// `random-scope = "interleaved"`: trained position m uses draw
+    /// m mod `random_rows`.
+    pub interleave: bool,
     /// `[rows, positions, n_hard]` hard negatives (0 = none) and their ln q.
     pub hard: Vec<i64>,
     pub hard_log_q: Vec<f32>,
@@ -402,7 +405,14 @@ impl<'a> Rows<'a> {
         };
         let share = shared.is_some();
         let mut own_draws = None;
-        if let Some((rng, Share::PerPosition)) = shared {
+        let mut dealt = None;
+        if let Some((rng, Share::Interleaved(groups))) = shared {
+            // Drawn and masked after the row loop, once the positions are counted.
+            b.per_position = true;
+            b.interleave = true;
+            b.group_rows = 1;
+            dealt = Some((rng, groups));
+        } else if let Some((rng, Share::PerPosition)) = shared {
             // Drawn position by position in the row loop below.
             b.per_position = true;
             b.group_rows = 1;
@@ -469,6 +479,9 @@ impl<'a> Rows<'a> {
                 push_hard(&mut b, Some(id));
                 b.trained += 1;
             }
+            if dealt.is_some() {
+                continue;
+            }
             sorted.clear();
             sorted.extend_from_slice(seq);
             sorted.sort_unstable();
@@ -518,10 +531,56 @@ impl<'a> Rows<'a> {
             b.random_mask
                 .extend(std::iter::repeat_n(false, k_random - got));
         }
-        if b.per_position {
+        if let Some((rng, groups)) = dealt {
+            self.deal(&mut b, rows, k_random, random, rng, groups);
+        } else if b.per_position {
             b.random_rows = b.trained;
         }
         b
+    }
+
+    /// `random-scope = "interleaved"`: at most `groups` draws (no more than there
+    /// are trained positions) taken from the batch's stream one after the other,
+    /// position m dealt draw m mod G and masking its own user's train items, so
+    /// the positions of one user fall in different draws.
+    fn deal(
+        &self,
+        b: &mut Batch,
+        rows: &[u64],
+        k_random: usize,
+        random: &RandomSampler,
+        mut rng: Xoshiro256PlusPlus,
+        groups: usize,
+    ) {
+        let g = groups.clamp(1, b.trained.max(1));
+        b.random_rows = g;
+        for d in 0..g {
+            random.draw(&[], k_random, &mut rng, &mut b.random, &mut b.random_log_q);
+            let got = b.random.len() - d * k_random;
+            b.random.extend(std::iter::repeat_n(0, k_random - got));
+            b.random_log_q
+                .extend(std::iter::repeat_n(0.0, k_random - got));
+        }
+        let mut sorted = Vec::new();
+        let mut m = 0;
+        for (r, &row) in rows.iter().enumerate() {
+            sorted.clear();
+            sorted.extend_from_slice(self.ds.train_seq(self.user(row)));
+            sorted.sort_unstable();
+            sorted.dedup();
+            let trained = b.targets[r * b.positions..(r + 1) * b.positions]
+                .iter()
+                .filter(|&&t| t > 0)
+                .count();
+            for _ in 0..trained {
+                let d = m % g;
+                let drawn = &b.random[d * k_random..(d + 1) * k_random];
+                b.random_mask.extend(drawn.iter().map(|&j| {
+                    ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
+                }));
+                m += 1;
+            }
+        }
     }
 }
 
@@ -532,6 +591,8 @@ pub enum Share {
     Groups(usize),
     /// Not shared: a draw per trained position.
     PerPosition,
+    /// At most this many draws, dealt to the trained positions in turn.
+    Interleaved(usize),
 }
 
 #[cfg(test)]
@@ -696,6 +757,48 @@ mod tests {
                 assert_eq!(b.random_mask[m * 50 + c], !own, "position {m}, item {j}");
             }
         }
+    }
+
+    #[test]
+    fn interleaved_draws_are_dealt_to_positions_in_turn_and_masked_by_each() {
+        let d = ds();
+        let inst = d.instances();
+        let rows = Rows::new(&d, &inst, true, 3);
+        let s = RandomSampler::new(&crate::tests::settings(), &d);
+        let build = |groups: usize| {
+            rows.batch(
+                &[0, 2],
+                50,
+                &s,
+                None,
+                |_| panic!("no per-row stream with interleaved draws"),
+                Some((
+                    Xoshiro256PlusPlus::seed_from_u64(9),
+                    Share::Interleaved(groups),
+                )),
+            )
+        };
+        // Four trained positions (user 0's three, user 2's one), two draws.
+        let b = build(2);
+        assert!(b.per_position && b.interleave);
+        assert_eq!(
+            (b.random_rows, b.random.len(), b.random_mask.len()),
+            (2, 100, 200)
+        );
+        // The draws are the batch stream's, as two groups of rows would take them.
+        let grouped = shared_draws(&rows, &s, &[0, 2], 50, 2);
+        assert_eq!(b.random, grouped.random);
+        // Position m uses draw m mod 2 and masks its own user's train items.
+        for (m, user) in [(0usize, 0u32), (1, 0), (2, 0), (3, 2)] {
+            let seq = d.train_seq(user);
+            for c in 0..50 {
+                let j = b.random[(m % 2) * 50 + c];
+                let own = seq.contains(&u32::try_from(j).expect("item"));
+                assert_eq!(b.random_mask[m * 50 + c], !own, "position {m}, item {j}");
+            }
+        }
+        // No more draws than positions.
+        assert_eq!(build(9).random_rows, 4);
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub fn throughput(
             group_rows: 1,
             random_mask: vec![true; b * k],
             per_position: false,
+            interleave: false,
             hard: item(b * p * h),
             hard_log_q: vec![-(f64::from(n_items).ln() as f32); b * p * h],
             trained: b * p,

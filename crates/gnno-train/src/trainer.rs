@@ -60,7 +60,8 @@ pub(crate) struct Tensors {
     random_log_q: Tensor,
     /// `[rows, K]`, or `[M, K]` with a draw per position.
     random_mask: Tensor,
-    /// A draw per trained position: `random`, its ln q and mask are `[M, K]`.
+    /// A draw per trained position: `random`, its ln q and mask are `[M, K]`
+    /// (with `interleave`, only the mask).
     per_position: bool,
     /// When groups of several rows share a draw: each trained position's group
     /// `[M]`, its row in the groups' padded `[G × M_max]` layout, and M_max.
@@ -84,26 +85,39 @@ impl Tensors {
             )
         });
         let k = i64::try_from(k).unwrap_or(0);
-        let groups = (b.random_rows > 1 && b.group_rows > 1).then(|| {
-            // Trained positions per group.
-            let group_positions: Vec<i64> = b
-                .targets
-                .chunks(b.positions * b.group_rows)
-                .map(|g| g.iter().filter(|&&t| t > 0).count() as i64)
-                .collect();
-            let m_max = group_positions.iter().copied().max().unwrap_or(0);
-            let (mut group, mut slot) = (Vec::new(), Vec::new());
-            for (g, &m) in group_positions.iter().enumerate() {
-                let g = g as i64;
-                group.extend(std::iter::repeat_n(g, m as usize));
-                slot.extend((0..m).map(|o| g * m_max + o));
-            }
-            (
+        let groups = if b.interleave {
+            // Position m uses draw m mod G: laid out [G, ⌈M / G⌉], draw-major.
+            let (m, g) = (b.trained as i64, b.random_rows as i64);
+            let m_max = (m + g - 1) / g;
+            let group: Vec<i64> = (0..m).map(|i| i % g).collect();
+            let slot: Vec<i64> = (0..m).map(|i| (i % g) * m_max + i / g).collect();
+            Some((
                 Tensor::from_slice(&group).to_device(device),
                 Tensor::from_slice(&slot).to_device(device),
                 m_max,
-            )
-        });
+            ))
+        } else {
+            (b.random_rows > 1 && b.group_rows > 1).then(|| {
+                // Trained positions per group.
+                let group_positions: Vec<i64> = b
+                    .targets
+                    .chunks(b.positions * b.group_rows)
+                    .map(|g| g.iter().filter(|&&t| t > 0).count() as i64)
+                    .collect();
+                let m_max = group_positions.iter().copied().max().unwrap_or(0);
+                let (mut group, mut slot) = (Vec::new(), Vec::new());
+                for (g, &m) in group_positions.iter().enumerate() {
+                    let g = g as i64;
+                    group.extend(std::iter::repeat_n(g, m as usize));
+                    slot.extend((0..m).map(|o| g * m_max + o));
+                }
+                (
+                    Tensor::from_slice(&group).to_device(device),
+                    Tensor::from_slice(&slot).to_device(device),
+                    m_max,
+                )
+            })
+        };
         let idx: Vec<i64> = (0i64..)
             .zip(&b.targets)
             .filter_map(|(i, &t)| (t > 0).then_some(i))
@@ -217,7 +231,7 @@ pub(crate) fn batch_loss(
     let pos = (&rep * rows(out, &tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, idx);
-    let (rand_scores, rand_lq) = if t.per_position {
+    let (rand_scores, rand_lq) = if t.per_position && t.groups.is_none() && t.random.size()[0] > 1 {
         // A draw per trained position: its K rows gathered, [M, K, D], each
         // scored against its own representation.
         let e_rand = rows(out, &t.random);
@@ -544,6 +558,7 @@ pub(crate) fn share(cfg: &TrainSettings) -> Option<Share> {
         RandomScope::Row => None,
         RandomScope::Batch => Some(Share::Groups(cfg.random_groups as usize)),
         RandomScope::Position => Some(Share::PerPosition),
+        RandomScope::Interleaved => Some(Share::Interleaved(cfg.random_groups as usize)),
     }
 }
 
@@ -793,6 +808,7 @@ mod tests {
             group_rows,
             random_mask: (0..3 * k).map(|c| c % 5 != 3).collect(),
             per_position: false,
+            interleave: false,
             hard: vec![],
             hard_log_q: vec![],
             trained: 5,
@@ -969,6 +985,41 @@ mod tests {
         let mut other: Vec<i64> = of_row.iter().flat_map(|&r| d[r].clone()).collect();
         other[16..].copy_from_slice(&[1, 2, 3, 4]);
         assert!((loss(&per_position(other)) - b).abs() > 1e-6);
+    }
+
+    #[test]
+    fn interleaved_draws_score_as_a_draw_per_position_dealt_alike() {
+        let (cfg, _vs, model) = sampled_sasrec(3);
+        let d = [vec![3i64, 7, 11, 12], vec![1, 4, 6, 9]];
+        let base = batch(d.concat(), 2, 1);
+        // Five trained positions, each with its own mask; two draws dealt in turn.
+        let masks: Vec<bool> = (0..5 * 4).map(|c| c % 7 != 2).collect();
+        let with = |random: Vec<i64>, random_rows: usize, interleave: bool| Batch {
+            random_log_q: random.iter().map(|&j| -2.0 - j as f32 * 0.1).collect(),
+            random,
+            random_rows,
+            random_mask: masks.clone(),
+            per_position: true,
+            interleave,
+            ..base.clone()
+        };
+        let dealt = with(d.concat(), 2, true);
+        let own = with((0..5).flat_map(|m| d[m % 2].clone()).collect(), 5, false);
+        let t = Tensors::new(&dealt, 4, 0, Device::Cpu);
+        let (group, slot, m_max) = t.groups.as_ref().expect("groups");
+        assert_eq!(Vec::<i64>::try_from(group).expect("ids"), [0, 1, 0, 1, 0]);
+        assert_eq!(Vec::<i64>::try_from(slot).expect("ids"), [0, 3, 1, 4, 2]);
+        assert_eq!(*m_max, 3);
+        let loss = |b: &Batch| {
+            let t = Tensors::new(b, 4, 0, Device::Cpu);
+            batch_loss(&model, &cfg, &t, 12, true, None).double_value(&[])
+        };
+        let (a, b) = (loss(&dealt), loss(&own));
+        assert!(a.is_finite() && a > 0.0, "{a}");
+        assert!((a - b).abs() < 1e-6, "interleaved {a} vs per position {b}");
+        // Dealt the other way round, the positions see other candidates.
+        let swapped = with([d[1].clone(), d[0].clone()].concat(), 2, true);
+        assert!((loss(&swapped) - a).abs() > 1e-6);
     }
 
     #[test]
