@@ -71,6 +71,8 @@ for r in rows:
             hard += f" cap {c['max-hardness']}"
         if c["random-scope"] == "position":
             per = "per position"
+        elif c["random-scope"] == "interleaved":
+            per = f"per draw, {c['random-groups']} draws a batch dealt to the positions in turn"
         elif c["random-scope"] != "batch":
             per = "per user"
         elif c["random-groups"] > 1:
