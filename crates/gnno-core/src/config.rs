@@ -1449,6 +1449,11 @@ mod tests {
             (c.train.random_scope, c.train.random_groups),
             (RandomScope::Interleaved, 32)
         );
+        let found = problems(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-scope = \"position\"\nrandom-groups = 4\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("train.random-groups: 4 groups need random-scope"));
     }
 
     #[test]

@@ -18,8 +18,10 @@
 //! serves every row of the batch (or, with `random-groups = G`, each of G groups of
 //! consecutive rows has its own draw), and each row masks the drawn items of its own
 //! train history: what survives for a row is a draw over its non-history items, so
-//! both scopes estimate the same normaliser. With `random-scope = "position"` each
-//! trained position draws its own from the batch's stream and masks likewise.
+//! both scopes estimate the same normaliser. With `random-scope = "interleaved"` the
+//! batch's G draws are dealt to its trained positions in turn (position m takes
+//! draw m mod G) and each position masks its user's items; `"position"` is the
+//! same with a draw per position.
 
 use gnno_core::config::{RandomNegatives, TrainSettings};
 use gnno_core::dataset::{Dataset, Instances};
@@ -265,21 +267,20 @@ pub struct Batch {
     /// `[rows, positions]` targets, 0 where a position has none.
     pub targets: Vec<i64>,
     /// `[random_rows, k_random]` random negatives and their ln q: one draw per
-    /// row (`random_rows` = `rows`), per batch (1) or per group of rows.
+    /// row (`random_rows` = `rows`), per batch (1), per group of rows, or G draws
+    /// dealt to the positions (`interleave`; G = M with a draw per position).
     pub random: Vec<i64>,
     pub random_log_q: Vec<f32>,
     pub random_rows: usize,
-    /// Rows served by each draw: row r uses draw r / `group_rows`.
+    /// Rows served by each draw: row r uses draw r / `group_rows` (1 when the
+    /// draws are dealt to positions).
     pub group_rows: usize,
-    /// `[rows, k_random]`: whether row r may use candidate c; with per-position
-    /// draws `[trained, k_random]`, whether trained position m may.
+    /// `[rows, k_random]`: whether row r may use candidate c; with `interleave`,
+    /// `[trained, k_random]`: whether trained position m may.
     pub random_mask: Vec<bool>,
-    /// `random_mask` has a row per trained position, in row-major order: with
-    /// `random-scope = "position"` (a draw per trained position: `random` and
-    /// `random_log_q` have a row per position too) and `"interleaved"`.
-    pub per_position: bool,
-    /// `random-scope = "interleaved"`: trained position m uses draw
-    /// m mod `random_rows`.
+    /// `random-scope = "interleaved"` or `"position"`: trained position m (in
+    /// row-major order) uses draw m mod `random_rows`, and masks its own user's
+    /// history.
     pub interleave: bool,
     /// `[rows, positions, n_hard]` hard negatives (0 = none) and their ln q.
     pub hard: Vec<i64>,
@@ -371,8 +372,9 @@ impl<'a> Rows<'a> {
     /// negatives are drawn for the batch: with `Share::Groups(g)` the rows are cut
     /// into at most g groups of ⌈rows / g⌉ consecutive rows, and the groups' draws
     /// are taken from the stream one after the other (so one group is the whole
-    /// batch's one draw); with `Share::PerPosition` every trained position takes its own
-    /// draw from the stream, in row-major order.
+    /// batch's one draw); with `Share::Interleaved(g)` at most g draws (no more
+    /// than the trained positions) are taken from the stream, and trained position
+    /// m, in row-major order, uses draw m mod g (g ≥ M: a draw per position).
     pub fn batch(
         &self,
         rows: &[u64],
@@ -404,32 +406,31 @@ impl<'a> Rows<'a> {
             ..Batch::default()
         };
         let share = shared.is_some();
-        let mut own_draws = None;
-        let mut dealt = None;
-        if let Some((rng, Share::Interleaved(groups))) = shared {
-            // Drawn and masked after the row loop, once the positions are counted.
-            b.per_position = true;
-            b.interleave = true;
-            b.group_rows = 1;
-            dealt = Some((rng, groups));
-        } else if let Some((rng, Share::PerPosition)) = shared {
-            // Drawn position by position in the row loop below.
-            b.per_position = true;
-            b.group_rows = 1;
-            own_draws = Some(rng);
-        } else if let Some((mut rng, Share::Groups(groups))) = shared {
-            b.group_rows = rows.len().div_ceil(groups.max(1)).max(1);
-            b.random_rows = rows.len().div_ceil(b.group_rows).max(1);
-            for g in 0..b.random_rows {
-                random.draw(&[], k_random, &mut rng, &mut b.random, &mut b.random_log_q);
-                let got = b.random.len() - g * k_random;
-                b.random.extend(std::iter::repeat_n(0, k_random - got));
-                b.random_log_q
-                    .extend(std::iter::repeat_n(0.0, k_random - got));
+        match shared {
+            Some((mut rng, Share::Interleaved(groups))) => {
+                let trained: usize = if self.sequence {
+                    rows.iter().map(|&r| self.row_len(r)).sum()
+                } else {
+                    rows.len()
+                };
+                b.interleave = true;
+                b.group_rows = 1;
+                b.random_rows = groups.clamp(1, trained.max(1));
+                for _ in 0..b.random_rows {
+                    draw_padded(random, k_random, &mut rng, &mut b);
+                }
             }
-        } else {
-            b.random_rows = rows.len();
-            b.group_rows = 1;
+            Some((mut rng, Share::Groups(groups))) => {
+                b.group_rows = rows.len().div_ceil(groups.max(1)).max(1);
+                b.random_rows = rows.len().div_ceil(b.group_rows).max(1);
+                for _ in 0..b.random_rows {
+                    draw_padded(random, k_random, &mut rng, &mut b);
+                }
+            }
+            None => {
+                b.random_rows = rows.len();
+                b.group_rows = 1;
+            }
         }
         let mut sorted = Vec::new();
         let push_hard = |b: &mut Batch, id: Option<usize>| {
@@ -479,28 +480,17 @@ impl<'a> Rows<'a> {
                 push_hard(&mut b, Some(id));
                 b.trained += 1;
             }
-            if dealt.is_some() {
-                continue;
-            }
             sorted.clear();
             sorted.extend_from_slice(seq);
             sorted.sort_unstable();
             sorted.dedup();
-            if let Some(rng) = own_draws.as_mut() {
-                // This row's trained positions each draw over all items and mask
-                // the row's own train items (and padding, 0).
-                for _ in trained_before..b.trained {
-                    let before = b.random.len();
-                    random.draw(&[], k_random, rng, &mut b.random, &mut b.random_log_q);
-                    let got = b.random.len() - before;
-                    b.random.extend(std::iter::repeat_n(0, k_random - got));
-                    b.random_log_q
-                        .extend(std::iter::repeat_n(0.0, k_random - got));
-                    let drawn = &b.random[before..];
-                    b.random_mask.extend(drawn.iter().map(|&j| {
-                        ItemIdx::try_from(j)
-                            .is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
-                    }));
+            if b.interleave {
+                // This row's trained positions, m = trained_before.., each mask
+                // their draw m mod G against the row's train items.
+                for m in trained_before..b.trained {
+                    let d = m % b.random_rows;
+                    let drawn = &b.random[d * k_random..(d + 1) * k_random];
+                    b.random_mask.extend(allowed(drawn, &sorted));
                 }
                 continue;
             }
@@ -508,9 +498,7 @@ impl<'a> Rows<'a> {
                 // Padding (0) and the row's own train items are masked.
                 let g = r / b.group_rows;
                 let drawn = &b.random[g * k_random..(g + 1) * k_random];
-                b.random_mask.extend(drawn.iter().map(|&j| {
-                    ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
-                }));
+                b.random_mask.extend(allowed(drawn, &sorted));
                 continue;
             }
             let mut rng = rng_for(row);
@@ -531,57 +519,26 @@ impl<'a> Rows<'a> {
             b.random_mask
                 .extend(std::iter::repeat_n(false, k_random - got));
         }
-        if let Some((rng, groups)) = dealt {
-            self.deal(&mut b, rows, k_random, random, rng, groups);
-        } else if b.per_position {
-            b.random_rows = b.trained;
-        }
         b
     }
+}
 
-    /// `random-scope = "interleaved"`: at most `groups` draws (no more than there
-    /// are trained positions) taken from the batch's stream one after the other,
-    /// position m dealt draw m mod G and masking its own user's train items, so
-    /// the positions of one user fall in different draws.
-    fn deal(
-        &self,
-        b: &mut Batch,
-        rows: &[u64],
-        k_random: usize,
-        random: &RandomSampler,
-        mut rng: Xoshiro256PlusPlus,
-        groups: usize,
-    ) {
-        let g = groups.clamp(1, b.trained.max(1));
-        b.random_rows = g;
-        for d in 0..g {
-            random.draw(&[], k_random, &mut rng, &mut b.random, &mut b.random_log_q);
-            let got = b.random.len() - d * k_random;
-            b.random.extend(std::iter::repeat_n(0, k_random - got));
-            b.random_log_q
-                .extend(std::iter::repeat_n(0.0, k_random - got));
-        }
-        let mut sorted = Vec::new();
-        let mut m = 0;
-        for (r, &row) in rows.iter().enumerate() {
-            sorted.clear();
-            sorted.extend_from_slice(self.ds.train_seq(self.user(row)));
-            sorted.sort_unstable();
-            sorted.dedup();
-            let trained = b.targets[r * b.positions..(r + 1) * b.positions]
-                .iter()
-                .filter(|&&t| t > 0)
-                .count();
-            for _ in 0..trained {
-                let d = m % g;
-                let drawn = &b.random[d * k_random..(d + 1) * k_random];
-                b.random_mask.extend(drawn.iter().map(|&j| {
-                    ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
-                }));
-                m += 1;
-            }
-        }
-    }
+/// One draw of `k` over all items from `rng` appended to `b.random` (and its
+/// ln q), padded with 0 where the sampler found fewer.
+fn draw_padded(random: &RandomSampler, k: usize, rng: &mut Xoshiro256PlusPlus, b: &mut Batch) {
+    let before = b.random.len();
+    random.draw(&[], k, rng, &mut b.random, &mut b.random_log_q);
+    let got = b.random.len() - before;
+    b.random.extend(std::iter::repeat_n(0, k - got));
+    b.random_log_q.extend(std::iter::repeat_n(0.0, k - got));
+}
+
+/// Whether each drawn candidate may be used by a row whose train items are
+/// `sorted`: not padding (0), not one of them.
+fn allowed<'a>(drawn: &'a [i64], sorted: &'a [ItemIdx]) -> impl Iterator<Item = bool> + 'a {
+    drawn
+        .iter()
+        .map(|&j| ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err()))
 }
 
 /// How a batch's random negatives are shared ([`Rows::batch`]).
@@ -589,9 +546,8 @@ impl<'a> Rows<'a> {
 pub enum Share {
     /// At most this many groups of consecutive rows, a draw each.
     Groups(usize),
-    /// Not shared: a draw per trained position.
-    PerPosition,
-    /// At most this many draws, dealt to the trained positions in turn.
+    /// At most this many draws, dealt to the trained positions in turn
+    /// (`usize::MAX`: a draw per position).
     Interleaved(usize),
 }
 
@@ -719,13 +675,16 @@ mod tests {
                 &s,
                 None,
                 |_| panic!("no per-row stream with per-position draws"),
-                Some((Xoshiro256PlusPlus::seed_from_u64(9), Share::PerPosition)),
+                Some((
+                    Xoshiro256PlusPlus::seed_from_u64(9),
+                    Share::Interleaved(usize::MAX),
+                )),
             )
         };
         let b = build();
         // User 0 trains 3 positions (L = 3), user 2 one: four draws of 50.
         assert_eq!(b.trained, 4);
-        assert!(b.per_position);
+        assert!(b.interleave);
         assert_eq!(
             (
                 b.random_rows,
@@ -780,7 +739,7 @@ mod tests {
         };
         // Four trained positions (user 0's three, user 2's one), two draws.
         let b = build(2);
-        assert!(b.per_position && b.interleave);
+        assert!(b.interleave);
         assert_eq!(
             (b.random_rows, b.random.len(), b.random_mask.len()),
             (2, 100, 200)

@@ -109,7 +109,6 @@ pub fn throughput(
             random_rows: b,
             group_rows: 1,
             random_mask: vec![true; b * k],
-            per_position: false,
             interleave: false,
             hard: item(b * p * h),
             hard_log_q: vec![-(f64::from(n_items).ln() as f32); b * p * h],

@@ -58,13 +58,13 @@ pub(crate) struct Tensors {
     idx: Tensor,
     random: Tensor,
     random_log_q: Tensor,
-    /// `[rows, K]`, or `[M, K]` with a draw per position.
+    /// `[rows, K]`, or `[M, K]` with `interleave`.
     random_mask: Tensor,
-    /// A draw per trained position: `random`, its ln q and mask are `[M, K]`
-    /// (with `interleave`, only the mask).
-    per_position: bool,
-    /// When groups of several rows share a draw: each trained position's group
-    /// `[M]`, its row in the groups' padded `[G × M_max]` layout, and M_max.
+    /// Draws dealt to the trained positions: the mask is `[M, K]`.
+    interleave: bool,
+    /// When groups of several rows share a draw, or draws are dealt to the
+    /// positions: each trained position's draw `[M]`, its row in the draws'
+    /// padded `[G × M_max]` layout, and M_max.
     groups: Option<(Tensor, Tensor, i64)>,
     /// `[rows, positions, n_hard]`, empty when the epoch has none.
     hard: Option<(Tensor, Tensor)>,
@@ -135,9 +135,9 @@ impl Tensors {
                 .view([b.random_rows as i64, k])
                 .to_device(device),
             random_mask: Tensor::from_slice(&b.random_mask)
-                .view([-1, k])
+                .view([if b.interleave { b.trained } else { b.rows } as i64, k])
                 .to_device(device),
-            per_position: b.per_position,
+            interleave: b.interleave,
             groups,
             hard,
         }
@@ -231,15 +231,7 @@ pub(crate) fn batch_loss(
     let pos = (&rep * rows(out, &tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, idx);
-    let (rand_scores, rand_lq) = if t.per_position && t.groups.is_none() && t.random.size()[0] > 1 {
-        // A draw per trained position: its K rows gathered, [M, K, D], each
-        // scored against its own representation.
-        let e_rand = rows(out, &t.random);
-        (
-            e_rand.bmm(&rep.unsqueeze(2)).squeeze_dim(2),
-            t.random_log_q.shallow_clone(),
-        )
-    } else if t.random.size()[0] == 1 {
+    let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
         // One draw for the batch: [M, K] by one matrix product.
         let e_rand = rows(out, &t.random.squeeze_dim(0)); // [K, D]
         let m = rep.size()[0];
@@ -280,7 +272,7 @@ pub(crate) fn batch_loss(
             flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k),
         )
     };
-    let rand_mask = if t.per_position {
+    let rand_mask = if t.interleave {
         t.random_mask.shallow_clone()
     } else {
         flat(t.random_mask.unsqueeze(1).expand([-1, p, k], false), k)
@@ -549,19 +541,19 @@ pub(crate) fn epoch_negatives(
         .transpose()
 }
 
-/// The training rows of `inst` as `model` takes them (one per user for a causal
-/// model, one per instance otherwise; padding trimmed where the model allows).
 /// How `cfg`'s random negatives are shared within a batch; None when each row
 /// draws from its own stream (`random-scope = "row"`).
 pub(crate) fn share(cfg: &TrainSettings) -> Option<Share> {
     match cfg.random_scope {
         RandomScope::Row => None,
         RandomScope::Batch => Some(Share::Groups(cfg.random_groups as usize)),
-        RandomScope::Position => Some(Share::PerPosition),
+        RandomScope::Position => Some(Share::Interleaved(usize::MAX)),
         RandomScope::Interleaved => Some(Share::Interleaved(cfg.random_groups as usize)),
     }
 }
 
+/// The training rows of `inst` as `model` takes them (one per user for a causal
+/// model, one per instance otherwise; padding trimmed where the model allows).
 pub(crate) fn rows_for<'a>(
     ds: &'a Dataset,
     inst: &'a Instances,
@@ -807,7 +799,6 @@ mod tests {
             random_rows,
             group_rows,
             random_mask: (0..3 * k).map(|c| c % 5 != 3).collect(),
-            per_position: false,
             interleave: false,
             hard: vec![],
             hard_log_q: vec![],
@@ -963,7 +954,7 @@ mod tests {
                 .iter()
                 .flat_map(|&r| per_row.random_mask[r * 4..(r + 1) * 4].to_vec())
                 .collect(),
-            per_position: true,
+            interleave: true,
             ..per_row.clone()
         };
         let alike = per_position(of_row.iter().flat_map(|&r| d[r].clone()).collect());
@@ -994,17 +985,17 @@ mod tests {
         let base = batch(d.concat(), 2, 1);
         // Five trained positions, each with its own mask; two draws dealt in turn.
         let masks: Vec<bool> = (0..5 * 4).map(|c| c % 7 != 2).collect();
-        let with = |random: Vec<i64>, random_rows: usize, interleave: bool| Batch {
+        let with = |random: Vec<i64>, random_rows: usize| Batch {
             random_log_q: random.iter().map(|&j| -2.0 - j as f32 * 0.1).collect(),
             random,
             random_rows,
             random_mask: masks.clone(),
-            per_position: true,
-            interleave,
+            interleave: true,
             ..base.clone()
         };
-        let dealt = with(d.concat(), 2, true);
-        let own = with((0..5).flat_map(|m| d[m % 2].clone()).collect(), 5, false);
+        let dealt = with(d.concat(), 2);
+        // A draw per position (G = M), each position's equal to its dealt one.
+        let own = with((0..5).flat_map(|m| d[m % 2].clone()).collect(), 5);
         let t = Tensors::new(&dealt, 4, 0, Device::Cpu);
         let (group, slot, m_max) = t.groups.as_ref().expect("groups");
         assert_eq!(Vec::<i64>::try_from(group).expect("ids"), [0, 1, 0, 1, 0]);
@@ -1018,8 +1009,34 @@ mod tests {
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "interleaved {a} vs per position {b}");
         // Dealt the other way round, the positions see other candidates.
-        let swapped = with([d[1].clone(), d[0].clone()].concat(), 2, true);
+        let swapped = with([d[1].clone(), d[0].clone()].concat(), 2);
         assert!((loss(&swapped) - a).abs() > 1e-6);
+    }
+
+    #[test]
+    fn no_random_negatives_make_empty_masks_of_the_right_shape() {
+        // Full softmax (and hard-only sampled softmax) run with n-random = 0: the
+        // empty mask must still take its [rows, 0] or [M, 0] shape.
+        let (mut cfg, _vs, model) = sampled_sasrec(3);
+        cfg.loss = Loss::FullSoftmax;
+        cfg.n_random = 0;
+        for interleave in [false, true] {
+            let b = Batch {
+                random: vec![],
+                random_log_q: vec![],
+                random_mask: vec![],
+                random_rows: if interleave { 5 } else { 3 },
+                interleave,
+                ..batch(vec![], 3, 1)
+            };
+            let t = Tensors::new(&b, 0, 0, Device::Cpu);
+            assert_eq!(
+                t.random_mask.size(),
+                vec![if interleave { 5 } else { 3 }, 0]
+            );
+            let loss = batch_loss(&model, &cfg, &t, 12, true, None).double_value(&[]);
+            assert!(loss.is_finite() && loss > 0.0, "{loss}");
+        }
     }
 
     #[test]
