@@ -1427,11 +1427,9 @@ mod tests {
         );
         let key = serde_json::to_value(&c.train).expect("serialises");
         assert_eq!(key["random_groups"], 8);
-        let problems = problems("[ingest]\ninputs=[\"a\"]\n[train]\nrandom-groups = 4\n");
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\"")
-        );
+        let found = problems("[ingest]\ninputs=[\"a\"]\n[train]\nrandom-groups = 4\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\""));
         let c = Config::parse(
             "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-scope = \"position\"\n",
             Path::new("."),
