@@ -1383,12 +1383,7 @@ mod tests {
             key.get("negative_weight").is_none(),
             "older configs keep their train key"
         );
-        let c = Config::parse(
-            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nnegative-weight = 4\n",
-            Path::new("."),
-        )
-        .expect("parses");
-        let key = serde_json::to_value(&c.train).expect("serialises");
+        let (_, key) = train_of("loss = \"sampled-softmax\"\nnegative-weight = 4\n");
         assert!((key["negative_weight"].as_f64().expect("a number") - 4.0).abs() < f64::EPSILON);
         let found =
             problems("[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"bpr\"\nnegative-weight = 2\n");
@@ -1430,21 +1425,12 @@ mod tests {
         let found = problems("[ingest]\ninputs=[\"a\"]\n[train]\nrandom-groups = 4\n");
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with("train.random-groups: 4 groups need random-scope = \"batch\""));
-        let c = Config::parse(
-            "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-scope = \"position\"\n",
-            Path::new("."),
-        )
-        .expect("parses");
-        assert_eq!(c.train.random_scope, RandomScope::Position);
-        let key = serde_json::to_value(&c.train).expect("serialises");
+        let (t, key) = train_of("random-scope = \"position\"\n");
+        assert_eq!(t.random_scope, RandomScope::Position);
         assert_eq!(key["random_scope"], "position");
-        let c = Config::parse(
-            "[ingest]\ninputs=[\"a\"]\n[train]\nrandom-scope = \"interleaved\"\nrandom-groups = 32\n",
-            Path::new("."),
-        )
-        .expect("parses");
+        let (t, _) = train_of("random-scope = \"interleaved\"\nrandom-groups = 32\n");
         assert_eq!(
-            (c.train.random_scope, c.train.random_groups),
+            (t.random_scope, t.random_groups),
             (RandomScope::Interleaved, 32)
         );
         let found = problems(

@@ -627,6 +627,38 @@ mod tests {
         )
     }
 
+    /// A batch of `ids` whose trained positions are dealt `groups` draws of `k`
+    /// from seed 9.
+    fn dealt_draws(rows: &Rows, s: &RandomSampler, ids: &[u64], k: usize, groups: usize) -> Batch {
+        rows.batch(
+            ids,
+            k,
+            s,
+            None,
+            |_| panic!("no per-row stream when draws are dealt"),
+            Some((
+                Xoshiro256PlusPlus::seed_from_u64(9),
+                Share::Interleaved(groups),
+            )),
+        )
+    }
+
+    /// Each trained position m of `users` (their users, in order) may use
+    /// candidate c of draw m mod `random_rows` exactly when it is outside that
+    /// user's train items.
+    fn assert_position_masks(b: &Batch, d: &Dataset, users: &[u32], k: usize) {
+        assert_eq!(b.random_mask.len(), users.len() * k);
+        for (m, &user) in users.iter().enumerate() {
+            let seq = d.train_seq(user);
+            let g = m % b.random_rows;
+            for c in 0..k {
+                let j = b.random[g * k + c];
+                let own = seq.contains(&u32::try_from(j).expect("item"));
+                assert_eq!(b.random_mask[m * k + c], !own, "position {m}, item {j}");
+            }
+        }
+    }
+
     #[test]
     fn a_shared_draw_serves_every_row_and_each_row_masks_its_history() {
         let d = ds();
@@ -668,31 +700,14 @@ mod tests {
         let inst = d.instances();
         let rows = Rows::new(&d, &inst, true, 3);
         let s = RandomSampler::new(&crate::tests::settings(), &d);
-        let build = || {
-            rows.batch(
-                &[0, 2],
-                50,
-                &s,
-                None,
-                |_| panic!("no per-row stream with per-position draws"),
-                Some((
-                    Xoshiro256PlusPlus::seed_from_u64(9),
-                    Share::Interleaved(usize::MAX),
-                )),
-            )
-        };
+        let build = || dealt_draws(&rows, &s, &[0, 2], 50, usize::MAX);
         let b = build();
         // User 0 trains 3 positions (L = 3), user 2 one: four draws of 50.
         assert_eq!(b.trained, 4);
         assert!(b.interleave);
         assert_eq!(
-            (
-                b.random_rows,
-                b.random.len(),
-                b.random_log_q.len(),
-                b.random_mask.len()
-            ),
-            (4, 200, 200, 200)
+            (b.random_rows, b.random.len(), b.random_log_q.len()),
+            (4, 200, 200)
         );
         assert_eq!(b.random, build().random, "seeded");
         // The first position's draw is the batch stream's first draw, as one shared
@@ -703,19 +718,12 @@ mod tests {
             assert_ne!(&b.random[..50], &b.random[m * 50..(m + 1) * 50], "draw {m}");
         }
         // Uniform over all items; position m masks its own user's train items.
+        assert!(b.random.iter().all(|j| (1..=10).contains(j)));
         assert!(b
             .random_log_q
             .iter()
             .all(|&q| (f64::from(q) + 10f64.ln()).abs() < 1e-6));
-        for (m, user) in [(0usize, 0u32), (1, 0), (2, 0), (3, 2)] {
-            let seq = d.train_seq(user);
-            for c in 0..50 {
-                let j = b.random[m * 50 + c];
-                assert!((1..=10).contains(&j));
-                let own = seq.contains(&u32::try_from(j).expect("item"));
-                assert_eq!(b.random_mask[m * 50 + c], !own, "position {m}, item {j}");
-            }
-        }
+        assert_position_masks(&b, &d, &[0, 0, 0, 2], 50);
     }
 
     #[test]
@@ -724,40 +732,17 @@ mod tests {
         let inst = d.instances();
         let rows = Rows::new(&d, &inst, true, 3);
         let s = RandomSampler::new(&crate::tests::settings(), &d);
-        let build = |groups: usize| {
-            rows.batch(
-                &[0, 2],
-                50,
-                &s,
-                None,
-                |_| panic!("no per-row stream with interleaved draws"),
-                Some((
-                    Xoshiro256PlusPlus::seed_from_u64(9),
-                    Share::Interleaved(groups),
-                )),
-            )
-        };
         // Four trained positions (user 0's three, user 2's one), two draws.
-        let b = build(2);
+        let b = dealt_draws(&rows, &s, &[0, 2], 50, 2);
         assert!(b.interleave);
-        assert_eq!(
-            (b.random_rows, b.random.len(), b.random_mask.len()),
-            (2, 100, 200)
-        );
+        assert_eq!((b.random_rows, b.random.len()), (2, 100));
         // The draws are the batch stream's, as two groups of rows would take them.
         let grouped = shared_draws(&rows, &s, &[0, 2], 50, 2);
         assert_eq!(b.random, grouped.random);
         // Position m uses draw m mod 2 and masks its own user's train items.
-        for (m, user) in [(0usize, 0u32), (1, 0), (2, 0), (3, 2)] {
-            let seq = d.train_seq(user);
-            for c in 0..50 {
-                let j = b.random[(m % 2) * 50 + c];
-                let own = seq.contains(&u32::try_from(j).expect("item"));
-                assert_eq!(b.random_mask[m * 50 + c], !own, "position {m}, item {j}");
-            }
-        }
+        assert_position_masks(&b, &d, &[0, 0, 0, 2], 50);
         // No more draws than positions.
-        assert_eq!(build(9).random_rows, 4);
+        assert_eq!(dealt_draws(&rows, &s, &[0, 2], 50, 9).random_rows, 4);
     }
 
     #[test]

@@ -164,9 +164,14 @@ pub fn part_bias(
     hard: bool,
     weight: f64,
 ) -> Tensor {
-    match logq_shift(mode, k_random, k_hard, hard) {
-        Some(c) => -(log_q + c) + weight.ln(),
-        None => log_q.zeros_like() + weight.ln(),
+    // ln w = 0 at the default: no pass over the scores for it.
+    let shift = logq_shift(mode, k_random, k_hard, hard);
+    let lw = weight.ln();
+    match (shift, lw == 0.0) {
+        (Some(c), true) => -(log_q + c),
+        (Some(c), false) => -(log_q + (c - lw)),
+        (None, true) => log_q.zeros_like(),
+        (None, false) => log_q.full_like(lw),
     }
     .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }

@@ -85,17 +85,15 @@ impl Tensors {
             )
         });
         let k = i64::try_from(k).unwrap_or(0);
-        let groups = if b.interleave {
-            // Position m uses draw m mod G: laid out [G, ⌈M / G⌉], draw-major.
+        // Each trained position's draw and its slot in the draws' padded
+        // [G, M_max] layout, when draws serve groups of rows or are dealt out.
+        let layout = if b.interleave {
+            // Position m uses draw m mod G: laid out draw-major.
             let (m, g) = (b.trained as i64, b.random_rows as i64);
             let m_max = (m + g - 1) / g;
             let group: Vec<i64> = (0..m).map(|i| i % g).collect();
             let slot: Vec<i64> = (0..m).map(|i| (i % g) * m_max + i / g).collect();
-            Some((
-                Tensor::from_slice(&group).to_device(device),
-                Tensor::from_slice(&slot).to_device(device),
-                m_max,
-            ))
+            Some((group, slot, m_max))
         } else {
             (b.random_rows > 1 && b.group_rows > 1).then(|| {
                 // Trained positions per group.
@@ -111,13 +109,16 @@ impl Tensors {
                     group.extend(std::iter::repeat_n(g, m as usize));
                     slot.extend((0..m).map(|o| g * m_max + o));
                 }
-                (
-                    Tensor::from_slice(&group).to_device(device),
-                    Tensor::from_slice(&slot).to_device(device),
-                    m_max,
-                )
+                (group, slot, m_max)
             })
         };
+        let groups = layout.map(|(group, slot, m_max)| {
+            (
+                Tensor::from_slice(&group).to_device(device),
+                Tensor::from_slice(&slot).to_device(device),
+                m_max,
+            )
+        });
         let idx: Vec<i64> = (0i64..)
             .zip(&b.targets)
             .filter_map(|(i, &t)| (t > 0).then_some(i))
@@ -938,6 +939,25 @@ mod tests {
         }
     }
 
+    /// `b`'s loss under `cfg` (4 random negatives per draw, no hard ones).
+    fn loss_of(model: &Model, cfg: &TrainSettings, b: &Batch) -> f64 {
+        let t = Tensors::new(b, 4, 0, Device::Cpu);
+        batch_loss(model, cfg, &t, 12, true, None).double_value(&[])
+    }
+
+    /// `base` with `random` as `random_rows` draws of 4 dealt to its trained
+    /// positions, each position masking by `mask` (`[M, 4]`); ln q as [`batch`].
+    fn dealt(base: &Batch, random: Vec<i64>, random_rows: usize, mask: Vec<bool>) -> Batch {
+        Batch {
+            random_log_q: random.iter().map(|&j| -2.0 - j as f32 * 0.1).collect(),
+            random,
+            random_rows,
+            random_mask: mask,
+            interleave: true,
+            ..base.clone()
+        }
+    }
+
     #[test]
     fn a_draw_per_position_scores_as_rows_when_a_rows_positions_draw_alike() {
         let (cfg, _vs, model) = sampled_sasrec(3);
@@ -946,22 +966,13 @@ mod tests {
         // Trained positions: row 0's one, row 1's one, row 2's three; each takes
         // its row's draw and mask.
         let of_row = [0usize, 1, 2, 2, 2];
-        let per_position = |random: Vec<i64>| Batch {
-            random_log_q: random.iter().map(|&j| -2.0 - j as f32 * 0.1).collect(),
-            random,
-            random_rows: 5,
-            random_mask: of_row
-                .iter()
-                .flat_map(|&r| per_row.random_mask[r * 4..(r + 1) * 4].to_vec())
-                .collect(),
-            interleave: true,
-            ..per_row.clone()
-        };
+        let mask: Vec<bool> = of_row
+            .iter()
+            .flat_map(|&r| per_row.random_mask[r * 4..(r + 1) * 4].to_vec())
+            .collect();
+        let per_position = |random: Vec<i64>| dealt(&per_row, random, 5, mask.clone());
         let alike = per_position(of_row.iter().flat_map(|&r| d[r].clone()).collect());
-        let loss = |b: &Batch| {
-            let t = Tensors::new(b, 4, 0, Device::Cpu);
-            batch_loss(&model, &cfg, &t, 12, true, None).double_value(&[])
-        };
+        let loss = |b: &Batch| loss_of(&model, &cfg, b);
         let (a, b) = (loss(&alike), loss(&per_row));
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "per position {a} vs per row {b}");
@@ -985,27 +996,18 @@ mod tests {
         let base = batch(d.concat(), 2, 1);
         // Five trained positions, each with its own mask; two draws dealt in turn.
         let masks: Vec<bool> = (0..5 * 4).map(|c| c % 7 != 2).collect();
-        let with = |random: Vec<i64>, random_rows: usize| Batch {
-            random_log_q: random.iter().map(|&j| -2.0 - j as f32 * 0.1).collect(),
-            random,
-            random_rows,
-            random_mask: masks.clone(),
-            interleave: true,
-            ..base.clone()
-        };
-        let dealt = with(d.concat(), 2);
+        let with =
+            |random: Vec<i64>, random_rows: usize| dealt(&base, random, random_rows, masks.clone());
+        let two = with(d.concat(), 2);
         // A draw per position (G = M), each position's equal to its dealt one.
         let own = with((0..5).flat_map(|m| d[m % 2].clone()).collect(), 5);
-        let t = Tensors::new(&dealt, 4, 0, Device::Cpu);
+        let t = Tensors::new(&two, 4, 0, Device::Cpu);
         let (group, slot, m_max) = t.groups.as_ref().expect("groups");
         assert_eq!(Vec::<i64>::try_from(group).expect("ids"), [0, 1, 0, 1, 0]);
         assert_eq!(Vec::<i64>::try_from(slot).expect("ids"), [0, 3, 1, 4, 2]);
         assert_eq!(*m_max, 3);
-        let loss = |b: &Batch| {
-            let t = Tensors::new(b, 4, 0, Device::Cpu);
-            batch_loss(&model, &cfg, &t, 12, true, None).double_value(&[])
-        };
-        let (a, b) = (loss(&dealt), loss(&own));
+        let loss = |b: &Batch| loss_of(&model, &cfg, b);
+        let (a, b) = (loss(&two), loss(&own));
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "interleaved {a} vs per position {b}");
         // Dealt the other way round, the positions see other candidates.
@@ -1047,10 +1049,7 @@ mod tests {
         let grouped = batch([d0.clone(), d1.clone()].concat(), 2, 2);
         // ... which is what three rows with their own draws equal to those give.
         let per_row = batch([d0.clone(), d0, d1].concat(), 3, 1);
-        let loss = |b: &Batch| {
-            let t = Tensors::new(b, 4, 0, Device::Cpu);
-            batch_loss(&model, &cfg, &t, 12, true, None).double_value(&[])
-        };
+        let loss = |b: &Batch| loss_of(&model, &cfg, b);
         let t = Tensors::new(&grouped, 4, 0, Device::Cpu);
         let (group, slot, m_max) = t.groups.as_ref().expect("groups");
         // 2 trained positions in group 0 (rows 0 and 1), 3 in group 1, laid out
