@@ -2,7 +2,7 @@
 //! re-indexed and split Parquet tables (docs/FORMATS.md, "ingest").
 //!
 //! Parsing is a streaming pass of our own (it must name file and line of a bad row);
-//! de-duplication, ordering and the Parquet output go through polars. This crate must
+//! so are de-duplication and ordering; polars writes the Parquet output. This crate must
 //! not know about any later stage.
 
 pub mod parse;

@@ -12,7 +12,8 @@
 //! [`metrics`] (HR, NDCG, MRR), [`probe`] (model hardness for the audit, training
 //! throughput for the benchmarks), [`export`] (the export stage: embeddings, the
 //! model file, recommendations), [`warm`] (warm start from an exported model),
-//! [`safetensors`], [`alloc`] (keeps large blocks mapped between batches).
+//! [`dropout`] (seeded CPU dropout masks), [`safetensors`], [`alloc`] (keeps large
+//! blocks mapped between batches).
 
 pub mod adam;
 pub mod alloc;
