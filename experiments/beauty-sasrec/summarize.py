@@ -54,6 +54,11 @@ def cfg(arm):
         c["random"] += f" (α {get('random-alpha', '1.0')})"
     c["prior"] = get("bce-offset", "none") == "prior"
     c["weight"] = float(get("negative-weight", "1.0"))
+    # The recipe's optimiser and dropout, named where an arm departs from them.
+    c["recipe"] = "".join(
+        f", {name} {get(k)}" for k, name, want in [("lr", "lr", 0.0005), ("dropout", "dropout", 0.6)]
+        if float(get(k)) != want
+    )
     return c
 
 
@@ -79,11 +84,13 @@ for r in rows:
             per = f"per group of {int(c['batch-size']) // c['random-groups']} users"
         else:
             per = "per batch"
-        negs = f"{c['n-random']} {c['random']} {per} + {hard} from epoch {c['warmup']}"
+        negs = f"{c['n-random']} {c['random']} {per}"
+        if int(c["n-hard"]) > 0:
+            negs += f" + {hard} from epoch {c['warmup']}"
         if c["weight"] != 1.0:
             negs += f", each weighted {c['weight']:g}"
     f, o = e["test_full"], e["test_full_other_protocol"]
-    loss = c["loss"] + c["block"] + (" + prior offset" if c["prior"] else "")
+    loss = c["loss"] + c["block"] + (" + prior offset" if c["prior"] else "") + c["recipe"]
     print(
         f"| {r['arm']} | {loss} | {negs} | {c['logq']} | {seed(r['arm'])} | {device(r)} | {f['NDCG@10']:.4f} | {f['HR@10']:.4f} | {f['NDCG@20']:.4f} | {f['HR@20']:.4f} | "
         f"{o['NDCG@10']:.4f} | {t['best_epoch']} / {t['epochs_run']} | {t['mean_train_seconds_per_epoch']:.1f} | {sum(e['seconds'] for e in t['epochs']) / 60:.0f} min |"
