@@ -253,6 +253,10 @@ fn is_one_f64(x: &f64) -> bool {
     *x == 1.0
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn is_one(n: &u32) -> bool {
     *n == 1
 }
@@ -375,6 +379,13 @@ pub struct TrainSettings {
     /// configs written before it existed keep their stage keys.
     #[serde(skip_serializing_if = "is_one_f64")]
     pub negative_weight: f64,
+    /// `sampled-softmax`: every item of a row's own window (its inputs and its last
+    /// target) but the position's target is an exact negative of each position,
+    /// with weight 1 and no correction, as those items sit in the full softmax's
+    /// normaliser; the random negatives keep masking them. Left out of the
+    /// serialised form at its default (false), so older configs keep their keys.
+    #[serde(skip_serializing_if = "is_false")]
+    pub history_negatives: bool,
     /// gBCE calibration t ∈ [0, 1] (0 = plain BCE, 1 = fully calibrated).
     pub gbce_t: f64,
     /// Left out of the serialised form at its default, so configs written before
@@ -749,6 +760,12 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.train.history_negatives && self.train.loss != Loss::SampledSoftmax {
+            problems.push(
+                "train.history-negatives: adds exact negatives to loss = \"sampled-softmax\" only"
+                    .to_owned(),
+            );
+        }
         if matches!(
             self.train.loss,
             Loss::Bpr | Loss::Bce | Loss::Gbce | Loss::SampledSoftmax
@@ -1062,6 +1079,7 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         random_alpha: s.float("random-alpha", 1.0, 0.0, 10.0),
         logq,
         negative_weight: s.float("negative-weight", 1.0, 1e-6, 1e6),
+        history_negatives: s.boolean("history-negatives", false),
         gbce_t: s.float("gbce-t", 0.75, 0.0, 1.0),
         bce_offset: s.choice(
             "bce-offset",
@@ -1398,6 +1416,35 @@ mod tests {
             found
                 .iter()
                 .any(|p| p.contains("train.negative-weight: 0 is out of range")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn history_negatives_are_for_sampled_softmax_and_stay_out_of_the_key_when_off() {
+        let c = Config::defaults(Path::new("/x"));
+        assert!(!c.train.history_negatives);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert!(
+            key.get("history_negatives").is_none(),
+            "older configs keep their train key"
+        );
+        let (_, key) = train_of("loss = \"sampled-softmax\"\nhistory-negatives = true\n");
+        assert_eq!(key["history_negatives"], serde_json::Value::Bool(true));
+        let found = problems(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"gbce\"\nhistory-negatives = true\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with(
+            "train.history-negatives: adds exact negatives to loss = \"sampled-softmax\" only"
+        ));
+        let found = problems(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nhistory-negatives = 1\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("train.history-negatives: expected true or false")),
             "{found:?}"
         );
     }

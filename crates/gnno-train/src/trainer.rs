@@ -264,10 +264,13 @@ pub(crate) fn batch_loss(
         // A draw per row: [B, P, K] by one batched product, then the trained
         // positions.
         let e_rand = rows(out, &t.random); // [B, K, D]
-        let rep_all = rep_all.unwrap_or_else(|| {
-            let b = t.targets.size()[0];
-            Packing { idx, b, l: p }.pad(&rep)
-        });
+        let rep_all = rep_all.as_ref().map_or_else(
+            || {
+                let b = t.targets.size()[0];
+                Packing { idx, b, l: p }.pad(&rep)
+            },
+            Tensor::shallow_clone,
+        );
         (
             flat(rep_all.matmul(&e_rand.transpose(1, 2)), k),
             flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k),
@@ -310,6 +313,13 @@ pub(crate) fn batch_loss(
             let b = bias(&hard_lq, &hard_mask, true);
             parts.push((hs, b));
         }
+        if cfg.history_negatives {
+            let rep_all = rep_all.unwrap_or_else(|| {
+                let b = t.targets.size()[0];
+                Packing { idx, b, l: p }.pad(&rep)
+            });
+            parts.push(history_part(t, &rep_all, out, &tgt, idx));
+        }
         return objectives::sampled_softmax_parts(&pos, &parts);
     }
     let (neg, mask, log_q) = match hard {
@@ -333,6 +343,46 @@ pub(crate) fn batch_loss(
         beta,
         offset,
     )
+}
+
+/// `history-negatives`: each trained position's scores `[M, C]` against its row's
+/// own window, the inputs and the row's last target (C = L + 1), and their bias:
+/// 0 where the item counts, −∞ for padding, for a repeat of an item earlier in the
+/// window (the full softmax counts each item once) and for the position's own
+/// target. These are the items the random negatives mask; here they enter the
+/// normaliser exactly, as in the full softmax, with no correction or weight.
+fn history_part(
+    t: &Tensors,
+    rep_all: &Tensor,
+    out: &nn::Embedding,
+    tgt: &Tensor,
+    idx: &Tensor,
+) -> (Tensor, Tensor) {
+    let p = t.targets.size()[1];
+    let cands = Tensor::cat(&[&t.hist, &t.targets.narrow(1, p - 1, 1)], 1); // [B, C]
+    let c = cands.size()[1];
+    let earlier = Tensor::ones([c, c], (Kind::Bool, cands.device())).tril(-1);
+    let repeat = cands
+        .unsqueeze(2)
+        .eq_tensor(&cands.unsqueeze(1))
+        .logical_and(&earlier)
+        .any_dim(2, false); // [B, C]: the item is also at an earlier column
+    let counts = cands.gt(0).logical_and(&repeat.logical_not());
+    let flat = |x: Tensor| {
+        x.expand([-1, p, c], false)
+            .reshape([-1, c])
+            .index_select(0, idx)
+    };
+    let keep = flat(counts.unsqueeze(1))
+        .logical_and(&flat(cands.unsqueeze(1)).ne_tensor(&tgt.unsqueeze(1)));
+    let scores = rep_all
+        .matmul(&rows(out, &cands).transpose(1, 2)) // [B, P, C]
+        .reshape([-1, c])
+        .index_select(0, idx);
+    let bias = scores
+        .zeros_like()
+        .masked_fill(&keep.logical_not(), f64::NEG_INFINITY);
+    (scores, bias)
 }
 
 pub(crate) struct Trainer<'a> {
@@ -956,6 +1006,45 @@ mod tests {
             interleave: true,
             ..base.clone()
         }
+    }
+
+    #[test]
+    fn history_negatives_with_every_other_item_drawn_give_the_full_softmax() {
+        // Row 2 repeats item 6 (w = 6 7 6 11): the full softmax counts it once, and
+        // at position 1, whose target it is, not as a negative at all.
+        let (mut cfg, vs, model) = sampled_sasrec(7);
+        cfg.logq = LogQ::Off;
+        cfg.history_negatives = true;
+        let mut b = batch(vec![], 3, 1);
+        b.hist = vec![0, 0, 1, 0, 0, 4, 6, 7, 6];
+        b.targets = vec![0, 0, 2, 0, 0, 5, 7, 6, 11];
+        // Each row draws every item of 1..=12 outside its window, padded to K = 10.
+        let k = 10;
+        (b.random, b.random_mask) = (vec![], vec![]);
+        for w in [[1i64, 2, 0], [4, 5, 0], [6, 7, 11]] {
+            let others: Vec<i64> = (1..=12).filter(|j| !w.contains(j)).collect();
+            b.random_mask.extend((0..k).map(|i| i < others.len()));
+            b.random
+                .extend(others.iter().copied().chain(std::iter::repeat(0)).take(k));
+        }
+        b.random_log_q = vec![-1.0; 3 * k];
+        let t = Tensors::new(&b, k, 0, Device::Cpu);
+        let loss = batch_loss(&model, &cfg, &t, 12, false, None);
+        let got = loss.double_value(&[]);
+        let mut full = cfg.clone();
+        full.loss = Loss::FullSoftmax;
+        let want = batch_loss(&model, &full, &t, 12, false, None).double_value(&[]);
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // The padding in the windows sends no gradient; the window's items do.
+        loss.backward();
+        let g = vs.variables()["items.weight"].grad();
+        let row = |i: i64| g.get(i).abs().max().to_kind(Kind::Double).double_value(&[]);
+        assert_eq!(row(0), 0.0);
+        assert!(row(6) > 0.0 && row(11) > 0.0);
+        // Without them the normaliser misses the rows' own items: a smaller loss.
+        cfg.history_negatives = false;
+        let without = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
+        assert!(without < got - 1e-3, "{without} vs {got}");
     }
 
     #[test]
