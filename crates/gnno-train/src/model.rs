@@ -291,7 +291,7 @@ impl Chunk {
 /// whose items span `spans[r]` columns (0: no item, in no chunk): rows sorted by
 /// span, cut where the attention work `rows × w × (w + d)` plus `overhead` per
 /// chunk is least (exact, by dynamic programming over the distinct spans).
-fn chunk_plan(spans: &[usize], d: usize, overhead: usize) -> Vec<(usize, Vec<usize>)> {
+pub(crate) fn chunk_plan(spans: &[usize], d: usize, overhead: usize) -> Vec<(usize, Vec<usize>)> {
     let mut rows: Vec<usize> = (0..spans.len()).filter(|&r| spans[r] > 0).collect();
     rows.sort_by_key(|&r| (spans[r], r));
     // Distinct spans, and how many rows come before each (`upto[j]`) and up to
@@ -521,6 +521,21 @@ impl Model {
     /// epoch's seed, so a resumed run draws what an uninterrupted one draws).
     pub(crate) fn reseed_dropout(&self, seed: u64) {
         self.drop.reseed(seed);
+    }
+
+    /// The work one more chunk of rows costs (`chunk_plan`), when rows are cut
+    /// into chunks by length on this device; None: never.
+    pub(crate) fn chunk_overhead(&self, device: Device) -> Option<usize> {
+        self.chunk_overhead.filter(|_| device == Device::Cpu)
+    }
+
+    /// This model with rows cut into chunks at `overhead` (None: never).
+    #[cfg(test)]
+    pub(crate) fn with_chunk_overhead(self, overhead: Option<usize>) -> Self {
+        Self {
+            chunk_overhead: overhead,
+            ..self
+        }
     }
 
     /// Whether position t's state depends on positions ≤ t only, so one forward

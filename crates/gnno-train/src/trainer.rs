@@ -68,6 +68,8 @@ pub(crate) struct Tensors {
     groups: Option<(Tensor, Tensor, i64)>,
     /// `[rows, positions, n_hard]`, empty when the epoch has none.
     hard: Option<(Tensor, Tensor)>,
+    /// Each row's trained positions (on the host).
+    row_len: Vec<usize>,
 }
 
 impl Tensors {
@@ -141,6 +143,11 @@ impl Tensors {
             interleave: b.interleave,
             groups,
             hard,
+            row_len: b
+                .targets
+                .chunks(b.positions.max(1))
+                .map(|r| r.iter().filter(|&&t| t > 0).count())
+                .collect(),
         }
     }
 }
@@ -264,13 +271,10 @@ pub(crate) fn batch_loss(
         // A draw per row: [B, P, K] by one batched product, then the trained
         // positions.
         let e_rand = rows(out, &t.random); // [B, K, D]
-        let rep_all = rep_all.as_ref().map_or_else(
-            || {
-                let b = t.targets.size()[0];
-                Packing { idx, b, l: p }.pad(&rep)
-            },
-            Tensor::shallow_clone,
-        );
+        let rep_all = rep_all.unwrap_or_else(|| {
+            let b = t.targets.size()[0];
+            Packing { idx, b, l: p }.pad(&rep)
+        });
         (
             flat(rep_all.matmul(&e_rand.transpose(1, 2)), k),
             flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k),
@@ -314,11 +318,8 @@ pub(crate) fn batch_loss(
             parts.push((hs, b));
         }
         if cfg.history_negatives {
-            let rep_all = rep_all.unwrap_or_else(|| {
-                let b = t.targets.size()[0];
-                Packing { idx, b, l: p }.pad(&rep)
-            });
-            parts.push(history_part(t, &rep_all, out, &tgt, idx));
+            let overhead = model.chunk_overhead(rep.device());
+            parts.push(history_part(t, &rep, out, &tgt, overhead));
         }
         return objectives::sampled_softmax_parts(&pos, &parts);
     }
@@ -346,43 +347,110 @@ pub(crate) fn batch_loss(
 }
 
 /// `history-negatives`: each trained position's scores `[M, C]` against its row's
-/// own window, the inputs and the row's last target (C = L + 1), and their bias:
-/// 0 where the item counts, −∞ for padding, for a repeat of an item earlier in the
+/// own window, the row's inputs and last target (the last m + 1 columns of
+/// `[hist | last target]` for a row of m trained positions), and their bias: 0
+/// where the item counts, −∞ for padding, for a repeat of an item earlier in the
 /// window (the full softmax counts each item once) and for the position's own
 /// target. These are the items the random negatives mask; here they enter the
 /// normaliser exactly, as in the full softmax, with no correction or weight.
+///
+/// A random batch is mostly padding (one long row sets its width) and this part
+/// costs rows × w × (w + 1) scores at width w, so rows are scored in chunks of
+/// similar length (`chunk_plan`, at `overhead` scores a chunk; None: one chunk),
+/// each chunk by one batched product over its rows' last w columns; the chunks'
+/// columns are padded to the widest (bias −∞) and put back in row-major order.
 fn history_part(
     t: &Tensors,
-    rep_all: &Tensor,
+    rep: &Tensor,
     out: &nn::Embedding,
     tgt: &Tensor,
-    idx: &Tensor,
+    overhead: Option<usize>,
 ) -> (Tensor, Tensor) {
     let p = t.targets.size()[1];
-    let cands = Tensor::cat(&[&t.hist, &t.targets.narrow(1, p - 1, 1)], 1); // [B, C]
-    let c = cands.size()[1];
-    let earlier = Tensor::ones([c, c], (Kind::Bool, cands.device())).tril(-1);
-    let repeat = cands
-        .unsqueeze(2)
-        .eq_tensor(&cands.unsqueeze(1))
-        .logical_and(&earlier)
-        .any_dim(2, false); // [B, C]: the item is also at an earlier column
-    let counts = cands.gt(0).logical_and(&repeat.logical_not());
-    let flat = |x: Tensor| {
-        x.expand([-1, p, c], false)
-            .reshape([-1, c])
-            .index_select(0, idx)
+    let dev = rep.device();
+    let cands = Tensor::cat(&[&t.hist, &t.targets.narrow(1, p - 1, 1)], 1); // [B, P + 1]
+    let widest = t.row_len.iter().copied().max().unwrap_or(0);
+    let plan = match overhead {
+        Some(o) => crate::model::chunk_plan(&t.row_len, 1, o),
+        None => vec![(
+            widest,
+            (0..t.row_len.len()).filter(|&r| t.row_len[r] > 0).collect(),
+        )],
     };
-    let keep = flat(counts.unsqueeze(1))
-        .logical_and(&flat(cands.unsqueeze(1)).ne_tensor(&tgt.unsqueeze(1)));
-    let scores = rep_all
-        .matmul(&rows(out, &cands).transpose(1, 2)) // [B, P, C]
-        .reshape([-1, c])
-        .index_select(0, idx);
-    let bias = scores
-        .zeros_like()
-        .masked_fill(&keep.logical_not(), f64::NEG_INFINITY);
-    (scores, bias)
+    // Row r's first trained position in the row-major order of `rep`.
+    let first: Vec<i64> = t
+        .row_len
+        .iter()
+        .scan(0i64, |at, &m| {
+            let f = *at;
+            *at += m as i64;
+            Some(f)
+        })
+        .collect();
+    let c_max = i64::try_from(widest).unwrap_or(0) + 1;
+    if plan.is_empty() {
+        let none = Tensor::zeros([0, c_max], (Kind::Float, dev));
+        return (none.shallow_clone(), none);
+    }
+    let (mut scores, mut biases, mut order) = (Vec::new(), Vec::new(), Vec::new());
+    for (w, chunk) in &plan {
+        let (n, w) = (chunk.len() as i64, *w as i64);
+        // Each trained position of the chunk: its index in `rep` and its slot in
+        // the chunk's left-padded [n, w] layout.
+        let (mut pidx, mut slot, mut row_of) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &r) in chunk.iter().enumerate() {
+            let m = t.row_len[r] as i64;
+            pidx.extend((0..m).map(|j| first[r] + j));
+            slot.extend((0..m).map(|j| i as i64 * w + w - m + j));
+            row_of.extend(std::iter::repeat_n(i as i64, t.row_len[r]));
+        }
+        let row_of = Tensor::from_slice(&row_of).to_device(dev);
+        let pidx_t = Tensor::from_slice(&pidx).to_device(dev);
+        let slot_t = Tensor::from_slice(&slot).to_device(dev);
+        let rows_t =
+            Tensor::from_slice(&chunk.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(dev);
+        let cand = cands.index_select(0, &rows_t).narrow(1, p - w, w + 1); // [n, w + 1]
+        let earlier = Tensor::ones([w + 1, w + 1], (Kind::Bool, dev)).tril(-1);
+        let repeat = cand
+            .unsqueeze(2)
+            .eq_tensor(&cand.unsqueeze(1))
+            .logical_and(&earlier)
+            .any_dim(2, false); // [n, w + 1]: also at an earlier column
+        let counts = cand.gt(0).logical_and(&repeat.logical_not());
+        let keep = counts.index_select(0, &row_of).logical_and(
+            &cand
+                .index_select(0, &row_of)
+                .ne_tensor(&tgt.index_select(0, &pidx_t).unsqueeze(1)),
+        );
+        let padded = Packing {
+            idx: &slot_t,
+            b: n,
+            l: w,
+        }
+        .pad(&rep.index_select(0, &pidx_t)); // [n, w, D]
+        let s = padded
+            .bmm(&rows(out, &cand).transpose(1, 2)) // [n, w, w + 1]
+            .view([n * w, w + 1])
+            .index_select(0, &slot_t);
+        let bias = s
+            .zeros_like()
+            .masked_fill(&keep.logical_not(), f64::NEG_INFINITY);
+        // Pad to the widest chunk's columns: no candidate there.
+        let extra = c_max - (w + 1);
+        scores.push(s.constant_pad_nd([0, extra]));
+        biases.push(bias.pad([0, extra], "constant", f64::NEG_INFINITY));
+        order.extend(pidx);
+    }
+    // Back to row-major order: the position at `order[i]` is chunk row i.
+    let mut back = vec![0i64; order.len()];
+    for (i, &o) in order.iter().enumerate() {
+        back[usize::try_from(o).unwrap_or(0)] = i as i64;
+    }
+    let back = Tensor::from_slice(&back).to_device(dev);
+    (
+        Tensor::cat(&scores, 0).index_select(0, &back),
+        Tensor::cat(&biases, 0).index_select(0, &back),
+    )
 }
 
 pub(crate) struct Trainer<'a> {
@@ -1010,18 +1078,16 @@ mod tests {
 
     #[test]
     fn history_negatives_with_every_other_item_drawn_give_the_full_softmax() {
-        // Row 2 repeats item 6 (w = 6 7 6 11): the full softmax counts it once, and
-        // at position 1, whose target it is, not as a negative at all.
-        let (mut cfg, vs, model) = sampled_sasrec(7);
-        cfg.logq = LogQ::Off;
-        cfg.history_negatives = true;
+        // Row 0 repeats item 6 (w = 6 7 6 11): the full softmax counts it once, and
+        // at position 1, whose target it is, not as a negative at all. Row 0 is the
+        // longest, so cut into chunks by length its positions come last.
         let mut b = batch(vec![], 3, 1);
-        b.hist = vec![0, 0, 1, 0, 0, 4, 6, 7, 6];
-        b.targets = vec![0, 0, 2, 0, 0, 5, 7, 6, 11];
+        b.hist = vec![6, 7, 6, 0, 0, 1, 0, 0, 4];
+        b.targets = vec![7, 6, 11, 0, 0, 2, 0, 0, 5];
         // Each row draws every item of 1..=12 outside its window, padded to K = 10.
         let k = 10;
         (b.random, b.random_mask) = (vec![], vec![]);
-        for w in [[1i64, 2, 0], [4, 5, 0], [6, 7, 11]] {
+        for w in [[6i64, 7, 11], [1, 2, 0], [4, 5, 0]] {
             let others: Vec<i64> = (1..=12).filter(|j| !w.contains(j)).collect();
             b.random_mask.extend((0..k).map(|i| i < others.len()));
             b.random
@@ -1029,22 +1095,29 @@ mod tests {
         }
         b.random_log_q = vec![-1.0; 3 * k];
         let t = Tensors::new(&b, k, 0, Device::Cpu);
-        let loss = batch_loss(&model, &cfg, &t, 12, false, None);
-        let got = loss.double_value(&[]);
-        let mut full = cfg.clone();
-        full.loss = Loss::FullSoftmax;
-        let want = batch_loss(&model, &full, &t, 12, false, None).double_value(&[]);
-        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
-        // The padding in the windows sends no gradient; the window's items do.
-        loss.backward();
-        let g = vs.variables()["items.weight"].grad();
-        let row = |i: i64| g.get(i).abs().max().to_kind(Kind::Double).double_value(&[]);
-        assert_eq!(row(0), 0.0);
-        assert!(row(6) > 0.0 && row(11) > 0.0);
-        // Without them the normaliser misses the rows' own items: a smaller loss.
-        cfg.history_negatives = false;
-        let without = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
-        assert!(without < got - 1e-3, "{without} vs {got}");
+        // One chunk, a chunk per length, and the default cut.
+        for overhead in [None, Some(0), Some(1 << 20)] {
+            let (mut cfg, vs, model) = sampled_sasrec(7);
+            let model = model.with_chunk_overhead(overhead);
+            cfg.logq = LogQ::Off;
+            cfg.history_negatives = true;
+            let loss = batch_loss(&model, &cfg, &t, 12, false, None);
+            let got = loss.double_value(&[]);
+            let mut full = cfg.clone();
+            full.loss = Loss::FullSoftmax;
+            let want = batch_loss(&model, &full, &t, 12, false, None).double_value(&[]);
+            assert!((got - want).abs() < 1e-5, "{overhead:?}: {got} vs {want}");
+            // The padding in the windows sends no gradient; the window's items do.
+            loss.backward();
+            let g = vs.variables()["items.weight"].grad();
+            let row = |i: i64| g.get(i).abs().max().to_kind(Kind::Double).double_value(&[]);
+            assert_eq!(row(0), 0.0);
+            assert!(row(6) > 0.0 && row(11) > 0.0);
+            // Without them the normaliser misses the rows' own items: a smaller loss.
+            cfg.history_negatives = false;
+            let without = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
+            assert!(without < got - 1e-3, "{without} vs {got}");
+        }
     }
 
     #[test]
