@@ -54,6 +54,7 @@ def cfg(arm):
         c["random"] += f" (α {get('random-alpha', '1.0')})"
     c["prior"] = get("bce-offset", "none") == "prior"
     c["weight"] = float(get("negative-weight", "1.0"))
+    c["history"] = get("history-negatives", "false") == "true"
     # The recipe's optimiser and dropout, named where an arm departs from them.
     c["recipe"] = "".join(
         f", {name} {get(k)}" for k, name, want in [("lr", "lr", 0.0005), ("dropout", "dropout", 0.6)]
@@ -89,6 +90,8 @@ for r in rows:
             negs += f" + {hard} from epoch {c['warmup']}"
         if c["weight"] != 1.0:
             negs += f", each weighted {c['weight']:g}"
+        if c["history"]:
+            negs += " + the row's own window, exactly"
     f, o = e["test_full"], e["test_full_other_protocol"]
     loss = c["loss"] + c["block"] + (" + prior offset" if c["prior"] else "") + c["recipe"]
     print(
