@@ -766,6 +766,12 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.train.history_negatives && self.train.backbone == Backbone::Encoder {
+            problems.push(
+                "train.history-negatives: needs a causal backbone (sasrec, gru4rec), whose rows are a user's sequence"
+                    .to_owned(),
+            );
+        }
         if matches!(
             self.train.loss,
             Loss::Bpr | Loss::Bce | Loss::Gbce | Loss::SampledSoftmax
@@ -1429,15 +1435,25 @@ mod tests {
             key.get("history_negatives").is_none(),
             "older configs keep their train key"
         );
-        let (_, key) = train_of("loss = \"sampled-softmax\"\nhistory-negatives = true\n");
+        let (_, key) = train_of(
+            "backbone = \"sasrec\"\nloss = \"sampled-softmax\"\nhistory-negatives = true\n",
+        );
         assert_eq!(key["history_negatives"], serde_json::Value::Bool(true));
         let found = problems(
-            "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"gbce\"\nhistory-negatives = true\n",
+            "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"sasrec\"\nloss = \"gbce\"\nhistory-negatives = true\n",
         );
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with(
             "train.history-negatives: adds exact negatives to loss = \"sampled-softmax\" only"
         ));
+        let found = problems(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"encoder\"\nloss = \"sampled-softmax\"\nhistory-negatives = true\n",
+        );
+        assert!(
+            found.iter().any(|p| p
+                .starts_with("train.history-negatives: needs a causal backbone (sasrec, gru4rec)")),
+            "{found:?}"
+        );
         let found = problems(
             "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nhistory-negatives = 1\n",
         );
