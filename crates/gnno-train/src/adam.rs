@@ -9,7 +9,11 @@
 //! its own allocation. Elsewhere the moments are flat tensors and a step is a
 //! fixed number of kernels whatever the parameter count (what a GPU needs). Both
 //! do each element's operations in the same f32 order as PyTorch's single-tensor
-//! Adam, so they agree with it and with each other to the bit (tests).
+//! Adam. The flat form agrees with it to the bit; the host loop does too where
+//! libtorch's f32 square root is correctly rounded. On some CPUs it is not
+//! (libtorch takes a vector-math square root: on an AMD EPYC about 18% of values
+//! one ulp off), and there the host loop, whose `sqrt` is IEEE's, can differ from
+//! the tensor form by an ulp. Either form resumes itself exactly (tests).
 
 use tch::{Device, Kind, Tensor};
 
@@ -397,13 +401,16 @@ mod tests {
 
     /// PyTorch's single-tensor Adam with L2 decay, one parameter at a time, written
     /// out by hand: p −= lr·(m/bc1)/(sqrt(v/bc2)+eps) after m, v move by g + wd·p.
+    /// With `exact_sqrt` the square root is the correctly rounded one (taken in
+    /// f64, which rounds back to the f32 IEEE result), as the host loop's is;
+    /// otherwise libtorch's f32 kernel, which on some CPUs is an ulp off.
     fn reference(
         ps: &[(String, Tensor)],
         ms: &mut [Tensor],
         vs: &mut [Tensor],
         t: i32,
-        lr: f64,
-        wd: f64,
+        (lr, wd): (f64, f64),
+        exact_sqrt: bool,
     ) {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
@@ -420,7 +427,13 @@ mod tests {
                 };
                 ms[k] = &ms[k] * b1 + &g * (1.0 - b1);
                 vs[k] = &vs[k] * b2 + &g * &g * (1.0 - b2);
-                let upd = &ms[k] / bc1 / ((&vs[k] / bc2).sqrt() + eps) * lr;
+                let vhat = &vs[k] / bc2;
+                let root = if exact_sqrt {
+                    vhat.to_kind(Kind::Double).sqrt().to_kind(Kind::Float)
+                } else {
+                    vhat.sqrt()
+                };
+                let upd = &ms[k] / bc1 / (root + eps) * lr;
                 let _ = p.shallow_clone().g_sub_(&upd);
             }
         });
@@ -459,7 +472,7 @@ mod tests {
             set_grads(&theirs, t, skip);
             opt.step();
             #[expect(clippy::cast_possible_truncation)]
-            reference(&theirs, &mut ms, &mut vs, t as i32, lr, wd);
+            reference(&theirs, &mut ms, &mut vs, t as i32, (lr, wd), host);
             if t == 2 {
                 let st = opt.state();
                 let m = |n: &str| find(&st, n).abs().sum(Kind::Float).double_value(&[]);
@@ -540,6 +553,10 @@ mod tests {
         let mut ob = adam_with(&b, str::to_owned, lr, wd, to);
         ob.restore(&oa.state()).expect("its own state");
         assert_eq!(ob.step, 3);
+        // The state moves whole: every moment to the bit.
+        for ((name, x), (_, y)) in oa.state().iter().zip(&ob.state()) {
+            assert_eq!(bits(x), bits(y), "{name}, {from} → {to}");
+        }
         for t in 4..=5 {
             set_grads(&a, t, None);
             set_grads(&b, t, None);
@@ -547,7 +564,15 @@ mod tests {
             ob.step();
         }
         for ((name, pa), (_, pb)) in a.iter().zip(&b) {
-            assert_eq!(bits(pa), bits(pb), "{name}, {from} → {to}");
+            if from == to {
+                assert_eq!(bits(pa), bits(pb), "{name}, {from} → {to}");
+            } else {
+                // The two forms' square roots may differ by an ulp on some CPUs
+                // (module doc): the steps after the move agree to f32 rounding.
+                let off = (pa - pb).abs() - pa.abs() * 1e-6;
+                let worst = off.max().double_value(&[]);
+                assert!(worst <= 1e-9, "{name}, {from} → {to}: {worst}");
+            }
         }
     }
 }
