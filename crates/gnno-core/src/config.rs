@@ -347,6 +347,10 @@ pub enum LogQ {
     Random,
     /// Random and hard negatives (the hard ones with the probability stored in the shards).
     All,
+    /// The hard negatives as an exact stratum: each distinct one counted once, as in
+    /// the full softmax, and the random draws, logQ-corrected, estimate the rest
+    /// (a draw that is one of the position's hard negatives is masked).
+    Stratified,
 }
 
 /// Where training starts from (docs/CONFIG.md, `train.warm-start`).
@@ -1068,6 +1072,7 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
             ("off", LogQ::Off),
             ("random", LogQ::Random),
             ("all", LogQ::All),
+            ("stratified", LogQ::Stratified),
         ],
     );
     let early_stop_metric = s.string("early-stop-metric", "NDCG@10");

@@ -123,7 +123,8 @@ pub fn full_softmax(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Tensor {
 /// draws the correction counts (`random`: only the random draws are corrected, with
 /// K = k_random, and hard negatives keep their raw logits; `all`: both, with K =
 /// k_random + k_hard, which averages the two importance-sampling estimates of the
-/// normaliser with weights proportional to their draw counts).
+/// normaliser with weights proportional to their draw counts; `stratified`: as
+/// `random`, the masks of the sampled softmax doing the rest, see `trainer`).
 pub fn logq_correction(mode: LogQ, log_q: &Tensor, k_random: i64, k_hard: i64) -> Option<Tensor> {
     if mode == LogQ::Off {
         return None;
@@ -146,8 +147,8 @@ pub fn logq_correction(mode: LogQ, log_q: &Tensor, k_random: i64, k_hard: i64) -
 fn logq_shift(mode: LogQ, k_random: i64, k_hard: i64, hard: bool) -> Option<f64> {
     #[expect(clippy::cast_precision_loss, reason = "counts")]
     match (mode, hard) {
-        (LogQ::Off, _) | (LogQ::Random, true) => None,
-        (LogQ::Random, false) => Some((k_random as f64).ln()),
+        (LogQ::Off, _) | (LogQ::Random | LogQ::Stratified, true) => None,
+        (LogQ::Random | LogQ::Stratified, false) => Some((k_random as f64).ln()),
         (LogQ::All, _) => Some(((k_random + k_hard) as f64).ln()),
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     alloc, augment, history_tensor, permutation, resolve_device, EpochRow, Job, BEST_MODEL,
     CHECKPOINT_DIR, HISTORY_FILE, TAG_BATCH, TAG_ORDER, TAG_RANDOM, TAG_VIEW,
 };
-use gnno_core::config::{Backbone, Batching, Loss, RandomScope, TrainSettings};
+use gnno_core::config::{Backbone, Batching, LogQ, Loss, RandomScope, TrainSettings};
 use gnno_core::dataset::{Dataset, Instances};
 use gnno_core::error::{Error, Result};
 use gnno_core::{fsutil, mix_seed};
@@ -239,13 +239,14 @@ pub(crate) fn batch_loss(
     let pos = (&rep * rows(out, &tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, idx);
-    let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
+    let (rand_scores, rand_lq, group) = if t.random.size()[0] == 1 {
         // One draw for the batch: [M, K] by one matrix product.
         let e_rand = rows(out, &t.random.squeeze_dim(0)); // [K, D]
         let m = rep.size()[0];
         (
             rep.matmul(&e_rand.transpose(0, 1)),
             t.random_log_q.expand([m, k], false),
+            None,
         )
     } else if let Some((group, slot, m_max)) = &t.groups {
         // A draw per group of consecutive rows: the trained positions are in row
@@ -266,6 +267,7 @@ pub(crate) fn batch_loss(
                 .view([g * m_max, k])
                 .index_select(0, slot),
             t.random_log_q.index_select(0, group),
+            Some(group),
         )
     } else {
         // A draw per row: [B, P, K] by one batched product, then the trained
@@ -278,13 +280,15 @@ pub(crate) fn batch_loss(
         (
             flat(rep_all.matmul(&e_rand.transpose(1, 2)), k),
             flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k),
+            None,
         )
     };
-    let rand_mask = if t.interleave {
+    let mut rand_mask = if t.interleave {
         t.random_mask.shallow_clone()
     } else {
         flat(t.random_mask.unsqueeze(1).expand([-1, p, k], false), k)
     };
+    let stratified = cfg.loss == Loss::SampledSoftmax && cfg.logq == LogQ::Stratified;
     if let Some(tally) = tally.as_deref_mut() {
         tally.random.add(&rand_scores, &pos, &rand_mask);
     }
@@ -293,7 +297,29 @@ pub(crate) fn batch_loss(
         let h = hard.size()[2];
         let hard = flat(hard.shallow_clone(), h); // [M, H]
         let hs = (rows(out, &hard) * rep.unsqueeze(1)).sum_dim_intlist(-1i64, false, Kind::Float);
-        let hard_mask = hard.gt(0);
+        let mut hard_mask = hard.gt(0);
+        if stratified {
+            // An exact stratum counts each item once: a hard negative drawn again
+            // is masked, and so is a random draw of one (the random part
+            // estimates the items outside the stratum).
+            let earlier = Tensor::ones([h, h], (Kind::Bool, hard.device())).tril(-1);
+            let repeat = hard
+                .unsqueeze(2)
+                .eq_tensor(&hard.unsqueeze(1))
+                .logical_and(&earlier)
+                .any_dim(2, false);
+            hard_mask = hard_mask.logical_and(&repeat.logical_not());
+            let drawn = match group {
+                None if t.random.size()[0] == 1 => t.random.expand([hard.size()[0], k], false),
+                Some(group) => t.random.index_select(0, group),
+                None => flat(t.random.unsqueeze(1).expand([-1, p, k], false), k),
+            }; // [M, K]
+            let hit = drawn
+                .unsqueeze(2)
+                .eq_tensor(&hard.unsqueeze(1))
+                .any_dim(2, false);
+            rand_mask = rand_mask.logical_and(&hit.logical_not());
+        }
         if let Some(tally) = tally {
             tally.hard.add(&hs, &pos, &hard_mask);
         }
@@ -1118,6 +1144,73 @@ mod tests {
             let without = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
             assert!(without < got - 1e-3, "{without} vs {got}");
         }
+    }
+
+    #[test]
+    fn a_stratified_hard_part_with_every_other_item_drawn_gives_the_full_softmax() {
+        // As above (history negatives, every item outside a row's window drawn,
+        // here with K·q = 1 so the random part's correction is 0), and each
+        // position draws 3 hard negatives, repeats and padding among them: counted
+        // once each, the random draws of them masked, the loss is the full softmax's.
+        let mut b = batch(vec![], 3, 1);
+        b.hist = vec![6, 7, 6, 0, 0, 1, 0, 0, 4];
+        b.targets = vec![7, 6, 11, 0, 0, 2, 0, 0, 5];
+        let k = 10;
+        (b.random, b.random_mask) = (vec![], vec![]);
+        for w in [[6i64, 7, 11], [1, 2, 0], [4, 5, 0]] {
+            let others: Vec<i64> = (1..=12).filter(|j| !w.contains(j)).collect();
+            b.random_mask.extend((0..k).map(|i| i < others.len()));
+            b.random
+                .extend(others.iter().copied().chain(std::iter::repeat(0)).take(k));
+        }
+        let lq = -(k as f32).ln();
+        b.random_log_q = vec![lq; 3 * k];
+        b.hard = vec![
+            1, 1, 2, 3, 0, 3, 12, 9, 12, // row 0
+            0, 0, 0, 0, 0, 0, 9, 9, 9, // row 1: its one trained position
+            0, 0, 0, 0, 0, 0, 3, 0, 8, // row 2
+        ];
+        b.hard_log_q = vec![-0.5; 27];
+        let (mut cfg, _vs, model) = sampled_sasrec(7);
+        cfg.history_negatives = true;
+        let loss = |cfg: &TrainSettings, h: usize| {
+            let t = Tensors::new(&b, k, h, Device::Cpu);
+            batch_loss(&model, cfg, &t, 12, false, None).double_value(&[])
+        };
+        let mut full = cfg.clone();
+        full.loss = Loss::FullSoftmax;
+        let want = loss(&full, 3);
+        cfg.logq = LogQ::Stratified;
+        let got = loss(&cfg, 3);
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // Counting the repeats and the random draws of the hard items again (the
+        // hard part at full weight, `random`) gives another, larger loss.
+        cfg.logq = LogQ::Random;
+        let again = loss(&cfg, 3);
+        assert!(again > got + 1e-3, "{again} vs {got}");
+        // Without hard negatives the random part alone is the full softmax.
+        cfg.logq = LogQ::Stratified;
+        assert!((loss(&cfg, 0) - want).abs() < 1e-5);
+        // The same draws dealt to the five trained positions (the interleaved
+        // path, each position's draw found through its group): the same loss.
+        let rows_of = [0usize, 0, 0, 1, 2];
+        let dealt = Batch {
+            random: rows_of
+                .iter()
+                .flat_map(|&r| b.random[r * k..(r + 1) * k].to_vec())
+                .collect(),
+            random_mask: rows_of
+                .iter()
+                .flat_map(|&r| b.random_mask[r * k..(r + 1) * k].to_vec())
+                .collect(),
+            random_log_q: vec![lq; 5 * k],
+            random_rows: 5,
+            interleave: true,
+            ..b.clone()
+        };
+        let t = Tensors::new(&dealt, k, 3, Device::Cpu);
+        let dealt_loss = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
+        assert!((dealt_loss - want).abs() < 1e-5, "{dealt_loss} vs {want}");
     }
 
     #[test]
