@@ -289,6 +289,54 @@ pub struct Batch {
     pub trained: usize,
 }
 
+impl Batch {
+    /// The random draws that are also one of their position's hard negatives
+    /// (`logq = "stratified"` masks them): flat indices m·k + c into the
+    /// `[trained, k]` random columns, trained positions in row-major order. Each
+    /// draw is sorted once and each hard negative looked up in its position's draw,
+    /// so this costs O(M·H·log k), not the O(M·k·H) of comparing every pair.
+    pub fn stratum_hits(&self, k: usize, n_hard: usize) -> Vec<i64> {
+        if n_hard == 0 || self.hard.is_empty() || k == 0 {
+            return Vec::new();
+        }
+        let sorted: Vec<Vec<(i64, usize)>> = self
+            .random
+            .chunks(k)
+            .map(|d| {
+                let mut d: Vec<(i64, usize)> = d.iter().copied().zip(0..).collect();
+                d.sort_unstable();
+                d
+            })
+            .collect();
+        let mut hits = Vec::new();
+        let mut m = 0usize;
+        for (slot, &target) in self.targets.iter().enumerate() {
+            if target == 0 {
+                continue;
+            }
+            let draw = if self.interleave {
+                m % self.random_rows.max(1)
+            } else {
+                (slot / self.positions.max(1) / self.group_rows.max(1))
+                    .min(self.random_rows.saturating_sub(1))
+            };
+            let hard = &self.hard[slot * n_hard..(slot + 1) * n_hard];
+            let d = &sorted[draw];
+            for (h, &x) in hard.iter().enumerate() {
+                if x == 0 || hard[..h].contains(&x) {
+                    continue;
+                }
+                let from = d.partition_point(|&(j, _)| j < x);
+                for &(_, c) in d[from..].iter().take_while(|&&(j, _)| j == x) {
+                    hits.push((m * k + c) as i64);
+                }
+            }
+            m += 1;
+        }
+        hits
+    }
+}
+
 /// Where each row's user and instances come from.
 pub struct Rows<'a> {
     pub ds: &'a Dataset,

@@ -70,6 +70,9 @@ pub(crate) struct Tensors {
     hard: Option<(Tensor, Tensor)>,
     /// Each row's trained positions (on the host).
     row_len: Vec<usize>,
+    /// The random columns that are one of their position's hard negatives, flat
+    /// into `[M, K]` (`Batch::stratum_hits`); empty without hard negatives.
+    stratum_hits: Tensor,
 }
 
 impl Tensors {
@@ -148,6 +151,12 @@ impl Tensors {
                 .chunks(b.positions.max(1))
                 .map(|r| r.iter().filter(|&&t| t > 0).count())
                 .collect(),
+            stratum_hits: Tensor::from_slice(&if n_hard > 0 {
+                b.stratum_hits(usize::try_from(k).unwrap_or(0), n_hard)
+            } else {
+                Vec::new()
+            })
+            .to_device(device),
         }
     }
 }
@@ -239,14 +248,13 @@ pub(crate) fn batch_loss(
     let pos = (&rep * rows(out, &tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, idx);
-    let (rand_scores, rand_lq, group) = if t.random.size()[0] == 1 {
+    let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
         // One draw for the batch: [M, K] by one matrix product.
         let e_rand = rows(out, &t.random.squeeze_dim(0)); // [K, D]
         let m = rep.size()[0];
         (
             rep.matmul(&e_rand.transpose(0, 1)),
             t.random_log_q.expand([m, k], false),
-            None,
         )
     } else if let Some((group, slot, m_max)) = &t.groups {
         // A draw per group of consecutive rows: the trained positions are in row
@@ -267,7 +275,6 @@ pub(crate) fn batch_loss(
                 .view([g * m_max, k])
                 .index_select(0, slot),
             t.random_log_q.index_select(0, group),
-            Some(group),
         )
     } else {
         // A draw per row: [B, P, K] by one batched product, then the trained
@@ -280,7 +287,6 @@ pub(crate) fn batch_loss(
         (
             flat(rep_all.matmul(&e_rand.transpose(1, 2)), k),
             flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k),
-            None,
         )
     };
     let mut rand_mask = if t.interleave {
@@ -309,16 +315,11 @@ pub(crate) fn batch_loss(
                 .logical_and(&earlier)
                 .any_dim(2, false);
             hard_mask = hard_mask.logical_and(&repeat.logical_not());
-            let drawn = match group {
-                None if t.random.size()[0] == 1 => t.random.expand([hard.size()[0], k], false),
-                Some(group) => t.random.index_select(0, group),
-                None => flat(t.random.unsqueeze(1).expand([-1, p, k], false), k),
-            }; // [M, K]
-            let hit = drawn
-                .unsqueeze(2)
-                .eq_tensor(&hard.unsqueeze(1))
-                .any_dim(2, false);
-            rand_mask = rand_mask.logical_and(&hit.logical_not());
+            let shape = rand_mask.size();
+            rand_mask = rand_mask
+                .reshape([-1])
+                .index_fill(0, &t.stratum_hits, 0)
+                .view(shape.as_slice());
         }
         if let Some(tally) = tally {
             tally.hard.add(&hs, &pos, &hard_mask);
@@ -1157,8 +1158,10 @@ mod tests {
         b.targets = vec![7, 6, 11, 0, 0, 2, 0, 0, 5];
         let k = 10;
         (b.random, b.random_mask) = (vec![], vec![]);
-        for w in [[6i64, 7, 11], [1, 2, 0], [4, 5, 0]] {
-            let others: Vec<i64> = (1..=12).filter(|j| !w.contains(j)).collect();
+        for (r, w) in [[6i64, 7, 11], [1, 2, 0], [4, 5, 0]].iter().enumerate() {
+            // Rotated by row, so no item sits in the same column in two draws.
+            let mut others: Vec<i64> = (1..=12).filter(|j| !w.contains(j)).collect();
+            others.rotate_left(3 * r);
             b.random_mask.extend((0..k).map(|i| i < others.len()));
             b.random
                 .extend(others.iter().copied().chain(std::iter::repeat(0)).take(k));
