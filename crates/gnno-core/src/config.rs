@@ -770,6 +770,15 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.train.history_negatives
+            && self.train.logq == LogQ::Stratified
+            && !self.negatives.exclude_history
+        {
+            problems.push(
+                "train.logq = \"stratified\" with history-negatives needs negatives.exclude-history = true: a hard negative from the history would be counted twice, in the window and in the stratum"
+                    .to_owned(),
+            );
+        }
         if self.train.history_negatives && self.train.backbone == Backbone::Encoder {
             problems.push(
                 "train.history-negatives: needs a causal backbone (sasrec, gru4rec), whose rows are a user's sequence"
@@ -1459,6 +1468,15 @@ mod tests {
                 .starts_with("train.history-negatives: needs a causal backbone (sasrec, gru4rec)")),
             "{found:?}"
         );
+        let stratified = "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"sasrec\"\nloss = \"sampled-softmax\"\nhistory-negatives = true\nlogq = \"stratified\"\n";
+        assert!(Config::parse(stratified, Path::new(".")).is_ok());
+        let found = problems(&format!(
+            "{stratified}[negatives]\nexclude-history = false\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with(
+            "train.logq = \"stratified\" with history-negatives needs negatives.exclude-history = true"
+        ));
         let found = problems(
             "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nhistory-negatives = 1\n",
         );
