@@ -1103,24 +1103,33 @@ mod tests {
         }
     }
 
+    /// Three rows over 12 items, row 0 repeating item 6 (w = 6 7 6 11), row 0 the
+    /// longest; each row draws every item of 1..=12 outside its window, padded to
+    /// `k` (at least 10), with ln q = `log_q`. The draws are rotated by row, so no
+    /// item sits in the same column in two rows' draws.
+    fn every_other_item_drawn(k: usize, log_q: f32) -> Batch {
+        let mut b = batch(vec![], 3, 1);
+        b.hist = vec![6, 7, 6, 0, 0, 1, 0, 0, 4];
+        b.targets = vec![7, 6, 11, 0, 0, 2, 0, 0, 5];
+        (b.random, b.random_mask) = (vec![], vec![]);
+        for (r, w) in [[6i64, 7, 11], [1, 2, 0], [4, 5, 0]].iter().enumerate() {
+            let mut others: Vec<i64> = (1..=12).filter(|j| !w.contains(j)).collect();
+            others.rotate_left(3 * r);
+            b.random_mask.extend((0..k).map(|i| i < others.len()));
+            b.random
+                .extend(others.iter().copied().chain(std::iter::repeat(0)).take(k));
+        }
+        b.random_log_q = vec![log_q; 3 * k];
+        b
+    }
+
     #[test]
     fn history_negatives_with_every_other_item_drawn_give_the_full_softmax() {
         // Row 0 repeats item 6 (w = 6 7 6 11): the full softmax counts it once, and
         // at position 1, whose target it is, not as a negative at all. Row 0 is the
         // longest, so cut into chunks by length its positions come last.
-        let mut b = batch(vec![], 3, 1);
-        b.hist = vec![6, 7, 6, 0, 0, 1, 0, 0, 4];
-        b.targets = vec![7, 6, 11, 0, 0, 2, 0, 0, 5];
-        // Each row draws every item of 1..=12 outside its window, padded to K = 10.
         let k = 10;
-        (b.random, b.random_mask) = (vec![], vec![]);
-        for w in [[6i64, 7, 11], [1, 2, 0], [4, 5, 0]] {
-            let others: Vec<i64> = (1..=12).filter(|j| !w.contains(j)).collect();
-            b.random_mask.extend((0..k).map(|i| i < others.len()));
-            b.random
-                .extend(others.iter().copied().chain(std::iter::repeat(0)).take(k));
-        }
-        b.random_log_q = vec![-1.0; 3 * k];
+        let b = every_other_item_drawn(k, -1.0);
         let t = Tensors::new(&b, k, 0, Device::Cpu);
         // One chunk, a chunk per length, and the default cut.
         for overhead in [None, Some(0), Some(1 << 20)] {
@@ -1153,21 +1162,9 @@ mod tests {
         // here with K·q = 1 so the random part's correction is 0), and each
         // position draws 3 hard negatives, repeats and padding among them: counted
         // once each, the random draws of them masked, the loss is the full softmax's.
-        let mut b = batch(vec![], 3, 1);
-        b.hist = vec![6, 7, 6, 0, 0, 1, 0, 0, 4];
-        b.targets = vec![7, 6, 11, 0, 0, 2, 0, 0, 5];
         let k = 10;
-        (b.random, b.random_mask) = (vec![], vec![]);
-        for (r, w) in [[6i64, 7, 11], [1, 2, 0], [4, 5, 0]].iter().enumerate() {
-            // Rotated by row, so no item sits in the same column in two draws.
-            let mut others: Vec<i64> = (1..=12).filter(|j| !w.contains(j)).collect();
-            others.rotate_left(3 * r);
-            b.random_mask.extend((0..k).map(|i| i < others.len()));
-            b.random
-                .extend(others.iter().copied().chain(std::iter::repeat(0)).take(k));
-        }
         let lq = -(k as f32).ln();
-        b.random_log_q = vec![lq; 3 * k];
+        let mut b = every_other_item_drawn(k, lq);
         b.hard = vec![
             1, 1, 2, 3, 0, 3, 12, 9, 12, // row 0
             0, 0, 0, 0, 0, 0, 9, 9, 9, // row 1: its one trained position
