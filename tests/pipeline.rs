@@ -317,6 +317,64 @@ fn negatives_are_byte_identical_across_thread_counts_and_row_identical_across_sh
 }
 
 #[test]
+fn distinct_negatives_hold_no_repeats_and_are_byte_identical_across_thread_counts() {
+    // negatives.distinct through the CLI: rows without repeats where the default
+    // draws repeat, the same bytes on 1 and 2 threads, and a stage key of its own.
+    let distinct = |threads: &str| {
+        let p = project("");
+        let cfg = std::fs::read_to_string(p.path().join("pipeline.toml")).expect("read");
+        p.config(
+            &cfg.replace("threads = 2", threads)
+                .replace(
+                    "n-hard = 3",
+                    "n-hard = 8\ntemperature = 0.05\ndistinct = true",
+                )
+                .replace("pace = 0.1", "pace = 0.5"),
+        );
+        p.ok(&["run", "--to", "negatives"]);
+        p
+    };
+    let (a, b) = (distinct("threads = 2"), distinct("threads = 1"));
+    let sa = snapshot(&run_dir(&a.workdir(), "negatives"));
+    assert!(!sa.is_empty());
+    assert_eq!(sa, snapshot(&run_dir(&b.workdir(), "negatives")));
+    let plain = project("");
+    let cfg = std::fs::read_to_string(plain.path().join("pipeline.toml")).expect("read");
+    plain.config(
+        &cfg.replace("n-hard = 3", "n-hard = 8\ntemperature = 0.05")
+            .replace("pace = 0.1", "pace = 0.5"),
+    );
+    plain.ok(&["run", "--to", "negatives"]);
+    let repeats = |p: &Project| {
+        let (mut rows, mut with_repeats) = (0, 0);
+        // Epoch 2, h = 0.5 (epoch 1's h = 0 leaves nothing to draw in this dense
+        // graph: every item overlaps every target).
+        let dir = run_dir(&p.workdir(), "negatives").join("epoch-0002");
+        for f in gnno_core::shards::list(&dir).expect("list") {
+            let s = gnno_core::shards::read(&f).expect("read");
+            for r in 0..s.instance.len() {
+                let mut row = s.negatives[s.offsets[r]..s.offsets[r + 1]].to_vec();
+                assert_eq!(row.len(), 8, "row {r}: every row has 8 items to draw from");
+                row.sort_unstable();
+                row.dedup();
+                rows += 1;
+                with_repeats += usize::from(row.len() < 8);
+            }
+        }
+        (rows, with_repeats)
+    };
+    let (rows, with_repeats) = repeats(&a);
+    assert!(rows > 500, "{rows}");
+    assert_eq!(with_repeats, 0);
+    let (_, plain_repeats) = repeats(&plain);
+    assert!(plain_repeats > rows / 10, "{plain_repeats} of {rows}");
+    assert_ne!(
+        a.json(&["report", "negatives", "--json"])["fingerprint"],
+        plain.json(&["report", "negatives", "--json"])["fingerprint"]
+    );
+}
+
+#[test]
 fn training_killed_after_a_checkpoint_resumes_to_the_same_metrics() {
     let clean = project("");
     clean.ok(&["run"]);

@@ -188,6 +188,12 @@ pub struct NegativesSettings {
     pub pace: f64,
     pub max_hardness: f64,
     pub exclude_history: bool,
+    /// Each row's hard negatives distinct: drawn one after another, each from the
+    /// distribution with the row's earlier draws removed (successive sampling
+    /// without replacement; GNNO.md §4 draws with replacement). Left out of the
+    /// serialised form at its default (false), so older configs keep their keys.
+    #[serde(skip_serializing_if = "is_false")]
+    pub distinct: bool,
     pub popularity_alpha: f64,
     pub shard_rows: u32,
     pub row_group_rows: u32,
@@ -779,6 +785,16 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.negatives.distinct
+            && self.negatives.n_hard > 0
+            && self.train.loss == Loss::SampledSoftmax
+            && self.train.logq == LogQ::All
+        {
+            problems.push(
+                "negatives.distinct with train.logq = \"all\": a distinct row's stored ln q is conditional on its earlier draws, not the probability of drawing the item that logQ corrects by; use logq = \"stratified\" (or \"random\")"
+                    .to_owned(),
+            );
+        }
         if self.train.history_negatives && self.train.backbone == Backbone::Encoder {
             problems.push(
                 "train.history-negatives: needs a causal backbone (sasrec, gru4rec), whose rows are a user's sequence"
@@ -1016,6 +1032,7 @@ fn read_negatives(root: &Table, problems: &mut Vec<String>) -> NegativesSettings
     let pace = s.float("pace", 0.04, 0.0, 1.0);
     let max_hardness = s.float("max-hardness", 0.5, 0.0, 1.0);
     let exclude_history = s.boolean("exclude-history", true);
+    let distinct = s.boolean("distinct", false);
     let popularity_alpha = s.float("popularity-alpha", 0.75, 0.0, 10.0);
     let shard_rows = s.uint("shard-rows", 65_536, 1, u32::MAX);
     let row_group_rows = s.uint("row-group-rows", 16_384, 1, u32::MAX);
@@ -1028,6 +1045,7 @@ fn read_negatives(root: &Table, problems: &mut Vec<String>) -> NegativesSettings
         pace,
         max_hardness,
         exclude_history,
+        distinct,
         popularity_alpha,
         shard_rows,
         row_group_rows,
@@ -1477,6 +1495,25 @@ mod tests {
         assert!(found[0].starts_with(
             "train.logq = \"stratified\" with history-negatives needs negatives.exclude-history = true"
         ));
+        // Distinct hard negatives: fine stratified, refused where logQ reads their q.
+        let distinct = Config::parse(
+            &format!("{stratified}[negatives]\ndistinct = true\n"),
+            Path::new("."),
+        )
+        .expect("distinct and stratified");
+        assert!(distinct.negatives.distinct);
+        let key = |c: &Config| serde_json::to_value(&c.negatives).expect("serialises");
+        assert_eq!(key(&distinct)["distinct"], serde_json::json!(true));
+        let plain = Config::parse(stratified, Path::new(".")).expect("parses");
+        assert!(
+            key(&plain).get("distinct").is_none(),
+            "left out at its default"
+        );
+        let found = problems(
+            "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"sasrec\"\nloss = \"sampled-softmax\"\nlogq = \"all\"\n[negatives]\ndistinct = true\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("negatives.distinct with train.logq = \"all\""));
         let found = problems(
             "[ingest]\ninputs=[\"a\"]\n[train]\nloss = \"sampled-softmax\"\nhistory-negatives = 1\n",
         );

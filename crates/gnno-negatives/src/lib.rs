@@ -84,7 +84,7 @@ impl Sampler {
         out: &mut Vec<Drawn>,
     ) {
         let prep = self.prepare(t, h);
-        self.draw_prepared(prep.as_ref(), None, t, n, exclude, rng, out);
+        self.draw_prepared(prep.as_ref(), None, t, n, false, exclude, rng, out);
     }
 
     /// The per-(target, hardness) part of a draw, reusable across instances.
@@ -112,6 +112,9 @@ impl Sampler {
 
     /// [`Sampler::draw`] with the (target, hardness) part prepared and, when
     /// given, the instance's exclusions located (`loc`, for this t and `exclude`).
+    /// `distinct`: each draw is excluded from the row's later ones (successive
+    /// sampling without replacement), and its ln q is conditional on the draws
+    /// before it; fewer than n come back when fewer items are left.
     #[expect(
         clippy::too_many_arguments,
         reason = "the draw's inputs, each prepared by the caller"
@@ -122,6 +125,7 @@ impl Sampler {
         loc: Option<&sampler::Located>,
         t: ItemIdx,
         n: u32,
+        distinct: bool,
         exclude: &[ItemIdx],
         rng: &mut R,
         out: &mut Vec<Drawn>,
@@ -129,39 +133,68 @@ impl Sampler {
         if n == 0 {
             return;
         }
-        // GNNO draws from the instance's conditional distribution (t and the
-        // exclusions removed), prepared once for its n draws, each draw with its
-        // exact ln q; the others give ln of their normaliser, subtracted from each
-        // draw's log-weight.
-        let (cond, log_norm) = match self {
-            Self::Gnno { index, .. } => (
-                prep.map(|p| match loc {
-                    Some(loc) => index.condition_located(p, loc),
-                    None => index.condition(p, t, exclude),
-                }),
-                0.0,
-            ),
-            Self::Uniform { n_items } => (None, sampler::uniform_log_norm(*n_items, t, exclude)),
-            Self::Popularity(p) => (None, p.log_norm(t, exclude)),
+        // A draw that holds all the remaining mass has ln q = 0, which the
+        // subtraction can overshoot by rounding (ln q = 7e-15 at τ = 0.01 with the
+        // heavier items excluded); no probability exceeds 1.
+        #[expect(clippy::cast_possible_truncation, reason = "stored as f32")]
+        let push = |out: &mut Vec<Drawn>, (item, overlap, log_q): (ItemIdx, f32, f64)| {
+            out.push(Drawn {
+                item,
+                overlap,
+                log_prob: log_q.min(0.0) as f32,
+            });
         };
-        for _ in 0..n {
-            let got = match self {
-                Self::Gnno { .. } => cond.as_ref().and_then(|c| c.draw(rng)),
-                Self::Uniform { n_items } => {
-                    sampler::draw_uniform(*n_items, t, exclude, rng).map(|j| (j, 0.0, 0.0))
+        match self {
+            // GNNO draws from the instance's conditional distribution (t and the
+            // exclusions removed), prepared once for its n draws (once per draw
+            // when distinct), each draw with its exact ln q.
+            Self::Gnno { index, .. } => {
+                let Some(p) = prep else { return };
+                let mut own = None;
+                let located = match loc {
+                    Some(l) if !distinct => l,
+                    _ => own.insert(loc.cloned().unwrap_or_else(|| index.locate(p, t, exclude))),
+                };
+                let mut cond = index.condition_located(p, located);
+                for _ in 0..n {
+                    // None only when nothing is left (or at a rounding edge): draw again.
+                    let Some(d) = cond.draw(rng) else { continue };
+                    push(out, d);
+                    if let Some(l) = own.as_mut().filter(|_| distinct) {
+                        index.locate_one(p, l, d.0);
+                        cond = index.condition_located(p, l);
+                    }
                 }
-                Self::Popularity(p) => p.draw(t, exclude, rng).map(|j| (j, 0.0, p.weight(j).ln())),
-            };
-            if let Some((item, overlap, log_w)) = got {
-                // A draw that holds all the remaining mass has ln q = 0, which the
-                // subtraction can overshoot by rounding (ln q = 7e-15 at τ = 0.01
-                // with the heavier items excluded); no probability exceeds 1.
-                #[expect(clippy::cast_possible_truncation, reason = "stored as f32")]
-                out.push(Drawn {
-                    item,
-                    overlap,
-                    log_prob: (log_w - log_norm).min(0.0) as f32,
-                });
+            }
+            // The others give ln of their normaliser, subtracted from each draw's
+            // log-weight.
+            Self::Uniform { .. } | Self::Popularity(_) => {
+                let log_norm = |ex: &[ItemIdx]| match self {
+                    Self::Uniform { n_items } => sampler::uniform_log_norm(*n_items, t, ex),
+                    Self::Popularity(p) => p.log_norm(t, ex),
+                    Self::Gnno { .. } => 0.0,
+                };
+                let mut ex = std::borrow::Cow::Borrowed(exclude);
+                let mut norm = log_norm(&ex);
+                for _ in 0..n {
+                    let got = match self {
+                        Self::Uniform { n_items } => {
+                            sampler::draw_uniform(*n_items, t, &ex, rng).map(|j| (j, 0.0, 0.0))
+                        }
+                        Self::Popularity(p) => {
+                            p.draw(t, &ex, rng).map(|j| (j, 0.0, p.weight(j).ln()))
+                        }
+                        Self::Gnno { .. } => None,
+                    };
+                    let Some((j, overlap, log_w)) = got else {
+                        continue;
+                    };
+                    push(out, (j, overlap, log_w - norm));
+                    if distinct {
+                        ex.to_mut().push(j);
+                        norm = log_norm(&ex);
+                    }
+                }
             }
         }
     }
@@ -297,6 +330,7 @@ impl Draw<'_> {
                     loc.as_ref(),
                     t,
                     cfg.n_hard,
+                    cfg.distinct,
                     exclude,
                     &mut rng,
                     &mut buf,

@@ -165,30 +165,58 @@ impl OverlapIndex {
     /// drawn for several epochs looks them up once. A binary search or three per
     /// distinct item.
     pub fn locate(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> Located {
-        let list = &self.by_id[p.a..p.a + p.len];
-        let runs = &self.run_j[p.ra..p.ra + p.runs];
         let mut loc = Located::default();
         for k in distinct_with(t, exclude) {
-            if k < 1 || k > self.n_items {
-                continue;
-            }
-            match list.binary_search(&k) {
-                Ok(x) => {
-                    let v = self.j_by_id[p.a + x];
-                    let r = runs.partition_point(|&w| w > v);
-                    let (from, to) = self.run_bounds(p, r);
-                    let run_ids = &self.ids[p.a + from..p.a + to];
-                    if let Ok(pos) = run_ids.binary_search(&k) {
-                        loc.nb.push((r, u32::try_from(pos).unwrap_or(u32::MAX)));
-                    }
-                }
-                // Its rank among the items absent from the list.
-                Err(x) => loc.nn.push(k as usize - 1 - x),
+            match self.place(p, k) {
+                Some(Place::Neighbour(r, pos)) => loc.nb.push((r, pos)),
+                Some(Place::Other(rank)) => loc.nn.push(rank),
+                None => {}
             }
         }
         loc.nb.sort_unstable();
         loc.nn.sort_unstable();
         loc
+    }
+
+    /// Adds item k to `loc` (located for the same t by [`Self::locate`]): a
+    /// distinct row's draws so far join its exclusions one by one.
+    pub fn locate_one(&self, p: &Prepared, loc: &mut Located, k: ItemIdx) {
+        match self.place(p, k) {
+            Some(Place::Neighbour(r, pos)) => {
+                if let Err(at) = loc.nb.binary_search(&(r, pos)) {
+                    loc.nb.insert(at, (r, pos));
+                }
+            }
+            Some(Place::Other(rank)) => {
+                if let Err(at) = loc.nn.binary_search(&rank) {
+                    loc.nn.insert(at, rank);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Where item k sits for the prepared target: its (run, place in run) when it
+    /// is in the list, else its rank among the items absent from the list; None
+    /// for ids outside 1..=N.
+    fn place(&self, p: &Prepared, k: ItemIdx) -> Option<Place> {
+        if k < 1 || k > self.n_items {
+            return None;
+        }
+        let list = &self.by_id[p.a..p.a + p.len];
+        match list.binary_search(&k) {
+            Ok(x) => {
+                let v = self.j_by_id[p.a + x];
+                let r = self.run_j[p.ra..p.ra + p.runs].partition_point(|&w| w > v);
+                let (from, to) = self.run_bounds(p, r);
+                let run_ids = &self.ids[p.a + from..p.a + to];
+                run_ids
+                    .binary_search(&k)
+                    .ok()
+                    .map(|pos| Place::Neighbour(r, u32::try_from(pos).unwrap_or(u32::MAX)))
+            }
+            Err(x) => Some(Place::Other(k as usize - 1 - x)),
+        }
     }
 
     /// p(· | t, h) with t and the `exclude` items removed, ready for exact draws.
@@ -305,6 +333,12 @@ pub struct Located {
     /// Ranks of the excluded non-neighbours among the items absent from the list,
     /// ascending.
     nn: Vec<usize>,
+}
+
+/// Where an item sits in a target's list (see [`OverlapIndex::place`]).
+enum Place {
+    Neighbour(usize, u32),
+    Other(usize),
 }
 
 /// What a draw for one (target, hardness) needs, computed once.

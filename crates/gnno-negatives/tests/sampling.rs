@@ -371,6 +371,7 @@ fn exclusions_located_at_one_hardness_condition_any_other_exactly() {
                     Some(&loc),
                     t,
                     20,
+                    false,
                     &exclude,
                     &mut rng,
                     &mut a,
@@ -443,4 +444,114 @@ fn sharp_draws_with_the_heaviest_items_excluded_follow_the_exact_distribution() 
         }
     }
     assert!(checked > 10, "only {checked} distributions checked");
+}
+
+/// A row of `n` draws through the stage's sampler with `distinct`.
+fn distinct_row<R: rand::Rng>(
+    s: &Sampler,
+    t: u32,
+    h: f64,
+    n: u32,
+    exclude: &[u32],
+    rng: &mut R,
+) -> Vec<Drawn> {
+    let prep = s.prepare(t, h);
+    let mut out = Vec::new();
+    s.draw_prepared(prep.as_ref(), None, t, n, true, exclude, rng, &mut out);
+    out
+}
+
+#[test]
+fn distinct_rows_are_successive_draws_without_replacement() {
+    // Every target of every case, sharp and flat τ, with and without exclusions:
+    // a distinct row holds no item twice and no excluded one; each draw's ln q is
+    // exactly that of the distribution with the row's earlier draws removed; a row
+    // asking for more than is left gets every allowed item once; and the first
+    // two draws' pair frequencies follow p(a)·p(b | a removed).
+    const ROWS: u32 = 40_000;
+    let mut pairs_checked = 0;
+    for case in vectors()["cases"].as_array().expect("cases") {
+        let n = u32::try_from(case["n_items"].as_u64().expect("n")).expect("u32");
+        for t in 1..=n {
+            let by_j = heaviest_first(case, t);
+            for (tau, k, h) in [(1.0, 0, 1.0), (0.05, 1, 0.5), (0.01, 0, 1.0)] {
+                let exclude = &by_j[..k.min(by_j.len())];
+                let idx = index(case, tau);
+                let s = Sampler::Gnno {
+                    index: index(case, tau),
+                    tau,
+                };
+                let allowed = idx.probabilities(t, h, tau, exclude);
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(u64::from(t) * 7 + k as u64);
+                // More than is left: each allowed item once, in some order.
+                let all = distinct_row(&s, t, h, n + 3, exclude, &mut rng);
+                let mut got: Vec<u32> = all.iter().map(|d| d.item).collect();
+                got.sort_unstable();
+                let mut want: Vec<u32> = allowed.iter().map(|p| p.0).collect();
+                want.sort_unstable();
+                assert_eq!(got, want, "t={t} tau={tau} h={h} excluded {k}");
+                // Each ln q against enumeration with the earlier draws removed.
+                let mut before = exclude.to_vec();
+                for d in &all {
+                    let p: BTreeMap<u32, f64> =
+                        idx.probabilities(t, h, tau, &before).into_iter().collect();
+                    assert!(
+                        (f64::from(d.log_prob) - p[&d.item].ln()).abs() < 1e-5,
+                        "t={t} tau={tau} j={}: {} vs ln {}",
+                        d.item,
+                        d.log_prob,
+                        p[&d.item]
+                    );
+                    before.push(d.item);
+                }
+                if allowed.len() < 2 {
+                    continue;
+                }
+                // Pair frequencies of the first two draws.
+                let mut counts: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+                for _ in 0..ROWS {
+                    let row = distinct_row(&s, t, h, 2, exclude, &mut rng);
+                    assert_eq!(row.len(), 2);
+                    assert_ne!(row[0].item, row[1].item);
+                    *counts.entry((row[0].item, row[1].item)).or_default() += 1;
+                }
+                let p1: BTreeMap<u32, f64> = allowed.iter().copied().collect();
+                for (&a, &pa) in &p1 {
+                    let mut without = exclude.to_vec();
+                    without.push(a);
+                    for (b, pb) in idx.probabilities(t, h, tau, &without) {
+                        let p = pa * pb;
+                        let f =
+                            f64::from(counts.get(&(a, b)).copied().unwrap_or(0)) / f64::from(ROWS);
+                        let bound =
+                            5.0 * (p * (1.0 - p) / f64::from(ROWS)).sqrt() + 3.0 / f64::from(ROWS);
+                        assert!(
+                            (f - p).abs() <= bound,
+                            "t={t} tau={tau} h={h} pair ({a}, {b}): {f} vs {p}"
+                        );
+                        pairs_checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(pairs_checked > 100, "only {pairs_checked} pairs checked");
+}
+
+#[test]
+fn distinct_rows_of_the_other_samplers_hold_no_repeats() {
+    // Uniform over 6 items, 2 excluded besides the target: a row of 10 asks for
+    // more than the 3 left, gets each once, each with ln q = −ln(items left).
+    let s = Sampler::Uniform { n_items: 6 };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    for _ in 0..100 {
+        let row = distinct_row(&s, 1, 0.0, 10, &[2, 5], &mut rng);
+        let mut items: Vec<u32> = row.iter().map(|d| d.item).collect();
+        let lq: Vec<f32> = row.iter().map(|d| d.log_prob).collect();
+        #[expect(clippy::cast_possible_truncation, reason = "stored as f32")]
+        let want: Vec<f32> = [3.0f64, 2.0, 1.0].iter().map(|m| -m.ln() as f32).collect();
+        assert_eq!(lq, want);
+        items.sort_unstable();
+        assert_eq!(items, vec![3, 4, 6]);
+    }
 }
