@@ -158,11 +158,12 @@ impl Sampler {
                 let mut cond = index.condition_located(p, located);
                 for _ in 0..n {
                     // None only when nothing is left (or at a rounding edge): draw again.
-                    let Some(d) = cond.draw(rng) else { continue };
+                    let Some((d, at)) = cond.draw_placed(rng) else {
+                        continue;
+                    };
                     push(out, d);
                     if let Some(l) = own.as_mut().filter(|_| distinct) {
-                        index.locate_one(p, l, d.0);
-                        cond = index.condition_located(p, l);
+                        cond.remove(l, at);
                     }
                 }
             }

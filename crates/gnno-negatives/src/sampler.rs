@@ -178,24 +178,6 @@ impl OverlapIndex {
         loc
     }
 
-    /// Adds item k to `loc` (located for the same t by [`Self::locate`]): a
-    /// distinct row's draws so far join its exclusions one by one.
-    pub fn locate_one(&self, p: &Prepared, loc: &mut Located, k: ItemIdx) {
-        match self.place(p, k) {
-            Some(Place::Neighbour(r, pos)) => {
-                if let Err(at) = loc.nb.binary_search(&(r, pos)) {
-                    loc.nb.insert(at, (r, pos));
-                }
-            }
-            Some(Place::Other(rank)) => {
-                if let Err(at) = loc.nn.binary_search(&rank) {
-                    loc.nn.insert(at, rank);
-                }
-            }
-            None => {}
-        }
-    }
-
     /// Where item k sits for the prepared target: its (run, place in run) when it
     /// is in the list, else its rank among the items absent from the list; None
     /// for ids outside 1..=N.
@@ -252,35 +234,33 @@ impl OverlapIndex {
         } else {
             0.0
         };
-        // ex_suf[i]: scaled weight of the excluded neighbours i.. (runs ascending).
-        let mut ex_suf = vec![0.0; ex_nb.len() + 1];
-        for i in (0..ex_nb.len()).rev() {
-            let w = (f64::from(self.run_j[p.ra + ex_nb[i].0]) / self.tau - log_max).exp();
-            ex_suf[i] = ex_suf[i + 1] + w;
-        }
-        let w_nb = if r0 < p.runs {
-            ((self.run_lsuf[p.sufa + r0] - log_max).exp() - ex_suf[0]).max(0.0)
+        let ex_w: Vec<f64> = ex_nb
+            .iter()
+            .map(|x| (f64::from(self.run_j[p.ra + x.0]) / self.tau - log_max).exp())
+            .collect();
+        let head = if r0 < p.runs {
+            (self.run_lsuf[p.sufa + r0] - log_max).exp()
         } else {
             0.0
         };
-        let m0 = p.m0 - ex_nn.len();
-        let w0 = (-log_max).exp();
-        #[expect(clippy::cast_precision_loss, reason = "item counts are far below 2^52")]
-        let total = w_nb + m0 as f64 * w0;
-        Conditioned {
+        let mut c = Conditioned {
             idx: self,
             p: *p,
             r0,
             log_max,
             ex_nb,
-            ex_suf,
+            ex_w,
+            ex_suf: Vec::new(),
             ex_nn,
-            w_nb,
-            m0,
-            w0,
-            log_total: total.ln(),
-            total,
-        }
+            head,
+            w_nb: 0.0,
+            m0: 0,
+            w0: (-log_max).exp(),
+            log_total: 0.0,
+            total: 0.0,
+        };
+        c.masses();
+        c
     }
 
     /// Positions `from..to` of run r inside the prepared target's list.
@@ -336,7 +316,8 @@ pub struct Located {
 }
 
 /// Where an item sits in a target's list (see [`OverlapIndex::place`]).
-enum Place {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
     Neighbour(usize, u32),
     Other(usize),
 }
@@ -365,9 +346,13 @@ pub struct Conditioned<'a> {
     log_max: f64,
     /// Excluded neighbours in runs ≥ r0 as (run, place in run), ascending.
     ex_nb: Vec<(usize, u32)>,
+    /// Their scaled weights, and ex_suf[i] = Σ ex_w[i..].
+    ex_w: Vec<f64>,
     ex_suf: Vec<f64>,
     /// Ranks of the excluded non-neighbours among the items absent from the list.
     ex_nn: Vec<usize>,
+    /// Scaled mass of every item of the runs r0.. (excluded ones included).
+    head: f64,
     w_nb: f64,
     /// Non-neighbours left, each of scaled weight w0.
     m0: usize,
@@ -377,9 +362,69 @@ pub struct Conditioned<'a> {
 }
 
 impl Conditioned<'_> {
+    /// The masses left from `head`, `ex_w` and `ex_nn`: ex_suf[i] = Σ ex_w[i..]
+    /// (summed from the last), w_nb, m0, total.
+    fn masses(&mut self) {
+        self.ex_suf.clear();
+        self.ex_suf.resize(self.ex_w.len() + 1, 0.0);
+        for i in (0..self.ex_w.len()).rev() {
+            self.ex_suf[i] = self.ex_suf[i + 1] + self.ex_w[i];
+        }
+        self.w_nb = if self.r0 < self.p.runs {
+            (self.head - self.ex_suf[0]).max(0.0)
+        } else {
+            0.0
+        };
+        self.m0 = self.p.m0 - self.ex_nn.len();
+        #[expect(clippy::cast_precision_loss, reason = "item counts are far below 2^52")]
+        let total = self.w_nb + self.m0 as f64 * self.w0;
+        self.total = total;
+        self.log_total = total.ln();
+    }
+
+    /// Removes a drawn item (`at`, as [`Self::draw_placed`] gives it) from this
+    /// distribution and from `loc`, the exclusions it was conditioned on: the
+    /// state [`OverlapIndex::condition_located`] gives for `loc` with the item
+    /// added, to the bit. Only when the item was the last of run r0 (the scale)
+    /// is it conditioned afresh.
+    pub fn remove(&mut self, loc: &mut Located, at: Place) {
+        let idx = self.idx;
+        match at {
+            Place::Neighbour(r, pos) => {
+                let Err(i) = loc.nb.binary_search(&(r, pos)) else {
+                    return;
+                };
+                loc.nb.insert(i, (r, pos));
+                let (from, to) = idx.run_bounds(&self.p, r);
+                if r == self.r0 && excluded_in(&self.ex_nb, r).len() + 1 == to - from {
+                    *self = idx.condition_located(&self.p, loc);
+                    return;
+                }
+                let i = self.ex_nb.partition_point(|x| *x < (r, pos));
+                self.ex_nb.insert(i, (r, pos));
+                let w = (f64::from(idx.run_j[self.p.ra + r]) / idx.tau - self.log_max).exp();
+                self.ex_w.insert(i, w);
+            }
+            Place::Other(rank) => {
+                let Err(i) = loc.nn.binary_search(&rank) else {
+                    return;
+                };
+                loc.nn.insert(i, rank);
+                self.ex_nn
+                    .insert(self.ex_nn.partition_point(|&x| x < rank), rank);
+            }
+        }
+        self.masses();
+    }
+
     /// One draw: the item, its J and its exact ln q under this distribution; None
     /// when no item has mass.
     pub fn draw<R: rand::Rng>(&self, rng: &mut R) -> Option<(ItemIdx, f32, f64)> {
+        self.draw_placed(rng).map(|(d, _)| d)
+    }
+
+    /// [`Self::draw`], with where the item sits in the target's list.
+    pub fn draw_placed<R: rand::Rng>(&self, rng: &mut R) -> Option<((ItemIdx, f32, f64), Place)> {
         if self.total <= 0.0 || self.total.is_nan() {
             return None;
         }
@@ -434,7 +479,10 @@ impl Conditioned<'_> {
                     }
                     let v = idx.run_j[p.ra + r];
                     let lw = f64::from(v) / idx.tau - self.log_max;
-                    return Some((idx.ids[p.a + from + k], v, lw - self.log_total));
+                    return Some((
+                        (idx.ids[p.a + from + k], v, lw - self.log_total),
+                        Place::Neighbour(r, u32::try_from(k).unwrap_or(u32::MAX)),
+                    ));
                 }
                 if r == self.r0 {
                     return None;
@@ -466,7 +514,7 @@ impl Conditioned<'_> {
                 }
             }
             let j = u32::try_from(r + 1 + lo).unwrap_or(u32::MAX);
-            Some((j, 0.0, -self.log_max - self.log_total))
+            Some(((j, 0.0, -self.log_max - self.log_total), Place::Other(r)))
         }
     }
 }
