@@ -55,6 +55,7 @@ def cfg(arm):
     c["prior"] = get("bce-offset", "none") == "prior"
     c["weight"] = float(get("negative-weight", "1.0"))
     c["history"] = get("history-negatives", "false") == "true"
+    c["distinct"] = get("distinct", "false") == "true"
     # The recipe's optimiser and dropout, named where an arm departs from them.
     c["recipe"] = "".join(
         f", {name} {get(k)}" for k, name, want in [("lr", "lr", 0.0005), ("dropout", "dropout", 0.6)]
@@ -72,7 +73,7 @@ for r in rows:
     if c["loss"] == "full-softmax":
         negs = "all items"
     else:
-        hard = f"{c['n-hard']} {c['sampler']}" + (f" τ={c['temperature']}" if c["sampler"] == "gnno" else "")
+        hard = f"{c['n-hard']}{' distinct' if c['distinct'] else ''} {c['sampler']}" + (f" τ={c['temperature']}" if c["sampler"] == "gnno" else "")
         if c["sampler"] == "gnno" and float(c["max-hardness"]) != 0.5:
             hard += f" cap {c['max-hardness']}"
         if c["random-scope"] == "position":
