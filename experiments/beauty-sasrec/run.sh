@@ -5,7 +5,9 @@
 # Usage: experiments/beauty-sasrec/run.sh [arm ... | all]   (each arm is a <arm>.toml here;
 #   default: the headline arms of docs/RESULTS.md, seeds 42, 7 and 123: full softmax with
 #   the original and FreeRec's block, sampled softmax with uniform and with GNNO τ = 0.01
-#   negatives; "all": every arm)
+#   negatives; "goal": the goal's three arms with FreeRec's block, seeds 42, 7 and 123:
+#   full softmax, sampled softmax with uniform negatives and history, and with 9
+#   distinct GNNO τ = 0.01 hard negatives as an exact stratum and history; "all": every arm)
 # Then:  python3 experiments/beauty-sasrec/summarize.py   (the tables of docs/RESULTS.md)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,6 +18,11 @@ arms=("$@")
 if [ ${#arms[@]} -eq 0 ]; then
   arms=()
   for a in full-softmax full-softmax-freerec ssm-uniform-g32 ssm-gnno-g32-tau001; do
+    arms+=("$a" "$a-s7" "$a-s123")
+  done
+elif [ "${arms[*]}" = goal ]; then
+  arms=()
+  for a in full-softmax-freerec-xeon ssm-uniform-i32-hist-freerec ssm-gnno-i32-tau001-dist-strat-hist-freerec; do
     arms+=("$a" "$a-s7" "$a-s123")
   done
 elif [ "${arms[*]}" = all ]; then
