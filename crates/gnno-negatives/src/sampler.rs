@@ -315,7 +315,8 @@ pub struct Located {
     nn: Vec<usize>,
 }
 
-/// Where an item sits in a target's list (see [`OverlapIndex::place`]).
+/// Where an item sits in a target's list: (run, place in run) for a neighbour, else
+/// its rank among the items absent from the list (as [`OverlapIndex::locate`] finds them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
     Neighbour(usize, u32),
