@@ -146,8 +146,9 @@ impl Sampler {
         };
         match self {
             // GNNO draws from the instance's conditional distribution (t and the
-            // exclusions removed), prepared once for its n draws (once per draw
-            // when distinct), each draw with its exact ln q.
+            // exclusions removed), prepared once for its n draws, each draw with
+            // its exact ln q; when distinct, each draw is then taken out of it in
+            // place (`Conditioned::remove`).
             Self::Gnno { index, .. } => {
                 let Some(p) = prep else { return };
                 let mut own = None;
@@ -157,7 +158,7 @@ impl Sampler {
                 };
                 let mut cond = index.condition_located(p, located);
                 for _ in 0..n {
-                    // None only when nothing is left (or at a rounding edge): draw again.
+                    // None only when no mass is left: the slot stays empty (the row is short).
                     let Some((d, at)) = cond.draw_placed(rng) else {
                         continue;
                     };

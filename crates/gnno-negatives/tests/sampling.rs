@@ -598,10 +598,58 @@ fn distinct_rows_are_what_conditioning_afresh_for_each_draw_gives_to_the_bit() {
                     let got: Vec<(u32, u32)> =
                         row.iter().map(|d| (d.item, d.log_prob.to_bits())).collect();
                     assert_eq!(got, fresh, "t={t} tau={tau} h={h} excluded {k} seed {seed}");
+                    // As the stage draws: the exclusions located once, at another
+                    // hardness, and handed in.
+                    let loc = s
+                        .locate(&idx.prepare(t, 1.0 - h / 2.0), t, exclude)
+                        .expect("GNNO locates");
+                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+                    let mut staged = Vec::new();
+                    let prep = idx.prepare(t, h);
+                    s.draw_prepared(
+                        Some(&prep),
+                        Some(&loc),
+                        t,
+                        n,
+                        true,
+                        exclude,
+                        &mut rng,
+                        &mut staged,
+                    );
+                    let staged: Vec<(u32, u32)> = staged
+                        .iter()
+                        .map(|d| (d.item, d.log_prob.to_bits()))
+                        .collect();
+                    assert_eq!(staged, fresh, "located: t={t} tau={tau} h={h} excluded {k}");
                     compared += got.len();
                 }
             }
         }
     }
     assert!(compared > 1000, "{compared}");
+}
+
+#[test]
+fn distinct_popularity_rows_carry_the_probability_given_the_earlier_draws() {
+    // Counts 0, 1, 2, 3, 4 for items 0..=4 (α 1), target 1, item 2 excluded: the
+    // allowed items are 3 and 4 (weights 3, 4). A distinct row of 5 gets both,
+    // the first with ln(w / 7), the second with ln 1 = 0.
+    let s = Sampler::Popularity(gnno_negatives::sampler::Popularity::new(
+        &[0, 1, 2, 3, 4],
+        1.0,
+    ));
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+    let mut firsts = BTreeMap::new();
+    for _ in 0..2000 {
+        let row = distinct_row(&s, 1, 0.0, 5, &[2], &mut rng);
+        assert_eq!(row.len(), 2);
+        let w = f64::from(row[0].item);
+        assert!((f64::from(row[0].log_prob) - (w / 7.0).ln()).abs() < 1e-6);
+        assert!(row[1].log_prob.abs() < 1e-6);
+        assert_eq!(row[0].item + row[1].item, 7);
+        *firsts.entry(row[0].item).or_insert(0u32) += 1;
+    }
+    // 4 first with p 4/7 (sd of the share 0.011 over 2000 rows).
+    let share = f64::from(firsts[&4]) / 2000.0;
+    assert!((share - 4.0 / 7.0).abs() < 0.05, "{share}");
 }
