@@ -148,56 +148,45 @@ impl Sampler {
             // GNNO draws from the instance's conditional distribution (t and the
             // exclusions removed), prepared once for its n draws, each draw with
             // its exact ln q; when distinct, each draw is then taken out of it in
-            // place (`Conditioned::remove`).
+            // place (`Conditioned::remove`), on the row's own copy of the
+            // located exclusions.
             Self::Gnno { index, .. } => {
                 let Some(p) = prep else { return };
-                let mut own = None;
-                let located = match loc {
-                    Some(l) if !distinct => l,
-                    _ => own.insert(loc.cloned().unwrap_or_else(|| index.locate(p, t, exclude))),
+                let mut own =
+                    distinct.then(|| loc.cloned().unwrap_or_else(|| index.locate(p, t, exclude)));
+                let mut cond = match (&own, loc) {
+                    (Some(l), _) | (None, Some(l)) => index.condition_located(p, l),
+                    (None, None) => index.condition(p, t, exclude),
                 };
-                let mut cond = index.condition_located(p, located);
                 for _ in 0..n {
                     // None only when no mass is left: the slot stays empty (the row is short).
                     let Some((d, at)) = cond.draw_placed(rng) else {
                         continue;
                     };
                     push(out, d);
-                    if let Some(l) = own.as_mut().filter(|_| distinct) {
+                    if let Some(l) = own.as_mut() {
                         cond.remove(l, at);
                     }
                 }
             }
             // The others give ln of their normaliser, subtracted from each draw's
-            // log-weight.
-            Self::Uniform { .. } | Self::Popularity(_) => {
-                let log_norm = |ex: &[ItemIdx]| match self {
-                    Self::Uniform { n_items } => sampler::uniform_log_norm(*n_items, t, ex),
-                    Self::Popularity(p) => p.log_norm(t, ex),
-                    Self::Gnno { .. } => 0.0,
-                };
-                let mut ex = std::borrow::Cow::Borrowed(exclude);
-                let mut norm = log_norm(&ex);
-                for _ in 0..n {
-                    let got = match self {
-                        Self::Uniform { n_items } => {
-                            sampler::draw_uniform(*n_items, t, &ex, rng).map(|j| (j, 0.0, 0.0))
-                        }
-                        Self::Popularity(p) => {
-                            p.draw(t, &ex, rng).map(|j| (j, 0.0, p.weight(j).ln()))
-                        }
-                        Self::Gnno { .. } => None,
-                    };
-                    let Some((j, overlap, log_w)) = got else {
-                        continue;
-                    };
-                    push(out, (j, overlap, log_w - norm));
-                    if distinct {
-                        ex.to_mut().push(j);
-                        norm = log_norm(&ex);
-                    }
-                }
-            }
+            // log-weight; when distinct, each draw joins the exclusions.
+            Self::Uniform { n_items } => draw_plain(
+                n,
+                distinct,
+                exclude,
+                |ex| sampler::uniform_log_norm(*n_items, t, ex),
+                |ex| sampler::draw_uniform(*n_items, t, ex, rng).map(|j| (j, 0.0)),
+                |d| push(out, d),
+            ),
+            Self::Popularity(pop) => draw_plain(
+                n,
+                distinct,
+                exclude,
+                |ex| pop.log_norm(t, ex),
+                |ex| pop.draw(t, ex, rng).map(|j| (j, pop.weight(j).ln())),
+                |d| push(out, d),
+            ),
         }
     }
 
@@ -206,6 +195,31 @@ impl Sampler {
         match self {
             Self::Gnno { index, .. } => index.overlap(t, j),
             _ => 0.0,
+        }
+    }
+}
+
+/// n draws of a sampler without a graph: `draw` gives an item and its ln weight
+/// with the items of its argument excluded, `log_norm` ln of their normaliser;
+/// `distinct` adds each draw to the exclusions (and renormalises).
+fn draw_plain(
+    n: u32,
+    distinct: bool,
+    exclude: &[ItemIdx],
+    log_norm: impl Fn(&[ItemIdx]) -> f64,
+    mut draw: impl FnMut(&[ItemIdx]) -> Option<(ItemIdx, f64)>,
+    mut push: impl FnMut((ItemIdx, f32, f64)),
+) {
+    let mut ex = std::borrow::Cow::Borrowed(exclude);
+    let mut norm = log_norm(&ex);
+    for _ in 0..n {
+        let Some((j, log_w)) = draw(&ex) else {
+            continue;
+        };
+        push((j, 0.0, log_w - norm));
+        if distinct {
+            ex.to_mut().push(j);
+            norm = log_norm(&ex);
         }
     }
 }
