@@ -8,11 +8,12 @@
 # negatives stage's draw per epoch. Work folders go to a temporary directory.
 # Usage: experiments/beauty-sasrec/cost.sh [EPOCHS [SAMPLED_ARM FULL_ARM]]
 #   (default arms: ssm-gnno-g32-tau001-s7 and full-softmax-s7, the original block;
-#    ssm-gnno-g32-tau001-freerec-s7 and full-softmax-freerec-s7 for FreeRec's)
+#    ssm-gnno-g32-tau001-freerec-s7 and full-softmax-freerec-s7 for FreeRec's;
+#    GNNO_BIN=/path/to/gnno times that binary, as run.sh)
 set -euo pipefail
 cd "$(dirname "$0")"
 . ../../scripts/env.sh
-bin="$CARGO_TARGET_DIR/release/gnno"
+bin="${GNNO_BIN:-$CARGO_TARGET_DIR/release/gnno}"
 [ -x "$bin" ] || (cd ../.. && cargo build --release --workspace --locked)
 epochs=${1:-8}
 sampled_arm=${2:-ssm-gnno-g32-tau001-s7}

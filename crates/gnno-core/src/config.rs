@@ -267,6 +267,10 @@ fn is_one(n: &u32) -> bool {
     *n == 1
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
@@ -396,6 +400,15 @@ pub struct TrainSettings {
     /// serialised form at its default (false), so older configs keep their keys.
     #[serde(skip_serializing_if = "is_false")]
     pub history_negatives: bool,
+    /// `sampled-softmax`: the P items most often a training target (ties by index)
+    /// are an exact stratum of every position's negatives, each counted once with
+    /// weight 1 and no correction, except where it is the position's target, one
+    /// of its user's train items (the random negatives' rule) or one of its hard
+    /// negatives (counted there); random draws of them are masked, so the random
+    /// part estimates the items outside the head. 0 = none. Left out of the
+    /// serialised form at 0, so older configs keep their keys.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub head_negatives: u32,
     /// gBCE calibration t ∈ [0, 1] (0 = plain BCE, 1 = fully calibrated).
     pub gbce_t: f64,
     /// Left out of the serialised form at its default, so configs written before
@@ -776,6 +789,15 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.train.head_negatives > 0
+            && (self.train.loss != Loss::SampledSoftmax
+                || !matches!(self.train.logq, LogQ::Random | LogQ::Stratified))
+        {
+            problems.push(
+                "train.head-negatives: an exact stratum of loss = \"sampled-softmax\" with logq = \"random\" or \"stratified\" (the random part, corrected, estimates the items outside it)"
+                    .to_owned(),
+            );
+        }
         if self.train.history_negatives
             && self.train.logq == LogQ::Stratified
             && !self.negatives.exclude_history
@@ -1118,6 +1140,7 @@ fn read_train(root: &Table, problems: &mut Vec<String>) -> TrainSettings {
         logq,
         negative_weight: s.float("negative-weight", 1.0, 1e-6, 1e6),
         history_negatives: s.boolean("history-negatives", false),
+        head_negatives: s.uint("head-negatives", 0, 0, 1_000_000),
         gbce_t: s.float("gbce-t", 0.75, 0.0, 1.0),
         bce_offset: s.choice(
             "bce-offset",
@@ -1456,6 +1479,28 @@ mod tests {
                 .any(|p| p.contains("train.negative-weight: 0 is out of range")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn head_negatives_are_a_stratum_of_sampled_softmax_and_stay_out_of_the_key_at_zero() {
+        let c = Config::defaults(Path::new("/x"));
+        assert_eq!(c.train.head_negatives, 0);
+        let key = serde_json::to_value(&c.train).expect("serialises");
+        assert!(key.get("head_negatives").is_none(), "older configs keep their train key");
+        let (t, key) = train_of(
+            "backbone = \"sasrec\"\nloss = \"sampled-softmax\"\nlogq = \"stratified\"\nhead-negatives = 128\n",
+        );
+        assert_eq!(t.head_negatives, 128);
+        assert_eq!(key["head_negatives"], serde_json::json!(128));
+        for (loss, logq) in [("gbce", "off"), ("sampled-softmax", "all"), ("sampled-softmax", "off")] {
+            let found = problems(&format!(
+                "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"sasrec\"\nloss = \"{loss}\"\nlogq = \"{logq}\"\nhead-negatives = 64\n"
+            ));
+            assert!(
+                found.iter().any(|p| p.starts_with("train.head-negatives: an exact stratum of loss = \"sampled-softmax\"")),
+                "{loss} / {logq}: {found:?}"
+            );
+        }
     }
 
     #[test]

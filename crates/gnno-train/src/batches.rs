@@ -132,20 +132,39 @@ impl EpochNegatives {
     }
 }
 
-/// Exact random negatives over the items a user never interacted with in train.
+/// Exact random negatives over the items a user never interacted with in train,
+/// and the head stratum (`train.head-negatives`) they leave out.
 pub struct RandomSampler {
     n_items: u32,
     /// Cumulative weights over items 0..=N (popularity), or None (uniform).
     cum: Option<Vec<f64>>,
+    /// The head stratum: the P most frequent train items, most frequent first
+    /// (ties by index), and each item's place in it (`NOT_HEAD` outside).
+    head: Vec<i64>,
+    head_rank: Vec<u32>,
 }
+
+const NOT_HEAD: u32 = u32::MAX;
 
 impl RandomSampler {
     pub fn new(cfg: &TrainSettings, ds: &Dataset) -> Self {
-        let cum = (cfg.random_negatives == RandomNegatives::Popularity).then(|| {
-            let mut counts = vec![0u64; ds.n_items as usize + 1];
-            for &i in &ds.train_items {
-                counts[i as usize] += 1;
+        let mut counts = vec![0u64; ds.n_items as usize + 1];
+        for &i in &ds.train_items {
+            counts[i as usize] += 1;
+        }
+        let mut head: Vec<ItemIdx> = (1..=ds.n_items)
+            .filter(|&j| counts[j as usize] > 0)
+            .collect();
+        head.sort_by_key(|&j| (std::cmp::Reverse(counts[j as usize]), j));
+        head.truncate(cfg.head_negatives as usize);
+        let mut head_rank = Vec::new();
+        if !head.is_empty() {
+            head_rank = vec![NOT_HEAD; ds.n_items as usize + 1];
+            for (r, &j) in (0u32..).zip(&head) {
+                head_rank[j as usize] = r;
             }
+        }
+        let cum = (cfg.random_negatives == RandomNegatives::Popularity).then(|| {
             let mut acc = 0.0;
             #[expect(clippy::cast_precision_loss, reason = "counts")]
             counts
@@ -162,7 +181,22 @@ impl RandomSampler {
         Self {
             n_items: ds.n_items,
             cum,
+            head: head.into_iter().map(i64::from).collect(),
+            head_rank,
         }
+    }
+
+    /// The head stratum's items (empty without one).
+    pub fn head(&self) -> &[i64] {
+        &self.head
+    }
+
+    /// Whether item j is in the head stratum.
+    fn in_head(&self, j: i64) -> bool {
+        usize::try_from(j)
+            .ok()
+            .and_then(|j| self.head_rank.get(j))
+            .is_some_and(|&r| r != NOT_HEAD)
     }
 
     fn weight(cum: &[f64], j: ItemIdx) -> f64 {
@@ -287,6 +321,11 @@ pub struct Batch {
     pub hard_log_q: Vec<f32>,
     /// Trained positions (targets ≠ 0).
     pub trained: usize,
+    /// The head stratum (`train.head-negatives`) and `[trained, P]`: whether
+    /// trained position m counts head item c (not its target, not one of its
+    /// user's train items, not one of its hard negatives). Empty without one.
+    pub head: Vec<i64>,
+    pub head_mask: Vec<bool>,
 }
 
 impl Batch {
@@ -532,21 +571,24 @@ impl<'a> Rows<'a> {
             sorted.extend_from_slice(seq);
             sorted.sort_unstable();
             sorted.dedup();
+            if !random.head.is_empty() {
+                head_masks(random, &mut b, r, &sorted, n_hard, trained_before);
+            }
             if b.interleave {
                 // This row's trained positions, m = trained_before.., each mask
                 // their draw m mod G against the row's train items.
                 for m in trained_before..b.trained {
                     let d = m % b.random_rows;
                     let drawn = &b.random[d * k_random..(d + 1) * k_random];
-                    b.random_mask.extend(allowed(drawn, &sorted));
+                    b.random_mask.extend(allowed(drawn, &sorted, random));
                 }
                 continue;
             }
             if share {
-                // Padding (0) and the row's own train items are masked.
+                // Padding (0), the row's own train items and the head are masked.
                 let g = r / b.group_rows;
                 let drawn = &b.random[g * k_random..(g + 1) * k_random];
-                b.random_mask.extend(allowed(drawn, &sorted));
+                b.random_mask.extend(allowed(drawn, &sorted, random));
                 continue;
             }
             let mut rng = rng_for(row);
@@ -559,7 +601,9 @@ impl<'a> Rows<'a> {
                 &mut b.random_log_q,
             );
             let got = b.random.len() - before;
-            b.random_mask.extend(std::iter::repeat_n(true, got));
+            let drawn = &b.random[before..];
+            b.random_mask
+                .extend(drawn.iter().map(|&j| !random.in_head(j)));
             // A user who interacted with every item has no random negative: pad.
             b.random.extend(std::iter::repeat_n(0, k_random - got));
             b.random_log_q
@@ -582,11 +626,56 @@ fn draw_padded(random: &RandomSampler, k: usize, rng: &mut Xoshiro256PlusPlus, b
 }
 
 /// Whether each drawn candidate may be used by a row whose train items are
-/// `sorted`: not padding (0), not one of them.
-fn allowed<'a>(drawn: &'a [i64], sorted: &'a [ItemIdx]) -> impl Iterator<Item = bool> + 'a {
-    drawn
-        .iter()
-        .map(|&j| ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err()))
+/// `sorted`: not padding (0), not one of them, not in the head stratum.
+fn allowed<'a>(
+    drawn: &'a [i64],
+    sorted: &'a [ItemIdx],
+    random: &'a RandomSampler,
+) -> impl Iterator<Item = bool> + 'a {
+    drawn.iter().map(|&j| {
+        ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
+            && !random.in_head(j)
+    })
+}
+
+/// Appends row r's head masks (`Batch::head_mask`), one per trained position
+/// from `trained_before` on: the head items that are not one of the user's train
+/// items `sorted` (the target among them) nor one of the position's hard negatives.
+fn head_masks(
+    random: &RandomSampler,
+    b: &mut Batch,
+    r: usize,
+    sorted: &[ItemIdx],
+    n_hard: usize,
+    trained_before: usize,
+) {
+    if b.head.is_empty() {
+        b.head.clone_from(&random.head);
+    }
+    let mut row = vec![true; random.head.len()];
+    for &j in sorted {
+        if let Some(&c) = random.head_rank.get(j as usize) {
+            if c != NOT_HEAD {
+                row[c as usize] = false;
+            }
+        }
+    }
+    // The row's trained positions are its last ones.
+    let m = b.trained - trained_before;
+    let end = (r + 1) * b.positions;
+    for slot in end - m..end {
+        let at = b.head_mask.len();
+        b.head_mask.extend_from_slice(&row);
+        if n_hard > 0 {
+            for &h in &b.hard[slot * n_hard..(slot + 1) * n_hard] {
+                if let Some(&c) = usize::try_from(h).ok().and_then(|h| random.head_rank.get(h)) {
+                    if c != NOT_HEAD {
+                        b.head_mask[at + c as usize] = false;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// How a batch's random negatives are shared ([`Rows::batch`]).
@@ -704,6 +793,82 @@ mod tests {
                 let own = seq.contains(&u32::try_from(j).expect("item"));
                 assert_eq!(b.random_mask[m * k + c], !own, "position {m}, item {j}");
             }
+        }
+    }
+
+    #[test]
+    fn a_head_stratum_is_left_out_of_the_draws_and_out_of_a_positions_own_and_hard_items() {
+        // User 2 trains 7 8 7: item 7 is the most frequent, the rest tie at one.
+        let mut d = ds();
+        d.train_items = vec![1, 2, 3, 4, 5, 6, 7, 8, 7];
+        d.train_offsets = vec![0, 5, 6, 9];
+        let inst = d.instances();
+        let mut cfg = crate::tests::settings();
+        cfg.head_negatives = 3;
+        let s = RandomSampler::new(&cfg, &d);
+        assert_eq!(s.head(), &[7, 1, 2], "by count, ties by index");
+        cfg.head_negatives = 20;
+        assert_eq!(
+            RandomSampler::new(&cfg, &d).head(),
+            &[7, 1, 2, 3, 4, 5, 6, 8],
+            "items never trained (9, 10) are not in it"
+        );
+        cfg.head_negatives = 0;
+        assert!(RandomSampler::new(&cfg, &d).head().is_empty());
+        // Instance i's hard negative: item 2 for even i, 9 for odd i.
+        let hard = EpochNegatives {
+            n_hard: 1,
+            items: (0..inst.len()).map(|i| if i % 2 == 0 { 2 } else { 9 }).collect(),
+            log_prob: vec![-1.0; inst.len()],
+        };
+        let rows = Rows::new(&d, &inst, true, 3);
+        let head = [7i64, 1, 2];
+        for shared in [false, true] {
+            let b = rows.batch(
+                &[0, 2],
+                40,
+                &s,
+                Some(&hard),
+                Xoshiro256PlusPlus::seed_from_u64,
+                shared.then(|| {
+                    (
+                        Xoshiro256PlusPlus::seed_from_u64(9),
+                        Share::Interleaved(2),
+                    )
+                }),
+            );
+            assert_eq!(b.head, head);
+            assert_eq!(b.trained, 3 + 2);
+            assert_eq!(b.head_mask.len(), b.trained * 3);
+            let mut m = 0;
+            let mut counted = 0;
+            for (slot, &t) in b.targets.iter().enumerate() {
+                if t == 0 {
+                    continue;
+                }
+                let user = if slot < 3 { 0 } else { 2 };
+                let seq = d.train_seq(user);
+                for (c, &j) in head.iter().enumerate() {
+                    let own = seq.contains(&u32::try_from(j).expect("item"));
+                    let want = !own && b.hard[slot] != j;
+                    assert_eq!(b.head_mask[m * 3 + c], want, "slot {slot}, item {j}");
+                    counted += usize::from(want);
+                }
+                m += 1;
+            }
+            // User 0 (1..5) owns 1 and 2 and keeps 7; user 2 (7 8 7) owns 7, keeps
+            // 1 and 2 but for a hard negative 2 at one of its two positions.
+            assert_eq!(counted, 3 + 3, "shared {shared}");
+            // No random draw of a head item is used.
+            let width = 40;
+            for (i, &ok) in b.random_mask.iter().enumerate() {
+                let row = if b.interleave { i / width % b.random_rows } else { i / width };
+                let j = b.random[row * width + i % width];
+                if head.contains(&j) {
+                    assert!(!ok, "draw of head item {j} is masked");
+                }
+            }
+            assert!(b.random_mask.iter().any(|&x| x));
         }
     }
 

@@ -113,6 +113,8 @@ pub fn throughput(
             hard: item(b * p * h),
             hard_log_q: vec![-(f64::from(n_items).ln() as f32); b * p * h],
             trained: b * p,
+            head: Vec::new(),
+            head_mask: Vec::new(),
         };
         let t = Tensors::new(&batch, k, h, device);
         let mut loss = batch_loss(&model, cfg, &t, n_items, true, None);

@@ -73,6 +73,9 @@ pub(crate) struct Tensors {
     /// The random columns that are one of their position's hard negatives, flat
     /// into `[M, K]` (`Batch::stratum_hits`); empty without hard negatives.
     stratum_hits: Tensor,
+    /// The head stratum `[P]` and `[M, P]`, whether each position counts each
+    /// item (`train.head-negatives`); None without one.
+    head: Option<(Tensor, Tensor)>,
 }
 
 impl Tensors {
@@ -157,6 +160,15 @@ impl Tensors {
                 Vec::new()
             })
             .to_device(device),
+            head: (!b.head.is_empty()).then(|| {
+                let p = i64::try_from(b.head.len()).unwrap_or(0);
+                (
+                    Tensor::from_slice(&b.head).to_device(device),
+                    Tensor::from_slice(&b.head_mask)
+                        .view([-1, p])
+                        .to_device(device),
+                )
+            }),
         }
     }
 }
@@ -347,6 +359,14 @@ pub(crate) fn batch_loss(
         if cfg.history_negatives {
             let overhead = model.chunk_overhead(rep.device());
             parts.push(history_part(t, &rep, out, &tgt, overhead));
+        }
+        if let Some((head, mask)) = &t.head {
+            // The head stratum: exact, weight 1, no correction.
+            let scores = rep.matmul(&rows(out, head).transpose(0, 1)); // [M, P]
+            let bias = scores
+                .zeros_like()
+                .masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+            parts.push((scores, bias));
         }
         return objectives::sampled_softmax_parts(&pos, &parts);
     }
@@ -1211,6 +1231,54 @@ mod tests {
         let t = Tensors::new(&dealt, k, 3, Device::Cpu);
         let dealt_loss = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
         assert!((dealt_loss - want).abs() < 1e-5, "{dealt_loss} vs {want}");
+        // A head stratum of items 3, 9, 6 and 1, counted in the head part and
+        // masked in the random draws; masked in the head where it is one of the
+        // position's user's items or hard negatives (2, 2, 2, 2 and 3 of the four
+        // left at the five positions): the full softmax again, on both paths.
+        let head = [3i64, 9, 6, 1];
+        let windows = [[6i64, 7, 11], [1, 2, 0], [4, 5, 0]];
+        let slots = [0usize, 1, 2, 5, 8];
+        let with_head = |b: &Batch, draw_of: &dyn Fn(usize) -> usize| {
+            let mut h = Batch {
+                head: head.to_vec(),
+                ..b.clone()
+            };
+            for (m, (&r, &slot)) in rows_of.iter().zip(&slots).enumerate() {
+                let hard = &b.hard[slot * 3..(slot + 1) * 3];
+                h.head_mask.extend(
+                    head.iter()
+                        .map(|j| !windows[r].contains(j) && !hard.contains(j)),
+                );
+                let d = draw_of(m);
+                for c in 0..k {
+                    if head.contains(&b.random[d * k + c]) {
+                        h.random_mask[d * k + c] = false;
+                    }
+                }
+            }
+            h
+        };
+        let by_row = with_head(&b, &|m| rows_of[m]);
+        assert_eq!(
+            by_row.head_mask.iter().filter(|&&x| x).count(),
+            2 + 2 + 2 + 2 + 3,
+            "{:?}",
+            by_row.head_mask
+        );
+        let by_position = with_head(&dealt, &|m| m);
+        for b in [&by_row, &by_position] {
+            let t = Tensors::new(b, k, 3, Device::Cpu);
+            let got = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
+            assert!((got - want).abs() < 1e-5, "head stratum: {got} vs {want}");
+        }
+        // Counting the head in the random draws as well: another, larger loss.
+        let twice = Batch {
+            random_mask: b.random_mask.clone(),
+            ..by_row.clone()
+        };
+        let t = Tensors::new(&twice, k, 3, Device::Cpu);
+        let again = batch_loss(&model, &cfg, &t, 12, false, None).double_value(&[]);
+        assert!(again > want + 1e-3, "{again} vs {want}");
     }
 
     #[test]
