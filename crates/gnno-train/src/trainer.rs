@@ -969,6 +969,8 @@ mod tests {
             hard: vec![],
             hard_log_q: vec![],
             trained: 5,
+            head: vec![],
+            head_mask: vec![],
         }
     }
 
