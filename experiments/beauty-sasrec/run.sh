@@ -9,10 +9,12 @@
 #   full softmax, sampled softmax with uniform negatives and history, and with 9
 #   distinct GNNO τ = 0.01 hard negatives as an exact stratum and history; "all": every arm)
 # Then:  python3 experiments/beauty-sasrec/summarize.py   (the tables of docs/RESULTS.md)
+# GNNO_BIN=/path/to/gnno runs the arms with that binary instead of the workspace's release
+# build (a copy, so a rebuild while arms run does not change their binary).
 set -euo pipefail
 cd "$(dirname "$0")"
 . ../../scripts/env.sh
-bin="$CARGO_TARGET_DIR/release/gnno"
+bin="${GNNO_BIN:-$CARGO_TARGET_DIR/release/gnno}"
 [ -x "$bin" ] || (cd ../.. && cargo build --release --workspace --locked)
 arms=("$@")
 if [ ${#arms[@]} -eq 0 ]; then
