@@ -56,6 +56,7 @@ def cfg(arm):
     c["weight"] = float(get("negative-weight", "1.0"))
     c["history"] = get("history-negatives", "false") == "true"
     c["distinct"] = get("distinct", "false") == "true"
+    c["head"] = int(get("head-negatives", "0"))
     # The recipe's optimiser and dropout, named where an arm departs from them.
     c["recipe"] = "".join(
         f", {name} {get(k)}" for k, name, want in [("lr", "lr", 0.0005), ("dropout", "dropout", 0.6)]
@@ -93,6 +94,8 @@ for r in rows:
             negs += f", each weighted {c['weight']:g}"
         if c["history"]:
             negs += " + the row's own window, exactly"
+        if c["head"]:
+            negs += f" + the {c['head']} most frequent items, exactly"
     f, o = e["test_full"], e["test_full_other_protocol"]
     loss = c["loss"] + c["block"] + (" + prior offset" if c["prior"] else "") + c["recipe"]
     print(
