@@ -97,6 +97,7 @@ fn every_documented_key_belongs_to_exactly_the_stages_whose_output_it_changes() 
     cfg.train.bce_offset = gnno_core::config::BceOffset::Prior;
     cfg.train.negative_weight = 4.0;
     cfg.train.history_negatives = true;
+    cfg.train.head_negatives = 64;
     cfg.negatives.distinct = true;
     let train_keys: BTreeSet<String> = serde_json::to_value(&cfg.train)
         .expect("serializes")
