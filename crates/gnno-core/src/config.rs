@@ -1486,18 +1486,27 @@ mod tests {
         let c = Config::defaults(Path::new("/x"));
         assert_eq!(c.train.head_negatives, 0);
         let key = serde_json::to_value(&c.train).expect("serialises");
-        assert!(key.get("head_negatives").is_none(), "older configs keep their train key");
+        assert!(
+            key.get("head_negatives").is_none(),
+            "older configs keep their train key"
+        );
         let (t, key) = train_of(
             "backbone = \"sasrec\"\nloss = \"sampled-softmax\"\nlogq = \"stratified\"\nhead-negatives = 128\n",
         );
         assert_eq!(t.head_negatives, 128);
         assert_eq!(key["head_negatives"], serde_json::json!(128));
-        for (loss, logq) in [("gbce", "off"), ("sampled-softmax", "all"), ("sampled-softmax", "off")] {
+        for (loss, logq) in [
+            ("gbce", "off"),
+            ("sampled-softmax", "all"),
+            ("sampled-softmax", "off"),
+        ] {
             let found = problems(&format!(
                 "[ingest]\ninputs=[\"a\"]\n[train]\nbackbone = \"sasrec\"\nloss = \"{loss}\"\nlogq = \"{logq}\"\nhead-negatives = 64\n"
             ));
             assert!(
-                found.iter().any(|p| p.starts_with("train.head-negatives: an exact stratum of loss = \"sampled-softmax\"")),
+                found.iter().any(|p| p.starts_with(
+                    "train.head-negatives: an exact stratum of loss = \"sampled-softmax\""
+                )),
                 "{loss} / {logq}: {found:?}"
             );
         }

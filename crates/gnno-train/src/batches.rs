@@ -668,7 +668,10 @@ fn head_masks(
         b.head_mask.extend_from_slice(&row);
         if n_hard > 0 {
             for &h in &b.hard[slot * n_hard..(slot + 1) * n_hard] {
-                if let Some(&c) = usize::try_from(h).ok().and_then(|h| random.head_rank.get(h)) {
+                if let Some(&c) = usize::try_from(h)
+                    .ok()
+                    .and_then(|h| random.head_rank.get(h))
+                {
                     if c != NOT_HEAD {
                         b.head_mask[at + c as usize] = false;
                     }
@@ -818,7 +821,9 @@ mod tests {
         // Instance i's hard negative: item 2 for even i, 9 for odd i.
         let hard = EpochNegatives {
             n_hard: 1,
-            items: (0..inst.len()).map(|i| if i % 2 == 0 { 2 } else { 9 }).collect(),
+            items: (0..inst.len())
+                .map(|i| if i % 2 == 0 { 2 } else { 9 })
+                .collect(),
             log_prob: vec![-1.0; inst.len()],
         };
         let rows = Rows::new(&d, &inst, true, 3);
@@ -830,12 +835,7 @@ mod tests {
                 &s,
                 Some(&hard),
                 Xoshiro256PlusPlus::seed_from_u64,
-                shared.then(|| {
-                    (
-                        Xoshiro256PlusPlus::seed_from_u64(9),
-                        Share::Interleaved(2),
-                    )
-                }),
+                shared.then(|| (Xoshiro256PlusPlus::seed_from_u64(9), Share::Interleaved(2))),
             );
             assert_eq!(b.head, head);
             assert_eq!(b.trained, 3 + 2);
@@ -862,7 +862,11 @@ mod tests {
             // No random draw of a head item is used.
             let width = 40;
             for (i, &ok) in b.random_mask.iter().enumerate() {
-                let row = if b.interleave { i / width % b.random_rows } else { i / width };
+                let row = if b.interleave {
+                    i / width % b.random_rows
+                } else {
+                    i / width
+                };
                 let j = b.random[row * width + i % width];
                 if head.contains(&j) {
                     assert!(!ok, "draw of head item {j} is masked");
