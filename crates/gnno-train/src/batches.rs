@@ -152,13 +152,14 @@ impl RandomSampler {
         for &i in &ds.train_items {
             counts[i as usize] += 1;
         }
-        let mut head: Vec<ItemIdx> = (1..=ds.n_items)
-            .filter(|&j| counts[j as usize] > 0)
-            .collect();
-        head.sort_by_key(|&j| (std::cmp::Reverse(counts[j as usize]), j));
-        head.truncate(cfg.head_negatives as usize);
+        let mut head: Vec<ItemIdx> = Vec::new();
         let mut head_rank = Vec::new();
-        if !head.is_empty() {
+        if cfg.head_negatives > 0 {
+            head = (1..=ds.n_items)
+                .filter(|&j| counts[j as usize] > 0)
+                .collect();
+            head.sort_by_key(|&j| (std::cmp::Reverse(counts[j as usize]), j));
+            head.truncate(cfg.head_negatives as usize);
             head_rank = vec![NOT_HEAD; ds.n_items as usize + 1];
             for (r, &j) in (0u32..).zip(&head) {
                 head_rank[j as usize] = r;
@@ -191,12 +192,10 @@ impl RandomSampler {
         &self.head
     }
 
-    /// Whether item j is in the head stratum.
-    fn in_head(&self, j: i64) -> bool {
-        usize::try_from(j)
-            .ok()
-            .and_then(|j| self.head_rank.get(j))
-            .is_some_and(|&r| r != NOT_HEAD)
+    /// Item j's place in the head stratum; None outside it (and without one).
+    fn head_place(&self, j: i64) -> Option<usize> {
+        let r = *self.head_rank.get(usize::try_from(j).ok()?)?;
+        (r != NOT_HEAD).then_some(r as usize)
     }
 
     fn weight(cum: &[f64], j: ItemIdx) -> f64 {
@@ -490,6 +489,7 @@ impl<'a> Rows<'a> {
             targets: Vec::with_capacity(rows.len() * p),
             hard: Vec::with_capacity(rows.len() * p * n_hard),
             hard_log_q: Vec::with_capacity(rows.len() * p * n_hard),
+            head: random.head.clone(),
             ..Batch::default()
         };
         let share = shared.is_some();
@@ -603,7 +603,7 @@ impl<'a> Rows<'a> {
             let got = b.random.len() - before;
             let drawn = &b.random[before..];
             b.random_mask
-                .extend(drawn.iter().map(|&j| !random.in_head(j)));
+                .extend(drawn.iter().map(|&j| random.head_place(j).is_none()));
             // A user who interacted with every item has no random negative: pad.
             b.random.extend(std::iter::repeat_n(0, k_random - got));
             b.random_log_q
@@ -634,7 +634,7 @@ fn allowed<'a>(
 ) -> impl Iterator<Item = bool> + 'a {
     drawn.iter().map(|&j| {
         ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
-            && !random.in_head(j)
+            && random.head_place(j).is_none()
     })
 }
 
@@ -649,15 +649,10 @@ fn head_masks(
     n_hard: usize,
     trained_before: usize,
 ) {
-    if b.head.is_empty() {
-        b.head.clone_from(&random.head);
-    }
     let mut row = vec![true; random.head.len()];
     for &j in sorted {
-        if let Some(&c) = random.head_rank.get(j as usize) {
-            if c != NOT_HEAD {
-                row[c as usize] = false;
-            }
+        if let Some(c) = random.head_place(i64::from(j)) {
+            row[c] = false;
         }
     }
     // The row's trained positions are its last ones.
@@ -666,16 +661,9 @@ fn head_masks(
     for slot in end - m..end {
         let at = b.head_mask.len();
         b.head_mask.extend_from_slice(&row);
-        if n_hard > 0 {
-            for &h in &b.hard[slot * n_hard..(slot + 1) * n_hard] {
-                if let Some(&c) = usize::try_from(h)
-                    .ok()
-                    .and_then(|h| random.head_rank.get(h))
-                {
-                    if c != NOT_HEAD {
-                        b.head_mask[at + c as usize] = false;
-                    }
-                }
+        for &h in &b.hard[slot * n_hard..(slot + 1) * n_hard] {
+            if let Some(c) = random.head_place(h) {
+                b.head_mask[at + c] = false;
             }
         }
     }
