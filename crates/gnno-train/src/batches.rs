@@ -519,6 +519,11 @@ impl<'a> Rows<'a> {
                 b.group_rows = 1;
             }
         }
+        // Shared draws: each draw's candidates that no row may use, and where
+        // each item was drawn, so a row masks its own items without a search
+        // per candidate.
+        let index = share.then(|| DrawIndex::new(&b.random, random));
+        let mut hits = Vec::new();
         let mut sorted = Vec::new();
         let push_hard = |b: &mut Batch, id: Option<usize>| {
             if let Some(h) = hard {
@@ -574,21 +579,19 @@ impl<'a> Rows<'a> {
             if !random.head.is_empty() {
                 head_masks(random, &mut b, r, &sorted, n_hard, trained_before);
             }
-            if b.interleave {
-                // This row's trained positions, m = trained_before.., each mask
-                // their draw m mod G against the row's train items.
-                for m in trained_before..b.trained {
-                    let d = m % b.random_rows;
-                    let drawn = &b.random[d * k_random..(d + 1) * k_random];
-                    b.random_mask.extend(allowed(drawn, &sorted, random));
+            if let Some(index) = &index {
+                // Padding (0), the row's own train items and the head are masked:
+                // with `interleave` for each of the row's trained positions,
+                // m = trained_before.., against its draw m mod G; else once for
+                // the row, against its group's draw.
+                index.hits(&sorted, &mut hits);
+                if b.interleave {
+                    for m in trained_before..b.trained {
+                        index.mask(m % b.random_rows, k_random, &hits, &mut b.random_mask);
+                    }
+                } else {
+                    index.mask(r / b.group_rows, k_random, &hits, &mut b.random_mask);
                 }
-                continue;
-            }
-            if share {
-                // Padding (0), the row's own train items and the head are masked.
-                let g = r / b.group_rows;
-                let drawn = &b.random[g * k_random..(g + 1) * k_random];
-                b.random_mask.extend(allowed(drawn, &sorted, random));
                 continue;
             }
             let mut rng = rng_for(row);
@@ -625,17 +628,59 @@ fn draw_padded(random: &RandomSampler, k: usize, rng: &mut Xoshiro256PlusPlus, b
     b.random_log_q.extend(std::iter::repeat_n(0.0, k - got));
 }
 
-/// Whether each drawn candidate may be used by a row whose train items are
-/// `sorted`: not padding (0), not one of them, not in the head stratum.
-fn allowed<'a>(
-    drawn: &'a [i64],
-    sorted: &'a [ItemIdx],
-    random: &'a RandomSampler,
-) -> impl Iterator<Item = bool> + 'a {
-    drawn.iter().map(|&j| {
-        ItemIdx::try_from(j).is_ok_and(|j| j > 0 && sorted.binary_search(&j).is_err())
-            && random.head_place(j).is_none()
-    })
+/// A batch's shared draws (`Batch::random`, `k` a draw), indexed for masking:
+/// a candidate may be used by a row whose train items are `sorted` when it is
+/// not padding (0), not in the head stratum (`open`, the same for every row)
+/// and not one of those items (the row's `hits`, found through `first`/`next`).
+struct DrawIndex {
+    open: Vec<bool>,
+    /// Per item, the first of its slots in the draws (`NONE`: not drawn), and
+    /// per slot the next slot of the same item.
+    first: Vec<u32>,
+    next: Vec<u32>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl DrawIndex {
+    fn new(drawn: &[i64], random: &RandomSampler) -> Self {
+        let mut first = vec![NONE; random.n_items as usize + 1];
+        let mut next = vec![NONE; drawn.len()];
+        let mut open = Vec::with_capacity(drawn.len());
+        for (slot, &j) in (0u32..).zip(drawn) {
+            let item = usize::try_from(j).ok().filter(|&j| j > 0);
+            open.push(item.is_some() && random.head_place(j).is_none());
+            if let Some(j) = item {
+                next[slot as usize] = first[j];
+                first[j] = slot;
+            }
+        }
+        Self { open, first, next }
+    }
+
+    /// Every slot of the draws that holds one of `sorted`, into `hits`.
+    fn hits(&self, sorted: &[ItemIdx], hits: &mut Vec<u32>) {
+        hits.clear();
+        for &j in sorted {
+            let mut slot = self.first.get(j as usize).copied().unwrap_or(NONE);
+            while slot != NONE {
+                hits.push(slot);
+                slot = self.next[slot as usize];
+            }
+        }
+    }
+
+    /// Draw d's mask for a row with these `hits`, appended to `mask`.
+    fn mask(&self, d: usize, k: usize, hits: &[u32], mask: &mut Vec<bool>) {
+        let at = mask.len();
+        mask.extend_from_slice(&self.open[d * k..(d + 1) * k]);
+        for &slot in hits {
+            let slot = slot as usize;
+            if slot / k == d {
+                mask[at + slot % k] = false;
+            }
+        }
+    }
 }
 
 /// Appends row r's head masks (`Batch::head_mask`), one per trained position

@@ -161,6 +161,18 @@ pub fn part_bias(
     mode: LogQ,
     log_q: &Tensor,
     mask: &Tensor,
+    ks: (i64, i64),
+    hard: bool,
+    weight: f64,
+) -> Tensor {
+    part_offset(mode, log_q, ks, hard, weight).masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+}
+
+/// [`part_bias`] before its mask: elementwise in `log_q`, so it may be taken
+/// on the draws (`[G, K]`) before they are spread to the positions (`[M, K]`).
+pub fn part_offset(
+    mode: LogQ,
+    log_q: &Tensor,
     (k_random, k_hard): (i64, i64),
     hard: bool,
     weight: f64,
@@ -174,7 +186,6 @@ pub fn part_bias(
         (None, true) => log_q.zeros_like(),
         (None, false) => log_q.full_like(lw),
     }
-    .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }
 
 /// The loss of `kind` over sampled candidates (all but the full softmax); `gbce_beta`

@@ -218,6 +218,10 @@ pub(crate) struct Hardness {
     pub(crate) hard: AboveTarget,
 }
 
+/// Spreads a tensor over a batch's random draws (`[G, K]`) to the trained
+/// positions that use them (`[M, K]`).
+type Spread<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
+
 /// The loss of one batch: representations at the trained positions scored against
 /// their candidates. With `tally`, the negatives scored above their target are
 /// counted into it (no effect on the loss).
@@ -260,13 +264,15 @@ pub(crate) fn batch_loss(
     let pos = (&rep * rows(out, &tgt)).sum_dim_intlist(1i64, false, Kind::Float);
     let k = t.random.size()[1];
     let flat = |x: Tensor, w: i64| x.reshape([-1, w]).index_select(0, idx);
-    let (rand_scores, rand_lq) = if t.random.size()[0] == 1 {
+    // The random scores [M, K], and how a tensor over the draws ([G, K], as ln q)
+    // is spread to the positions that use them ([M, K]).
+    let (rand_scores, spread): (Tensor, Spread) = if t.random.size()[0] == 1 {
         // One draw for the batch: [M, K] by one matrix product.
         let e_rand = rows(out, &t.random.squeeze_dim(0)); // [K, D]
         let m = rep.size()[0];
         (
             rep.matmul(&e_rand.transpose(0, 1)),
-            t.random_log_q.expand([m, k], false),
+            Box::new(move |x: &Tensor| x.expand([m, k], false)),
         )
     } else if let Some((group, slot, m_max)) = &t.groups {
         // A draw per group of consecutive rows: the trained positions are in row
@@ -286,7 +292,7 @@ pub(crate) fn batch_loss(
                 .bmm(&e_rand.transpose(1, 2))
                 .view([g * m_max, k])
                 .index_select(0, slot),
-            t.random_log_q.index_select(0, group),
+            Box::new(|x: &Tensor| x.index_select(0, group)),
         )
     } else {
         // A draw per row: [B, P, K] by one batched product, then the trained
@@ -298,7 +304,7 @@ pub(crate) fn batch_loss(
         });
         (
             flat(rep_all.matmul(&e_rand.transpose(1, 2)), k),
-            flat(t.random_log_q.unsqueeze(1).expand([-1, p, k], false), k),
+            Box::new(move |x: &Tensor| flat(x.unsqueeze(1).expand([-1, p, k], false), k)),
         )
     };
     let mut rand_mask = if t.interleave {
@@ -351,7 +357,17 @@ pub(crate) fn batch_loss(
                 cfg.negative_weight,
             )
         };
-        let mut parts = vec![(rand_scores, bias(&rand_lq, &rand_mask, false))];
+        // The random part's offset is taken on the draws, then spread: the same
+        // values as on [M, K], at the draws' size.
+        let offset = objectives::part_offset(
+            cfg.logq,
+            &t.random_log_q,
+            (k, k_hard),
+            false,
+            cfg.negative_weight,
+        );
+        let rand_bias = spread(&offset).masked_fill(&rand_mask.logical_not(), f64::NEG_INFINITY);
+        let mut parts = vec![(rand_scores, rand_bias)];
         if let Some((hs, hard_mask, hard_lq)) = hard {
             let b = bias(&hard_lq, &hard_mask, true);
             parts.push((hs, b));
@@ -370,6 +386,7 @@ pub(crate) fn batch_loss(
         }
         return objectives::sampled_softmax_parts(&pos, &parts);
     }
+    let rand_lq = spread(&t.random_log_q);
     let (neg, mask, log_q) = match hard {
         Some((hs, hard_mask, hard_lq)) => (
             Tensor::cat(&[rand_scores, hs], 1),
