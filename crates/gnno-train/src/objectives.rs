@@ -165,7 +165,12 @@ pub fn part_bias(
     hard: bool,
     weight: f64,
 ) -> Tensor {
-    part_offset(mode, log_q, ks, hard, weight).masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+    masked_bias(&part_offset(mode, log_q, ks, hard, weight), mask)
+}
+
+/// `bias` where a candidate exists (`mask` true), −∞ where it does not.
+pub fn masked_bias(bias: &Tensor, mask: &Tensor) -> Tensor {
+    bias.masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
 }
 
 /// [`part_bias`] before its mask: elementwise in `log_q`, so it may be taken

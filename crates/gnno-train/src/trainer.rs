@@ -366,7 +366,7 @@ pub(crate) fn batch_loss(
             false,
             cfg.negative_weight,
         );
-        let rand_bias = spread(&offset).masked_fill(&rand_mask.logical_not(), f64::NEG_INFINITY);
+        let rand_bias = objectives::masked_bias(&spread(&offset), &rand_mask);
         let mut parts = vec![(rand_scores, rand_bias)];
         if let Some((hs, hard_mask, hard_lq)) = hard {
             let b = bias(&hard_lq, &hard_mask, true);
@@ -379,9 +379,7 @@ pub(crate) fn batch_loss(
         if let Some((head, mask)) = &t.head {
             // The head stratum: exact, weight 1, no correction.
             let scores = rep.matmul(&rows(out, head).transpose(0, 1)); // [M, P]
-            let bias = scores
-                .zeros_like()
-                .masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+            let bias = objectives::masked_bias(&scores.zeros_like(), mask);
             parts.push((scores, bias));
         }
         return objectives::sampled_softmax_parts(&pos, &parts);
