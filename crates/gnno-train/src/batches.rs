@@ -658,7 +658,8 @@ impl DrawIndex {
         Self { open, first, next }
     }
 
-    /// Every slot of the draws that holds one of `sorted`, into `hits`.
+    /// Every slot of the draws that holds one of `sorted`, into `hits`, in slot
+    /// order (so each draw's are a contiguous run).
     fn hits(&self, sorted: &[ItemIdx], hits: &mut Vec<u32>) {
         hits.clear();
         for &j in sorted {
@@ -668,17 +669,19 @@ impl DrawIndex {
                 slot = self.next[slot as usize];
             }
         }
+        hits.sort_unstable();
     }
 
-    /// Draw d's mask for a row with these `hits`, appended to `mask`.
+    /// Draw d's mask for a row with these `hits` (slot order), appended to `mask`:
+    /// only draw d's own hits are visited, so a row's positions cost their draws'
+    /// hits, not every draw's each.
     fn mask(&self, d: usize, k: usize, hits: &[u32], mask: &mut Vec<bool>) {
         let at = mask.len();
         mask.extend_from_slice(&self.open[d * k..(d + 1) * k]);
-        for &slot in hits {
-            let slot = slot as usize;
-            if slot / k == d {
-                mask[at + slot % k] = false;
-            }
+        let from = hits.partition_point(|&s| (s as usize) < d * k);
+        let to = hits.partition_point(|&s| (s as usize) < (d + 1) * k);
+        for &slot in &hits[from..to] {
+            mask[at + slot as usize - d * k] = false;
         }
     }
 }
@@ -907,6 +910,32 @@ mod tests {
             }
             assert!(b.random_mask.iter().any(|&x| x));
         }
+    }
+
+    #[test]
+    fn the_draw_index_masks_padding_and_each_of_a_rows_items_in_its_own_draw_only() {
+        let d = ds();
+        let s = RandomSampler::new(&crate::tests::settings(), &d);
+        // Two draws of 3: item 3 twice in draw 1 and once in draw 0, padding (0)
+        // in draw 0.
+        let index = DrawIndex::new(&[3, 0, 5, 3, 7, 3], &s);
+        let mut hits = Vec::new();
+        index.hits(&[3, 9], &mut hits);
+        assert_eq!(
+            hits,
+            [0, 3, 5],
+            "every slot of 3, in slot order; 9 not drawn"
+        );
+        let mut mask = Vec::new();
+        index.mask(1, 3, &hits, &mut mask);
+        index.mask(0, 3, &hits, &mut mask);
+        assert_eq!(mask, [false, true, false, false, false, true]);
+        // A row with no drawn item keeps every candidate but the padding.
+        index.hits(&[1, 2], &mut hits);
+        assert!(hits.is_empty());
+        mask.clear();
+        index.mask(0, 3, &hits, &mut mask);
+        assert_eq!(mask, [true, false, true]);
     }
 
     #[test]
