@@ -1350,6 +1350,18 @@ mod tests {
         let (a, b) = (loss(&two), loss(&own));
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "interleaved {a} vs per position {b}");
+        // So with every logQ mode and a negative weight: the offsets are taken on
+        // the draws and spread.
+        for (logq, w) in [(LogQ::Off, 2.0), (LogQ::Random, 0.5), (LogQ::All, 3.0)] {
+            let c = TrainSettings {
+                logq,
+                negative_weight: w,
+                ..cfg.clone()
+            };
+            let (a2, b2) = (loss_of(&model, &c, &two), loss_of(&model, &c, &own));
+            assert!((a2 - b2).abs() < 1e-6, "{logq:?}, w {w}: {a2} vs {b2}");
+            assert!((a2 - a).abs() > 1e-6, "{logq:?}, w {w} changes the loss");
+        }
         // Dealt the other way round, the positions see other candidates.
         let swapped = with([d[1].clone(), d[0].clone()].concat(), 2);
         assert!((loss(&swapped) - a).abs() > 1e-6);
@@ -1420,6 +1432,16 @@ mod tests {
         let (a, b) = (loss(&grouped), loss(&per_row));
         assert!(a.is_finite() && a > 0.0, "{a}");
         assert!((a - b).abs() < 1e-6, "grouped {a} vs per row {b}");
+        for (logq, w) in [(LogQ::Off, 2.0), (LogQ::Random, 0.5), (LogQ::All, 3.0)] {
+            let c = TrainSettings {
+                logq,
+                negative_weight: w,
+                ..cfg.clone()
+            };
+            let (a2, b2) = (loss_of(&model, &c, &grouped), loss_of(&model, &c, &per_row));
+            assert!((a2 - b2).abs() < 1e-6, "{logq:?}, w {w}: {a2} vs {b2}");
+            assert!((a2 - a).abs() > 1e-6, "{logq:?}, w {w} changes the loss");
+        }
         // Both groups drawing the same items is the one-draw batch.
         let same = batch([vec![3i64, 7, 11, 12], vec![3, 7, 11, 12]].concat(), 2, 2);
         let one = batch(vec![3i64, 7, 11, 12], 1, 3);
