@@ -77,24 +77,40 @@ pub fn sampled_softmax(
 /// log-softmax, its exp and a product per part, where the graph (concatenations,
 /// subtraction, masked fill, log-sum-exp and each one's backward) passed over
 /// the `[M, C]` scores about twice as often.
+///
+/// The biased logits are written straight into one `[M, 1 + C]` buffer (no sum
+/// per part and then a concatenation of the sums), and each part's Σ logit ·
+/// gradient is one dot product over a contiguous copy of its gradient columns,
+/// where an elementwise product and its sum passed over `[M, k]` twice and left a
+/// product to free; backward of either is the gradient times 1, the same values.
 pub fn sampled_softmax_parts(pos: &Tensor, parts: &[(Tensor, Tensor)]) -> Tensor {
     #[expect(clippy::cast_precision_loss, reason = "a count of positions")]
     let m = pos.size()[0].max(1) as f64;
+    let widths: Vec<i64> = parts.iter().map(|(s, _)| s.size()[1]).collect();
     let (loss, grad) = tch::no_grad(|| {
-        let mut cols = vec![pos.detach().unsqueeze(1)];
-        cols.extend(parts.iter().map(|(s, b)| s.detach() + b));
-        let lsm = Tensor::cat(&cols, 1).log_softmax(1, Kind::Float);
+        let rows = pos.size()[0];
+        let logits = Tensor::empty(
+            [rows, 1 + widths.iter().sum::<i64>()],
+            (pos.kind(), pos.device()),
+        );
+        logits.narrow(1, 0, 1).copy_(&pos.detach().unsqueeze(1));
+        let mut at = 1;
+        for ((s, b), &k) in parts.iter().zip(&widths) {
+            let _ = s.detach().add_out(&logits.narrow(1, at, k), b);
+            at += k;
+        }
+        let lsm = logits.log_softmax(1, Kind::Float);
         let loss = -lsm.select(1, 0).mean(Kind::Float);
         let mut grad = lsm.exp();
         let _ = grad.g_div_scalar_(m);
         let _ = grad.select(1, 0).g_sub_scalar_(1.0 / m);
         (loss, grad)
     });
-    let mut terms = vec![(pos * grad.select(1, 0)).sum(Kind::Float)];
+    let dot = |x: &Tensor, g: Tensor| x.reshape([-1]).dot(&g.contiguous().view([-1]));
+    let mut terms = vec![dot(pos, grad.select(1, 0))];
     let mut at = 1;
-    for (s, _) in parts {
-        let k = s.size()[1];
-        terms.push((s * grad.narrow(1, at, k)).sum(Kind::Float));
+    for ((s, _), &k) in parts.iter().zip(&widths) {
+        terms.push(dot(s, grad.narrow(1, at, k)));
         at += k;
     }
     let surrogate = Tensor::stack(&terms, 0).sum(Kind::Float);
