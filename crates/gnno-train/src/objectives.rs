@@ -96,6 +96,9 @@ pub fn sampled_softmax_parts(pos: &Tensor, parts: &[(Tensor, Tensor)]) -> Tensor
         logits.narrow(1, 0, 1).copy_(&pos.detach().unsqueeze(1));
         let mut at = 1;
         for ((s, b), &k) in parts.iter().zip(&widths) {
+            // An out= view of the wrong shape would be resized with a warning,
+            // not refused as the concatenation refused it.
+            assert_eq!(s.size()[0], rows, "a part's rows are the positions'");
             let _ = s.detach().add_out(&logits.narrow(1, at, k), b);
             at += k;
         }
