@@ -74,33 +74,33 @@ pub fn sampled_softmax(
 /// one-hot of the target, over M) are computed without autograd; the result is a
 /// surrogate, Σ logit · gradient, whose value is replaced by the loss, so its
 /// gradient reaches `pos` and each part's scores as the loss's own would. One
-/// log-softmax, its exp and a product per part, where the graph (concatenations,
-/// subtraction, masked fill, log-sum-exp and each one's backward) passed over
-/// the `[M, C]` scores about twice as often.
-///
-/// The biased logits are written straight into one `[M, 1 + C]` buffer (no sum
-/// per part and then a concatenation of the sums), and each part's Σ logit ·
-/// gradient is one dot product over a contiguous copy of its gradient columns,
-/// where an elementwise product and its sum passed over `[M, k]` twice and left a
-/// product to free; backward of either is the gradient times 1, the same values.
+/// log-softmax, its exp and a dot product per part, where the graph
+/// (concatenations, subtraction, masked fill, log-sum-exp and each one's backward)
+/// passed over the `[M, C]` scores about twice as often. The biased logits are
+/// written straight into one `[M, 1 + C]` buffer, not summed per part and then
+/// concatenated; each part's Σ logit · gradient is a dot product with a contiguous
+/// copy of its gradient columns, whose backward is those columns times 1, as an
+/// elementwise product's and sum's was.
 pub fn sampled_softmax_parts(pos: &Tensor, parts: &[(Tensor, Tensor)]) -> Tensor {
+    let rows = pos.size()[0];
     #[expect(clippy::cast_precision_loss, reason = "a count of positions")]
-    let m = pos.size()[0].max(1) as f64;
-    let widths: Vec<i64> = parts.iter().map(|(s, _)| s.size()[1]).collect();
+    let m = rows.max(1) as f64;
+    // Each part's columns (first, count) in the logits; the target's is column 0.
+    let mut spans = Vec::with_capacity(parts.len());
+    let mut width = 1;
+    for (s, _) in parts {
+        // An out= view of the wrong shape would be resized with a warning, not
+        // refused as a concatenation refuses it.
+        assert_eq!(s.size()[0], rows, "a part's rows are the positions'");
+        let k = s.size()[1];
+        spans.push((width, k));
+        width += k;
+    }
     let (loss, grad) = tch::no_grad(|| {
-        let rows = pos.size()[0];
-        let logits = Tensor::empty(
-            [rows, 1 + widths.iter().sum::<i64>()],
-            (pos.kind(), pos.device()),
-        );
+        let logits = Tensor::empty([rows, width], (pos.kind(), pos.device()));
         logits.narrow(1, 0, 1).copy_(&pos.detach().unsqueeze(1));
-        let mut at = 1;
-        for ((s, b), &k) in parts.iter().zip(&widths) {
-            // An out= view of the wrong shape would be resized with a warning,
-            // not refused as the concatenation refused it.
-            assert_eq!(s.size()[0], rows, "a part's rows are the positions'");
+        for ((s, b), &(at, k)) in parts.iter().zip(&spans) {
             let _ = s.detach().add_out(&logits.narrow(1, at, k), b);
-            at += k;
         }
         let lsm = logits.log_softmax(1, Kind::Float);
         let loss = -lsm.select(1, 0).mean(Kind::Float);
@@ -110,12 +110,14 @@ pub fn sampled_softmax_parts(pos: &Tensor, parts: &[(Tensor, Tensor)]) -> Tensor
         (loss, grad)
     });
     let dot = |x: &Tensor, g: Tensor| x.reshape([-1]).dot(&g.contiguous().view([-1]));
-    let mut terms = vec![dot(pos, grad.select(1, 0))];
-    let mut at = 1;
-    for ((s, _), &k) in parts.iter().zip(&widths) {
-        terms.push(dot(s, grad.narrow(1, at, k)));
-        at += k;
-    }
+    let terms: Vec<Tensor> = std::iter::once(dot(pos, grad.select(1, 0)))
+        .chain(
+            parts
+                .iter()
+                .zip(&spans)
+                .map(|((s, _), &(at, k))| dot(s, grad.narrow(1, at, k))),
+        )
+        .collect();
     let surrogate = Tensor::stack(&terms, 0).sum(Kind::Float);
     &surrogate - surrogate.detach() + loss
 }

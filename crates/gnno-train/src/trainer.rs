@@ -184,9 +184,9 @@ impl AboveTarget {
     /// Adds a batch: `scores` `[M, K]`, `pos` `[M]`, `mask` `[M, K]` (valid negatives).
     fn add(&mut self, scores: &Tensor, pos: &Tensor, mask: &Tensor) {
         let above = scores.gt_tensor(&pos.unsqueeze(1)).logical_and(mask);
-        // count_nonzero, not a sum: libtorch sums a Bool tensor by casting each
-        // element to Int64, about 4x the time of the step's log-softmax at K = 384
-        // (4.5% of a training epoch); count_nonzero reads the bytes.
+        // count_nonzero, not a sum into Int64: on a Bool [4600, 384] at one
+        // thread the sum took 2.5 ms, count_nonzero 0.34 ms, and the tally so
+        // summed about 4% of a K = 384 training epoch.
         let c = Tensor::stack(&[above.count_nonzero(None), mask.count_nonzero(None)], 0);
         self.0 = Some(match self.0.take() {
             Some(sum) => sum + c,
