@@ -4,12 +4,18 @@ experiments/beauty-sasrec/*.result.json (run.sh writes them) and cuda/*.result.j
 (the same configs run on an H200 by scripts/gpu_arms.sh); the first seed-42 runs,
 with length batches, are in length-batching/ (their configs are in git history,
 commit 10ea77f). Arms run on different devices (the H200, and the two CPU machines)
-are listed and averaged apart."""
+are listed and averaged apart.
+
+  --paired A B   instead: arms matching the regular expression A against those
+                 matching B, paired by seed on one device (the goal's comparisons
+                 in RESULTS.md), with the paired differences of test NDCG@10.
+"""
 import glob
 import json
 import os
 import re
 import statistics
+import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 rows = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(here, "*.result.json")) + glob.glob(os.path.join(here, "cuda", "*.result.json")))]
@@ -64,6 +70,39 @@ def cfg(arm):
     )
     return c
 
+
+def paired(pat_a, pat_b):
+    """Test NDCG@10 of the arms matching pat_a against those matching pat_b, seed by
+    seed on the same device: both means, the ratio, and the paired differences'
+    mean, sd and standard error."""
+    def pick(pat):
+        return {(seed(r["arm"]), device(r)): r for r in rows if re.fullmatch(pat, r["arm"])}
+    a, b = pick(pat_a), pick(pat_b)
+    keys = sorted(set(a) & set(b), key=lambda k: (k[1], k[0]))
+    if not keys:
+        sys.exit(f"no seed on one device has arms matching both {pat_a!r} and {pat_b!r}")
+    ndcg = lambda r: r["evaluate"]["report"]["test_full"]["NDCG@10"]
+    hr = lambda r: r["evaluate"]["report"]["test_full"]["HR@10"]
+    print("| seed | device | A | B | A − B | HR@10 A | HR@10 B | A's arm | B's arm |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k in keys:
+        ra, rb = a[k], b[k]
+        print(f"| {k[0]} | {k[1]} | {ndcg(ra):.5f} | {ndcg(rb):.5f} | {ndcg(ra) - ndcg(rb):+.5f} | {hr(ra):.4f} | {hr(rb):.4f} | {ra['arm']} | {rb['arm']} |")
+    na, nb = [ndcg(a[k]) for k in keys], [ndcg(b[k]) for k in keys]
+    d = [x - y for x, y in zip(na, nb)]
+    sd = lambda x: statistics.stdev(x) if len(x) > 1 else 0.0
+    print()
+    print(f"{len(keys)} pairs: A {statistics.mean(na):.5f} ± {sd(na):.5f}, B {statistics.mean(nb):.5f} ± {sd(nb):.5f} (mean ± sd), "
+          f"A / B {statistics.mean(na) / statistics.mean(nb):.1%}; A − B: mean {statistics.mean(d):+.5f}, sd {sd(d):.5f}, "
+          f"standard error {sd(d) / len(d) ** 0.5:.5f}; A ahead on {sum(x > 0 for x in d)} of {len(d)}; "
+          f"HR@10 A {statistics.mean(hr(a[k]) for k in keys):.4f}, B {statistics.mean(hr(b[k]) for k in keys):.4f}")
+
+
+if len(sys.argv) > 1:
+    if len(sys.argv) != 4 or sys.argv[1] != "--paired":
+        sys.exit("usage: summarize.py [--paired A B]")
+    paired(sys.argv[2], sys.argv[3])
+    sys.exit(0)
 
 print("| arm | loss | negatives | logQ | seed | device | test NDCG@10 | HR@10 | NDCG@20 | HR@20 | NDCG@10, history in | best epoch / run | train s/epoch | epochs' time |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
