@@ -7,8 +7,13 @@
 #   the original and FreeRec's block, sampled softmax with uniform and with GNNO τ = 0.01
 #   negatives; "goal": the goal's three arms with FreeRec's block, seeds 42, 7 and 123:
 #   full softmax, sampled softmax with uniform negatives and history, and with 9
-#   distinct GNNO τ = 0.01 hard negatives as an exact stratum and history; "all": every arm)
-# Then:  python3 experiments/beauty-sasrec/summarize.py   (the tables of docs/RESULTS.md)
+#   distinct GNNO τ = 0.01 hard negatives as an exact stratum and history; "k384": full
+#   softmax and that GNNO arm with 384 random negatives per draw, seeds 42, 7, 123, 1, 2, 3
+#   and 4 (the closest comparison, one machine); "all": every arm)
+# Then:  python3 experiments/beauty-sasrec/summarize.py   (the tables of docs/RESULTS.md),
+#   and for "k384" the paired comparison:
+#   python3 experiments/beauty-sasrec/summarize.py --paired \
+#     'ssm-gnno-i32-k384-tau001-dist-strat-hist-freerec(-s\d+)?' 'full-softmax-freerec(-fiveseeds|-sevenseeds)?(-s\d+)?'
 # GNNO_BIN=/path/to/gnno runs the arms with that binary instead of the workspace's release
 # build (a copy, so a rebuild while arms run does not change their binary).
 set -euo pipefail
@@ -26,6 +31,13 @@ elif [ "${arms[*]}" = goal ]; then
   arms=()
   for a in full-softmax-freerec-xeon ssm-uniform-i32-hist-freerec ssm-gnno-i32-tau001-dist-strat-hist-freerec; do
     arms+=("$a" "$a-s7" "$a-s123")
+  done
+elif [ "${arms[*]}" = k384 ]; then
+  arms=(full-softmax-freerec full-softmax-freerec-s7 full-softmax-freerec-s123
+        full-softmax-freerec-fiveseeds-s1 full-softmax-freerec-fiveseeds-s2
+        full-softmax-freerec-sevenseeds-s3 full-softmax-freerec-sevenseeds-s4)
+  for s in "" -s7 -s123 -s1 -s2 -s3 -s4; do
+    arms+=("ssm-gnno-i32-k384-tau001-dist-strat-hist-freerec$s")
   done
 elif [ "${arms[*]}" = all ]; then
   arms=(); for f in *.toml; do arms+=("${f%.toml}"); done
