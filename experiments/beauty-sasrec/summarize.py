@@ -71,12 +71,25 @@ def cfg(arm):
     return c
 
 
+def sd(x):
+    """Sample standard deviation; 0 for a single value."""
+    return statistics.stdev(x) if len(x) > 1 else 0.0
+
+
 def paired(pat_a, pat_b):
     """Test NDCG@10 of the arms matching pat_a against those matching pat_b, seed by
     seed on the same device: both means, the ratio, and the paired differences'
     mean, sd and standard error."""
     def pick(pat):
-        return {(seed(r["arm"]), device(r)): r for r in rows if re.fullmatch(pat, r["arm"])}
+        # Two arms of one seed on one device would pair only one of them, unseen.
+        out = {}
+        for r in rows:
+            if re.fullmatch(pat, r["arm"]):
+                k = (seed(r["arm"]), device(r))
+                if k in out:
+                    sys.exit(f"{pat!r} matches {out[k]['arm']} and {r['arm']}, both seed {k[0]} on {k[1]}")
+                out[k] = r
+        return out
     a, b = pick(pat_a), pick(pat_b)
     keys = sorted(set(a) & set(b), key=lambda k: (k[1], k[0]))
     if not keys:
@@ -90,7 +103,6 @@ def paired(pat_a, pat_b):
         print(f"| {k[0]} | {k[1]} | {ndcg(ra):.5f} | {ndcg(rb):.5f} | {ndcg(ra) - ndcg(rb):+.5f} | {hr(ra):.4f} | {hr(rb):.4f} | {ra['arm']} | {rb['arm']} |")
     na, nb = [ndcg(a[k]) for k in keys], [ndcg(b[k]) for k in keys]
     d = [x - y for x, y in zip(na, nb)]
-    sd = lambda x: statistics.stdev(x) if len(x) > 1 else 0.0
     print()
     print(f"{len(keys)} pairs: A {statistics.mean(na):.5f} ± {sd(na):.5f}, B {statistics.mean(nb):.5f} ± {sd(nb):.5f} (mean ± sd), "
           f"A / B {statistics.mean(na) / statistics.mean(nb):.1%}; A − B: mean {statistics.mean(d):+.5f}, sd {sd(d):.5f}, "
@@ -154,5 +166,4 @@ if multi:
         n = [r["evaluate"]["report"]["test_full"]["NDCG@10"] for r in v]
         h = [r["evaluate"]["report"]["test_full"]["HR@10"] for r in v]
         s = [r["train"]["report"]["mean_train_seconds_per_epoch"] for r in v]
-        sd = lambda x: statistics.stdev(x) if len(x) > 1 else 0.0
         print(f"| {k} | {dev} | {', '.join(str(seed(r['arm'])) for r in v)} | {statistics.mean(n):.4f} ± {sd(n):.4f} | {statistics.mean(h):.4f} ± {sd(h):.4f} | {statistics.mean(s):.1f} |")
