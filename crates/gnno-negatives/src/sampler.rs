@@ -165,8 +165,12 @@ impl OverlapIndex {
     /// drawn for several epochs looks them up once. A binary search or three per
     /// distinct item.
     pub fn locate(&self, p: &Prepared, t: ItemIdx, exclude: &[ItemIdx]) -> Located {
-        let mut loc = Located::default();
-        for k in distinct_with(t, exclude) {
+        let ks = distinct_with(t, exclude);
+        let mut loc = Located {
+            nb: Vec::with_capacity(ks.len() + ROOM),
+            nn: Vec::with_capacity(ks.len() + ROOM),
+        };
+        for k in ks {
             match self.place(p, k) {
                 Some(Place::Neighbour(r, pos)) => loc.nb.push((r, pos)),
                 Some(Place::Other(rank)) => loc.nn.push(rank),
@@ -227,17 +231,20 @@ impl OverlapIndex {
             }
             r0 += 1;
         }
-        let ex_nb = ex_nb[ex_nb.partition_point(|x| x.0 < r0)..].to_vec();
-        let ex_nn = loc.nn.clone();
+        let ex_nb = with_room(&ex_nb[ex_nb.partition_point(|x| x.0 < r0)..]);
+        let ex_nn = with_room(&loc.nn);
         let log_max = if r0 < p.runs {
             f64::from(self.run_j[p.ra + r0]) / self.tau
         } else {
             0.0
         };
-        let ex_w: Vec<f64> = ex_nb
-            .iter()
-            .map(|x| (f64::from(self.run_j[p.ra + x.0]) / self.tau - log_max).exp())
-            .collect();
+        let mut ex_w = Vec::with_capacity(ex_nb.capacity());
+        ex_w.extend(
+            ex_nb
+                .iter()
+                .map(|x| (f64::from(self.run_j[p.ra + x.0]) / self.tau - log_max).exp()),
+        );
+        let ex_suf = Vec::with_capacity(ex_w.capacity() + 1);
         let head = if r0 < p.runs {
             (self.run_lsuf[p.sufa + r0] - log_max).exp()
         } else {
@@ -250,7 +257,7 @@ impl OverlapIndex {
             log_max,
             ex_nb,
             ex_w,
-            ex_suf: Vec::new(),
+            ex_suf,
             ex_nn,
             head,
             w_nb: 0.0,
@@ -305,14 +312,36 @@ impl OverlapIndex {
     }
 }
 
+/// Spare capacity of the exclusion lists, so a row's distinct draws (9 in the
+/// experiments) join them without reallocating; more just grow them.
+const ROOM: usize = 16;
+
+/// A copy of `v` with [`ROOM`] to spare.
+fn with_room<T: Copy>(v: &[T]) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len() + ROOM);
+    out.extend_from_slice(v);
+    out
+}
+
 /// An instance's exclusions in its target's list (see [`OverlapIndex::locate`]).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Located {
     /// Excluded neighbours as (run, place in run), ascending.
     nb: Vec<(usize, u32)>,
     /// Ranks of the excluded non-neighbours among the items absent from the list,
     /// ascending.
     nn: Vec<usize>,
+}
+
+impl Clone for Located {
+    /// A copy with room for a row's distinct draws ([`Conditioned::remove`]
+    /// inserts them).
+    fn clone(&self) -> Self {
+        Self {
+            nb: with_room(&self.nb),
+            nn: with_room(&self.nn),
+        }
+    }
 }
 
 /// Where an item sits in a target's list: (run, place in run) for a neighbour, else
@@ -371,6 +400,11 @@ impl Conditioned<'_> {
         for i in (0..self.ex_w.len()).rev() {
             self.ex_suf[i] = self.ex_suf[i + 1] + self.ex_w[i];
         }
+        self.totals();
+    }
+
+    /// w_nb, m0 and the total from `head`, `ex_suf` and `ex_nn`.
+    fn totals(&mut self) {
         self.w_nb = if self.r0 < self.p.runs {
             (self.head - self.ex_suf[0]).max(0.0)
         } else {
@@ -403,8 +437,15 @@ impl Conditioned<'_> {
                 }
                 let i = self.ex_nb.partition_point(|x| *x < (r, pos));
                 self.ex_nb.insert(i, (r, pos));
-                let w = (f64::from(idx.run_j[self.p.ra + r]) / idx.tau - self.log_max).exp();
+                let w = self.weight(r);
                 self.ex_w.insert(i, w);
+                // The suffix sums past i are the old ones from i on, the same
+                // additions in the same order; only those up to i change.
+                let s = self.ex_suf[i] + w;
+                self.ex_suf.insert(i, s);
+                for j in (0..i).rev() {
+                    self.ex_suf[j] = self.ex_suf[j + 1] + self.ex_w[j];
+                }
             }
             Place::Other(rank) => {
                 let Err(i) = loc.nn.binary_search(&rank) else {
@@ -415,7 +456,17 @@ impl Conditioned<'_> {
                     .insert(self.ex_nn.partition_point(|&x| x < rank), rank);
             }
         }
-        self.masses();
+        self.totals();
+    }
+
+    /// The scaled weight of one item of run r: exp(J(r)/τ − J(r0)/τ), exactly 1
+    /// for run r0 (the same quotient subtracted from itself), where most draws at
+    /// small τ land.
+    fn weight(&self, r: usize) -> f64 {
+        if r == self.r0 {
+            return 1.0;
+        }
+        (f64::from(self.idx.run_j[self.p.ra + r]) / self.idx.tau - self.log_max).exp()
     }
 
     /// One draw: the item, its J and its exact ln q under this distribution; None

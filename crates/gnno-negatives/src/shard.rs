@@ -11,6 +11,7 @@ use gnno_core::{fsutil, ItemIdx};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -182,8 +183,13 @@ pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usi
         format!("{KEY_PREFIX}leaked"),
         leaked.to_string(),
     ));
+    // No dictionary where nearly every value differs (the instance ids, the
+    // drawn ln q): it would only be built, then not pay for itself.
+    let plain = |path: Vec<&str>| ColumnPath::new(path.into_iter().map(String::from).collect());
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(plain(vec![COL_INSTANCE]), false)
+        .set_column_dictionary_enabled(plain(vec![COL_LOG_PROB, "list", "item"]), false)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_key_value_metadata(Some(kv))
         .set_created_by(format!("gnno {}", env!("CARGO_PKG_VERSION")))
