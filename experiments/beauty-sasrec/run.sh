@@ -9,9 +9,10 @@
 #   full softmax, sampled softmax with uniform negatives and history, and with 9
 #   distinct GNNO τ = 0.01 hard negatives as an exact stratum and history; "k384": full
 #   softmax and that GNNO arm with 384 random negatives per draw, seeds 42, 7, 123, 1, 2, 3
-#   and 4 (the closest comparison, one machine); "all": every arm)
+#   and 4 (the closest comparison, one machine); "k320": the same GNNO arm with 320, the
+#   same seven seeds (full softmax's are k384's); "all": every arm)
 # Then:  python3 experiments/beauty-sasrec/summarize.py   (the tables of docs/RESULTS.md),
-#   and for "k384" the paired comparison:
+#   and for "k384" the paired comparison (k320's: the same with k320):
 #   python3 experiments/beauty-sasrec/summarize.py --paired \
 #     'ssm-gnno-i32-k384-tau001-dist-strat-hist-freerec(-s\d+)?' 'full-softmax-freerec(-fiveseeds|-sevenseeds)?(-s\d+)?'
 # GNNO_BIN=/path/to/gnno runs the arms with that binary instead of the workspace's release
@@ -38,6 +39,11 @@ elif [ "${arms[*]}" = k384 ]; then
         full-softmax-freerec-sevenseeds-s3 full-softmax-freerec-sevenseeds-s4)
   for s in "" -s7 -s123 -s1 -s2 -s3 -s4; do
     arms+=("ssm-gnno-i32-k384-tau001-dist-strat-hist-freerec$s")
+  done
+elif [ "${arms[*]}" = k320 ]; then
+  arms=()
+  for s in "" -s7 -s123 -s1 -s2 -s3 -s4; do
+    arms+=("ssm-gnno-i32-k320-tau001-dist-strat-hist-freerec$s")
   done
 elif [ "${arms[*]}" = all ]; then
   arms=(); for f in *.toml; do arms+=("${f%.toml}"); done
