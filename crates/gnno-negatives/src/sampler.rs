@@ -238,13 +238,8 @@ impl OverlapIndex {
         } else {
             0.0
         };
-        let mut ex_w = Vec::with_capacity(ex_nb.capacity());
-        ex_w.extend(
-            ex_nb
-                .iter()
-                .map(|x| (f64::from(self.run_j[p.ra + x.0]) / self.tau - log_max).exp()),
-        );
-        let ex_suf = Vec::with_capacity(ex_w.capacity() + 1);
+        let ex_w = Vec::with_capacity(ex_nb.capacity());
+        let ex_suf = Vec::with_capacity(ex_nb.capacity() + 1);
         let head = if r0 < p.runs {
             (self.run_lsuf[p.sufa + r0] - log_max).exp()
         } else {
@@ -266,6 +261,10 @@ impl OverlapIndex {
             log_total: 0.0,
             total: 0.0,
         };
+        for i in 0..c.ex_nb.len() {
+            let w = c.weight(c.ex_nb[i].0);
+            c.ex_w.push(w);
+        }
         c.masses();
         c
     }

@@ -185,11 +185,11 @@ pub fn write(path: &Path, rows: ShardRows, meta: &ShardMeta, row_group_rows: usi
     ));
     // No dictionary where nearly every value differs (the instance ids, the
     // drawn ln q): it would only be built, then not pay for itself.
-    let plain = |path: Vec<&str>| ColumnPath::new(path.into_iter().map(String::from).collect());
+    let log_prob = ColumnPath::new(vec![COL_LOG_PROB.into(), "list".into(), "item".into()]);
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_column_dictionary_enabled(plain(vec![COL_INSTANCE]), false)
-        .set_column_dictionary_enabled(plain(vec![COL_LOG_PROB, "list", "item"]), false)
+        .set_column_dictionary_enabled(ColumnPath::from(COL_INSTANCE), false)
+        .set_column_dictionary_enabled(log_prob, false)
         .set_max_row_group_row_count(Some(row_group_rows))
         .set_key_value_metadata(Some(kv))
         .set_created_by(format!("gnno {}", env!("CARGO_PKG_VERSION")))
@@ -215,5 +215,60 @@ pub fn complete_negatives(path: &Path, meta: &ShardMeta) -> Option<(u64, u64)> {
         Some((count("negatives")?, count("leaked")?))
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::basic::Encoding;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// The dictionary settings name real columns: a path that matched none (a list
+    /// column's inner name changing, say) would silently keep the dictionary.
+    #[test]
+    fn only_instance_and_log_prob_are_written_without_a_dictionary() {
+        let cfg = gnno_core::config::Config::defaults(Path::new("/x")).negatives;
+        let id = crate::RunIdentity {
+            seed: 1,
+            settings_hash: "s".into(),
+            graph_fingerprint: "g".into(),
+            ingest_fingerprint: "i".into(),
+        };
+        let mut rows = ShardRows::with_capacity(3, 2);
+        for i in 0..3u32 {
+            let drawn: Vec<crate::Drawn> = (0..2u32)
+                .map(|k| crate::Drawn {
+                    item: 10 + k,
+                    overlap: 0.5,
+                    #[expect(clippy::cast_precision_loss, reason = "small ints")]
+                    log_prob: -((i * 2 + k) as f32) - 1.0,
+                })
+                .collect();
+            rows.push(u64::from(i), 7, 3, &drawn, [0, 0]);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("part.parquet");
+        let meta = ShardMeta::new(&cfg, &id, 0, 0.1, 0, 0, 3);
+        write(&path, rows, &meta, 1024).expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        let reader = SerializedFileReader::new(file).expect("parquet");
+        let rg = reader.metadata().row_group(0);
+        let mut seen = Vec::new();
+        for c in rg.columns() {
+            let dict = c.encodings().any(|e| e == Encoding::RLE_DICTIONARY);
+            seen.push((c.column_path().string(), dict));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("instance".to_owned(), false),
+                ("user".to_owned(), true),
+                ("target".to_owned(), true),
+                ("negatives.list.item".to_owned(), true),
+                ("overlap.list.item".to_owned(), true),
+                ("log_prob.list.item".to_owned(), false),
+            ]
+        );
     }
 }
