@@ -5,7 +5,11 @@
 # with its hard negatives from the first epoch, of full softmax, and of the
 # 9-hard arm again (the two bracket full softmax, so a drift in the machine's speed
 # shows). Prints each run's training seconds per epoch, the shares, and the
-# negatives stage's draw per epoch. Work folders go to a temporary directory.
+# negatives stage's draw per epoch, twice: over these EPOCHS (the curriculum's
+# ramp, hardness 0 to pace × (EPOCHS - 1)) and with the hardness at the arm's cap
+# from the second epoch on (pace 1), where the arm's schedule spends most of its
+# hard epochs (168 of 181 for the curriculum of warm-up 19, pace 0.04, cap 0.5).
+# Work folders go to a temporary directory.
 # Usage: experiments/beauty-sasrec/cost.sh [EPOCHS [SAMPLED_ARM FULL_ARM]]
 #   (default arms: ssm-gnno-g32-tau001-s7 and full-softmax-s7, the original block;
 #    ssm-gnno-g32-tau001-freerec-s7 and full-softmax-freerec-s7 for FreeRec's;
@@ -30,6 +34,9 @@ conf() { # arm, name
 }
 conf "$sampled_arm" sampled
 conf "$full_arm" full
+# The draw at the cap: the sampled arm's shards with pace 1 (timed only).
+sed -e 's/^pace = .*/pace = 1.0/' -e "s#$tmp/sampled#$tmp/capped#" "$tmp/sampled.toml" > "$tmp/capped.toml"
+"$bin" -c "$tmp/capped.toml" run --to negatives --quiet > /dev/null
 mean() { # name → training seconds per epoch
   "$bin" -c "$tmp/$1.toml" report train --json | python3 -c '
 import json, sys
@@ -42,15 +49,17 @@ for name in sampled full sampled; do
   runs+=("$name $(mean "$name")")
   echo "${runs[-1]} s per epoch"
 done
-draw=$("$bin" -c "$tmp/sampled.toml" report negatives --json | python3 -c "
+per_epoch_draw() { # name → the negatives stage's draw and write per epoch
+  "$bin" -c "$tmp/$1.toml" report negatives --json | python3 -c "
 import json, sys
-print(round(json.load(sys.stdin)['timings_s']['draw_and_write'] / $epochs, 3))" || echo "?")
-python3 - "$draw" "${runs[@]}" <<'EOF'
+print(round(json.load(sys.stdin)['timings_s']['draw_and_write'] / $epochs, 3))" || echo "?"
+}
+python3 - "$(per_epoch_draw sampled)" "$(per_epoch_draw capped)" "${runs[@]}" <<'EOF'
 import sys
-draw = sys.argv[1]
-s1, f, s2 = (float(r.split()[1]) for r in sys.argv[2:5])
+s1, f, s2 = (float(r.split()[1]) for r in sys.argv[3:6])
 print(f"sampled / full softmax: {s1 / f:.3f}, {s2 / f:.3f}")
-if draw != "?":
-    d = float(draw)
-    print(f"negatives draw {d:.3f} s per epoch; with it: {(s1 + d) / f:.3f}, {(s2 + d) / f:.3f}")
+for what, draw in (("over the ramp", sys.argv[1]), ("at the cap", sys.argv[2])):
+    if draw != "?":
+        d = float(draw)
+        print(f"negatives draw {what} {d:.3f} s per epoch; with it: {(s1 + d) / f:.3f}, {(s2 + d) / f:.3f}")
 EOF

@@ -10,11 +10,12 @@
 #   distinct GNNO τ = 0.01 hard negatives as an exact stratum and history; "k384": full
 #   softmax and that GNNO arm with 384 random negatives per draw, seeds 42, 7, 123, 1, 2, 3
 #   and 4 (the closest comparison, one machine); "k320": the same GNNO arm with 320, the
-#   same seven seeds (full softmax's are k384's); "all": every arm)
+#   same seven seeds (full softmax's are k384's); "tenseeds": seeds 5, 6 and 8 of full
+#   softmax and of both GNNO arms, for a ten-seed comparison; "all": every arm)
 # Then:  python3 experiments/beauty-sasrec/summarize.py   (the tables of docs/RESULTS.md),
 #   and for "k384" the paired comparison (k320's: the same with k320):
 #   python3 experiments/beauty-sasrec/summarize.py --paired \
-#     'ssm-gnno-i32-k384-tau001-dist-strat-hist-freerec(-s\d+)?' 'full-softmax-freerec(-fiveseeds|-sevenseeds)?(-s\d+)?'
+#     'ssm-gnno-i32-k384-tau001-dist-strat-hist-freerec(-s\d+)?' 'full-softmax-freerec(-fiveseeds|-sevenseeds|-tenseeds)?(-s\d+)?'
 # GNNO_BIN=/path/to/gnno runs the arms with that binary instead of the workspace's release
 # build (a copy, so a rebuild while arms run does not change their binary).
 set -euo pipefail
@@ -44,6 +45,13 @@ elif [ "${arms[*]}" = k320 ]; then
   arms=()
   for s in "" -s7 -s123 -s1 -s2 -s3 -s4; do
     arms+=("ssm-gnno-i32-k320-tau001-dist-strat-hist-freerec$s")
+  done
+elif [ "${arms[*]}" = tenseeds ]; then
+  arms=()
+  for s in 5 6 8; do
+    arms+=("full-softmax-freerec-tenseeds-s$s"
+           "ssm-gnno-i32-k320-tau001-dist-strat-hist-freerec-s$s"
+           "ssm-gnno-i32-k384-tau001-dist-strat-hist-freerec-s$s")
   done
 elif [ "${arms[*]}" = all ]; then
   arms=(); for f in *.toml; do arms+=("${f%.toml}"); done
