@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs arms of the SASRec objectives comparison on Beauty in turn; each arm's
 # <arm>.result.json holds its evaluate and train reports and wall time. A killed run
-# resumes from its last epoch checkpoint when started again (the pipeline's resume).
+# resumes from its last epoch checkpoint when started again (the pipeline's resume;
+# its wall time is then that of the invocation that finished it). An arm whose
+# result file exists and whose train and evaluate stages are up to date is skipped,
+# its result kept (a rerun would only overwrite its wall time with a no-op's).
 # Usage: experiments/beauty-sasrec/run.sh [arm ... | all]   (each arm is a <arm>.toml here;
 #   default: the headline arms of docs/RESULTS.md, seeds 42, 7 and 123: full softmax with
 #   the original and FreeRec's block, sampled softmax with uniform and with GNNO τ = 0.01
@@ -57,6 +60,13 @@ elif [ "${arms[*]}" = all ]; then
   arms=(); for f in *.toml; do arms+=("${f%.toml}"); done
 fi
 for arm in "${arms[@]}"; do
+  if [ -f "$arm.result.json" ] && "$bin" --config "$arm.toml" status --json | python3 -c '
+import json, sys
+state = {s["stage"]: s["status"]["state"] for s in json.load(sys.stdin)}
+sys.exit(0 if state.get("train") == state.get("evaluate") == "up-to-date" else 1)'; then
+    echo "$arm: up to date, $arm.result.json kept"
+    continue
+  fi
   start=$(date +%s)
   "$bin" --config "$arm.toml" run --quiet > "$arm.out" 2> "$arm.log"
   end=$(date +%s)
