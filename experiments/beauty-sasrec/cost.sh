@@ -8,7 +8,10 @@
 # negatives stage's draw per epoch, twice: over these EPOCHS (the curriculum's
 # ramp, hardness 0 to pace × (EPOCHS - 1)) and with the hardness at the arm's cap
 # from the second epoch on (pace 1), where the arm's schedule spends most of its
-# hard epochs (168 of 181 for the curriculum of warm-up 19, pace 0.04, cap 0.5).
+# hard epochs (168 of 181 for the curriculum of warm-up 19, pace 0.04, cap 0.5);
+# and, where the arm's runs have finished here, over whole runs: the stage draws all
+# the schedule's hard epochs before training, early stopping ends a run sooner, so
+# the ramp's draw is spread over the epochs the runs trained (warm-up included).
 # Work folders go to a temporary directory.
 # Usage: experiments/beauty-sasrec/cost.sh [EPOCHS [SAMPLED_ARM FULL_ARM]]
 #   (default arms: ssm-gnno-g32-tau001-s7 and full-softmax-s7, the original block;
@@ -35,7 +38,8 @@ conf() { # arm, name
 conf "$sampled_arm" sampled
 conf "$full_arm" full
 # The draw at the cap: the sampled arm's shards with pace 1 (timed only).
-sed -e 's/^pace = .*/pace = 1.0/' -e "s#$tmp/sampled#$tmp/capped#" "$tmp/sampled.toml" > "$tmp/capped.toml"
+sed -e 's/^pace = .*/pace = 1.0/' -e "s#^workdir = .*#workdir = \"$tmp/capped\"#" \
+  "$tmp/sampled.toml" > "$tmp/capped.toml"
 "$bin" -c "$tmp/capped.toml" run --to negatives --quiet > /dev/null
 mean() { # name → training seconds per epoch
   "$bin" -c "$tmp/$1.toml" report train --json | python3 -c '
@@ -54,12 +58,27 @@ per_epoch_draw() { # name → the negatives stage's draw and write per epoch
 import json, sys
 print(round(json.load(sys.stdin)['timings_s']['draw_and_write'] / $epochs, 3))" || echo "?"
 }
-python3 - "$(per_epoch_draw sampled)" "$(per_epoch_draw capped)" "${runs[@]}" <<'EOF'
-import sys
+python3 - "$(per_epoch_draw sampled)" "$(per_epoch_draw capped)" "${runs[@]}" "$sampled_arm" <<'EOF'
+import glob, json, re, sys
 s1, f, s2 = (float(r.split()[1]) for r in sys.argv[3:6])
 print(f"sampled / full softmax: {s1 / f:.3f}, {s2 / f:.3f}")
-for what, draw in (("over the ramp", sys.argv[1]), ("at the cap", sys.argv[2])):
+for what, draw in (("over the ramp", sys.argv[1]), ("at the cap (7 epochs of 8)", sys.argv[2])):
     if draw != "?":
         d = float(draw)
         print(f"negatives draw {what} {d:.3f} s per epoch; with it: {(s1 + d) / f:.3f}, {(s2 + d) / f:.3f}")
+# Over whole runs: the stage draws every hard epoch of the arm's schedule before
+# training starts, and early stopping ends a run sooner; the draw spread over the
+# epochs the arm's finished runs (<arm>.result.json, <arm>-s*.result.json) trained.
+arm = sys.argv[6]
+toml = open(f"{arm}.toml").read()
+get = lambda k: int(re.search(rf"^{k} = (\d+)", toml, re.M).group(1))
+hard = get("epochs") - get("warmup")
+trained = [len(json.load(open(p))["train"]["report"]["epochs"])
+           for p in sorted(glob.glob(f"{arm}.result.json") + glob.glob(f"{arm}-s*.result.json"))]
+if trained and sys.argv[1] != "?":
+    x = sum(hard / n for n in trained) / len(trained)
+    d = float(sys.argv[1]) * x
+    print(f"over whole runs: {hard} hard epochs drawn, {min(trained)}-{max(trained)} trained "
+          f"({len(trained)} runs), the ramp's draw x {x:.2f} per epoch trained; "
+          f"with it: {(s1 + d) / f:.3f}, {(s2 + d) / f:.3f}")
 EOF

@@ -3,8 +3,9 @@
 # <arm>.result.json holds its evaluate and train reports and wall time. A killed run
 # resumes from its last epoch checkpoint when started again (the pipeline's resume;
 # its wall time is then that of the invocation that finished it). An arm whose
-# result file exists and whose train and evaluate stages are up to date is skipped,
-# its result kept (a rerun would only overwrite its wall time with a no-op's).
+# evaluate stage is up to date and whose result file holds the reports of the train
+# and evaluate outputs now in its workdir (the same fingerprints) is skipped, its
+# result kept (a rerun would only overwrite its wall time with a no-op's).
 # Usage: experiments/beauty-sasrec/run.sh [arm ... | all]   (each arm is a <arm>.toml here;
 #   default: the headline arms of docs/RESULTS.md, seeds 42, 7 and 123: full softmax with
 #   the original and FreeRec's block, sampled softmax with uniform and with GNNO τ = 0.01
@@ -61,9 +62,12 @@ elif [ "${arms[*]}" = all ]; then
 fi
 for arm in "${arms[@]}"; do
   if [ -f "$arm.result.json" ] && "$bin" --config "$arm.toml" status --json | python3 -c '
-import json, sys
+import json, subprocess, sys
 state = {s["stage"]: s["status"]["state"] for s in json.load(sys.stdin)}
-sys.exit(0 if state.get("train") == state.get("evaluate") == "up-to-date" else 1)'; then
+kept = json.load(open(sys.argv[1] + ".result.json"))
+now = lambda stage: json.loads(subprocess.run([sys.argv[2], "--config", sys.argv[1] + ".toml", "report", stage, "--json"], capture_output=True, check=True, text=True).stdout)
+same = state.get("evaluate") == "up-to-date" and all(kept[s]["fingerprint"] == now(s)["fingerprint"] for s in ("train", "evaluate"))
+sys.exit(0 if same else 1)' "$arm" "$bin"; then
     echo "$arm: up to date, $arm.result.json kept"
     continue
   fi
