@@ -58,11 +58,12 @@ per_epoch_draw() { # name → the negatives stage's draw and write per epoch
 import json, sys
 print(round(json.load(sys.stdin)['timings_s']['draw_and_write'] / $epochs, 3))" || echo "?"
 }
-python3 - "$(per_epoch_draw sampled)" "$(per_epoch_draw capped)" "${runs[@]}" "$sampled_arm" <<'EOF'
+python3 - "$(per_epoch_draw sampled)" "$(per_epoch_draw capped)" "${runs[@]}" "$sampled_arm" "$epochs" <<'EOF'
 import glob, json, re, sys
 s1, f, s2 = (float(r.split()[1]) for r in sys.argv[3:6])
 print(f"sampled / full softmax: {s1 / f:.3f}, {s2 / f:.3f}")
-for what, draw in (("over the ramp", sys.argv[1]), ("at the cap (7 epochs of 8)", sys.argv[2])):
+epochs = int(sys.argv[7])
+for what, draw in (("over the ramp", sys.argv[1]), (f"at the cap ({epochs - 1} epochs of {epochs})", sys.argv[2])):
     if draw != "?":
         d = float(draw)
         print(f"negatives draw {what} {d:.3f} s per epoch; with it: {(s1 + d) / f:.3f}, {(s2 + d) / f:.3f}")
