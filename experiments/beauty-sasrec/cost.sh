@@ -37,10 +37,6 @@ conf() { # arm, name
 }
 conf "$sampled_arm" sampled
 conf "$full_arm" full
-# The draw at the cap: the sampled arm's shards with pace 1 (timed only).
-sed -e 's/^pace = .*/pace = 1.0/' -e "s#^workdir = .*#workdir = \"$tmp/capped\"#" \
-  "$tmp/sampled.toml" > "$tmp/capped.toml"
-"$bin" -c "$tmp/capped.toml" run --to negatives --quiet > /dev/null
 mean() { # name → training seconds per epoch
   "$bin" -c "$tmp/$1.toml" report train --json | python3 -c '
 import json, sys
@@ -58,7 +54,12 @@ per_epoch_draw() { # name → the negatives stage's draw and write per epoch
 import json, sys
 print(round(json.load(sys.stdin)['timings_s']['draw_and_write'] / $epochs, 3))" || echo "?"
 }
-python3 - "$(per_epoch_draw sampled)" "$(per_epoch_draw capped)" "${runs[@]}" "$sampled_arm" "$epochs" <<'EOF'
+ramp=$(per_epoch_draw sampled)
+# The draw at the cap: the sampled arm's shards drawn again with pace 1, in its
+# workdir once its training is timed (ingest and graph are reused, not redone).
+sed -e 's/^pace = .*/pace = 1.0/' "$tmp/sampled.toml" > "$tmp/capped.toml"
+"$bin" -c "$tmp/capped.toml" stage negatives --quiet > /dev/null
+python3 - "$ramp" "$(per_epoch_draw capped)" "${runs[@]}" "$sampled_arm" "$epochs" <<'EOF'
 import glob, json, re, sys
 s1, f, s2 = (float(r.split()[1]) for r in sys.argv[3:6])
 print(f"sampled / full softmax: {s1 / f:.3f}, {s2 / f:.3f}")
@@ -73,7 +74,7 @@ for what, draw in (("over the ramp", sys.argv[1]), (f"at the cap ({epochs - 1} e
 arm = sys.argv[6]
 toml = open(f"{arm}.toml").read()
 get = lambda k: int(re.search(rf"^{k} = (\d+)", toml, re.M).group(1))
-hard = get("epochs") - get("warmup")
+hard = get("epochs") - get("warmup")  # every epoch from warm-up on (gnno_negatives::hardness)
 trained = [len(json.load(open(p))["train"]["report"]["epochs"])
            for p in sorted(glob.glob(f"{arm}.result.json") + glob.glob(f"{arm}-s*.result.json"))]
 if trained and sys.argv[1] != "?":
