@@ -27,6 +27,10 @@ pub fn hardness(cfg: &NegativesSettings, epoch: u32) -> Option<f64> {
 }
 
 /// The sampler chosen in the config, ready to draw.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one sampler per run, never moved in a loop"
+)]
 pub enum Sampler {
     Gnno { index: OverlapIndex, tau: f64 },
     Uniform { n_items: u32 },
@@ -133,17 +137,6 @@ impl Sampler {
         if n == 0 {
             return;
         }
-        // A draw that holds all the remaining mass has ln q = 0, which the
-        // subtraction can overshoot by rounding (ln q = 7e-15 at τ = 0.01 with the
-        // heavier items excluded); no probability exceeds 1.
-        #[expect(clippy::cast_possible_truncation, reason = "stored as f32")]
-        let push = |out: &mut Vec<Drawn>, (item, overlap, log_q): (ItemIdx, f32, f64)| {
-            out.push(Drawn {
-                item,
-                overlap,
-                log_prob: log_q.min(0.0) as f32,
-            });
-        };
         match self {
             // GNNO draws from the instance's conditional distribution (t and the
             // exclusions removed), prepared once for its n draws, each draw with
@@ -152,22 +145,20 @@ impl Sampler {
             // located exclusions.
             Self::Gnno { index, .. } => {
                 let Some(p) = prep else { return };
-                let mut own =
-                    distinct.then(|| loc.cloned().unwrap_or_else(|| index.locate(p, t, exclude)));
-                let mut cond = match (&own, loc) {
-                    (Some(l), _) | (None, Some(l)) => index.condition_located(p, l),
-                    (None, None) => index.condition(p, t, exclude),
+                let located;
+                let loc = if let Some(l) = loc {
+                    l
+                } else {
+                    located = index.locate(p, t, exclude);
+                    &located
                 };
-                for _ in 0..n {
-                    // None only when no mass is left: the slot stays empty (the row is short).
-                    let Some((d, at)) = cond.draw_placed(rng) else {
-                        continue;
-                    };
-                    push(out, d);
-                    if let Some(l) = own.as_mut() {
-                        cond.remove(l, at);
-                    }
-                }
+                draw_gnno(
+                    &index.condition_located(p, loc),
+                    distinct.then_some(loc),
+                    n,
+                    rng,
+                    out,
+                );
             }
             // The others give ln of their normaliser, subtracted from each draw's
             // log-weight; when distinct, each draw joins the exclusions.
@@ -177,7 +168,7 @@ impl Sampler {
                 exclude,
                 |ex| sampler::uniform_log_norm(*n_items, t, ex),
                 |ex| sampler::draw_uniform(*n_items, t, ex, rng).map(|j| (j, 0.0)),
-                |d| push(out, d),
+                |d| out.push(stored(d)),
             ),
             Self::Popularity(pop) => draw_plain(
                 n,
@@ -185,8 +176,64 @@ impl Sampler {
                 exclude,
                 |ex| pop.log_norm(t, ex),
                 |ex| pop.draw(t, ex, rng).map(|j| (j, pop.weight(j).ln())),
-                |d| push(out, d),
+                |d| out.push(stored(d)),
             ),
+        }
+    }
+
+    /// One instance's rows for several epochs, `preps[x]` prepared for epoch x's
+    /// hardness and `rng(x)` its random stream; `out(x, row)` takes each row. The
+    /// rows [`Sampler::draw_prepared`] gives epoch by epoch, to the bit: GNNO
+    /// locates the exclusions once, and conditions once for a run of epochs
+    /// prepared alike (every epoch at the curriculum's cap), each epoch drawing
+    /// from its own copy.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the draw's inputs, each prepared by the caller"
+    )]
+    pub fn draw_epochs<R: rand::Rng>(
+        &self,
+        preps: &[Option<sampler::Prepared>],
+        t: ItemIdx,
+        n: u32,
+        distinct: bool,
+        exclude: &[ItemIdx],
+        mut rng: impl FnMut(usize) -> R,
+        mut out: impl FnMut(usize, &[Drawn]),
+    ) {
+        let mut row = Vec::with_capacity(n as usize);
+        let (Self::Gnno { index, .. }, Some(Some(first))) = (self, preps.first()) else {
+            for (x, p) in preps.iter().enumerate() {
+                row.clear();
+                self.draw_prepared(
+                    p.as_ref(),
+                    None,
+                    t,
+                    n,
+                    distinct,
+                    exclude,
+                    &mut rng(x),
+                    &mut row,
+                );
+                out(x, &row);
+            }
+            return;
+        };
+        let loc = index.locate(first, t, exclude);
+        let mut last: Option<(sampler::Prepared, sampler::Conditioned<'_>)> = None;
+        for (x, p) in preps.iter().enumerate() {
+            row.clear();
+            if let Some(p) = p {
+                if n > 0 {
+                    if !matches!(&last, Some((q, _)) if q == p) {
+                        last = Some((*p, index.condition_located(p, &loc)));
+                    }
+                    if let Some((_, cond)) = &last {
+                        draw_gnno(cond, distinct.then_some(&loc), n, &mut rng(x), &mut row);
+                    }
+                }
+            }
+            out(x, &row);
         }
     }
 
@@ -195,6 +242,47 @@ impl Sampler {
         match self {
             Self::Gnno { index, .. } => index.overlap(t, j),
             _ => 0.0,
+        }
+    }
+}
+
+/// A draw as stored. One that holds all the remaining mass has ln q = 0, which
+/// the subtraction can overshoot by rounding (ln q = 7e-15 at τ = 0.01 with the
+/// heavier items excluded); no probability exceeds 1.
+#[expect(clippy::cast_possible_truncation, reason = "stored as f32")]
+fn stored((item, overlap, log_q): (ItemIdx, f32, f64)) -> Drawn {
+    Drawn {
+        item,
+        overlap,
+        log_prob: log_q.min(0.0) as f32,
+    }
+}
+
+/// n GNNO draws from `cond`. With `distinct` (the exclusions `cond` was
+/// conditioned on), each draw is taken out of a copy of `cond` before the next
+/// (successive sampling without replacement); fewer than n come back when no
+/// mass is left.
+fn draw_gnno<R: rand::Rng>(
+    cond: &sampler::Conditioned<'_>,
+    distinct: Option<&sampler::Located>,
+    n: u32,
+    rng: &mut R,
+    out: &mut Vec<Drawn>,
+) {
+    let Some(loc) = distinct else {
+        out.extend((0..n).filter_map(|_| cond.draw(rng)).map(stored));
+        return;
+    };
+    let (mut cond, mut loc) = (cond.clone(), loc.clone());
+    for i in 0..n {
+        // None only when no mass is left: the slot stays empty (the row is short).
+        let Some((d, at)) = cond.draw_placed(rng) else {
+            continue;
+        };
+        out.push(stored(d));
+        // The last draw is not taken out: nothing is drawn after it.
+        if i + 1 < n {
+            cond.remove(&mut loc, at);
         }
     }
 }
@@ -314,7 +402,6 @@ impl Draw<'_> {
         };
         let mut drawn: Vec<Vec<Drawn>> = epochs.iter().map(|_| vec![none; n * k]).collect();
         let mut counts: Vec<Vec<usize>> = epochs.iter().map(|_| vec![0usize; n]).collect();
-        let mut buf = Vec::with_capacity(k);
         let mut preps: Vec<Option<sampler::Prepared>> = Vec::new();
         let mut prep_target = None;
         for r in order {
@@ -325,8 +412,7 @@ impl Draw<'_> {
             } else {
                 &[][..]
             };
-            // Instances come grouped by target: prepare each (target, h) once,
-            // and locate each instance's exclusions once for all its epochs.
+            // Instances come grouped by target: prepare each (target, h) once.
             if prep_target != Some(t) {
                 preps = epochs
                     .iter()
@@ -334,26 +420,18 @@ impl Draw<'_> {
                     .collect();
                 prep_target = Some(t);
             }
-            let loc = preps
-                .first()
-                .and_then(Option::as_ref)
-                .and_then(|p| self.sampler.locate(p, t, exclude));
-            for (x, &(e, _)) in epochs.iter().enumerate() {
-                let mut rng = instance_rng(self.seed, e, i as u64);
-                buf.clear();
-                self.sampler.draw_prepared(
-                    preps[x].as_ref(),
-                    loc.as_ref(),
-                    t,
-                    cfg.n_hard,
-                    cfg.distinct,
-                    exclude,
-                    &mut rng,
-                    &mut buf,
-                );
-                drawn[x][r * k..r * k + buf.len()].copy_from_slice(&buf);
-                counts[x][r] = buf.len();
-            }
+            self.sampler.draw_epochs(
+                &preps,
+                t,
+                cfg.n_hard,
+                cfg.distinct,
+                exclude,
+                |x| instance_rng(self.seed, epochs[x].0, i as u64),
+                |x, row| {
+                    drawn[x][r * k..r * k + row.len()].copy_from_slice(row);
+                    counts[x][r] = row.len();
+                },
+            );
         }
         drawn
             .iter()

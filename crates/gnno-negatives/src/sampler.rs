@@ -42,6 +42,8 @@ pub struct OverlapIndex {
     /// The same neighbours sorted by id (non-neighbour draws and lookups), with J.
     by_id: Vec<ItemIdx>,
     j_by_id: Vec<f32>,
+    /// Where each of them sits in the J-descending list: (run, place in run).
+    place_by_id: Vec<(u32, u32)>,
 }
 
 impl OverlapIndex {
@@ -97,10 +99,25 @@ impl OverlapIndex {
                 let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
                 s.run_lsuf[base + r] = hi + (lo - hi).exp().ln_1p();
             }
-            let mut pairs: Vec<(u32, f32)> = ids.iter().copied().zip(j.iter().copied()).collect();
+            // Each neighbour's (run, place in run), for `place` to read once it
+            // has found the item by id.
+            let mut pairs: Vec<(u32, f32, (u32, u32))> = Vec::with_capacity(ids.len());
+            for r in 0..runs {
+                let from = s.run_start[first_run + r];
+                let to = s
+                    .run_start
+                    .get(first_run + r + 1)
+                    .copied()
+                    .unwrap_or(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+                let r32 = u32::try_from(r).unwrap_or(u32::MAX);
+                for k in from..to {
+                    pairs.push((ids[k as usize], j[k as usize], (r32, k - from)));
+                }
+            }
             pairs.sort_unstable_by_key(|p| p.0);
             s.by_id.extend(pairs.iter().map(|p| p.0));
             s.j_by_id.extend(pairs.iter().map(|p| p.1));
+            s.place_by_id.extend(pairs.iter().map(|p| p.2));
             s.ids.extend(ids);
             close(&mut s, item);
             next = item + 1;
@@ -192,14 +209,8 @@ impl OverlapIndex {
         let list = &self.by_id[p.a..p.a + p.len];
         match list.binary_search(&k) {
             Ok(x) => {
-                let v = self.j_by_id[p.a + x];
-                let r = self.run_j[p.ra..p.ra + p.runs].partition_point(|&w| w > v);
-                let (from, to) = self.run_bounds(p, r);
-                let run_ids = &self.ids[p.a + from..p.a + to];
-                run_ids
-                    .binary_search(&k)
-                    .ok()
-                    .map(|pos| Place::Neighbour(r, u32::try_from(pos).unwrap_or(u32::MAX)))
+                let (r, pos) = self.place_by_id[p.a + x];
+                Some(Place::Neighbour(r as usize, pos))
             }
             Err(x) => Some(Place::Other(k as usize - 1 - x)),
         }
@@ -351,8 +362,10 @@ pub enum Place {
     Other(usize),
 }
 
-/// What a draw for one (target, hardness) needs, computed once.
-#[derive(Debug, Clone, Copy)]
+/// What a draw for one (target, hardness) needs, computed once. Two hardnesses
+/// that allow the same runs prepare equal values (the curriculum's epochs at its
+/// cap, most of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prepared {
     a: usize,
     len: usize,
@@ -388,6 +401,20 @@ pub struct Conditioned<'a> {
     w0: f64,
     total: f64,
     log_total: f64,
+}
+
+impl Clone for Conditioned<'_> {
+    /// A copy with room for a row's distinct draws, as
+    /// [`OverlapIndex::condition_located`] makes it: the same state to the bit.
+    fn clone(&self) -> Self {
+        Self {
+            ex_nb: with_room(&self.ex_nb),
+            ex_w: with_room(&self.ex_w),
+            ex_suf: with_room(&self.ex_suf),
+            ex_nn: with_room(&self.ex_nn),
+            ..*self
+        }
+    }
 }
 
 impl Conditioned<'_> {

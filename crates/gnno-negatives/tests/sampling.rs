@@ -653,3 +653,61 @@ fn distinct_popularity_rows_carry_the_probability_given_the_earlier_draws() {
     let share = f64::from(firsts[&4]) / 2000.0;
     assert!((share - 4.0 / 7.0).abs() < 0.05, "{share}");
 }
+
+#[test]
+fn an_instances_epochs_drawn_together_are_its_epochs_drawn_one_by_one() {
+    // The stage draws an instance's block of epochs with `draw_epochs`, which
+    // conditions once for consecutive epochs prepared alike (the cap) and copies
+    // it; each epoch's row (items and ln q, to the bit) must be what
+    // `draw_prepared` gives for that epoch alone, with and without `distinct`,
+    // through a ramp whose hardnesses repeat, for a history that holds some of
+    // the target's heaviest neighbours.
+    let case = &vectors()["cases"][0];
+    let n = u32::try_from(case["n_items"].as_u64().expect("n")).expect("u32");
+    let tau = 0.05;
+    let s = Sampler::Gnno {
+        index: index(case, tau),
+        tau,
+    };
+    let hs = [0.0, 0.1, 0.1, 0.3, 0.5, 0.5, 0.5, 1.0];
+    let (mut compared, mut shared) = (0, 0);
+    for t in 1..=n {
+        let by_j = heaviest_first(case, t);
+        for k in [0, 1, 2, 4] {
+            let exclude = by_j[..k.min(by_j.len())].to_vec();
+            let preps: Vec<_> = hs.iter().map(|&h| s.prepare(t, h)).collect();
+            shared += preps.windows(2).filter(|w| w[0] == w[1]).count();
+            for distinct in [false, true] {
+                let rng = |x: usize| gnno_negatives::instance_rng(9, x as u32, u64::from(t));
+                let mut together = vec![Vec::new(); hs.len()];
+                s.draw_epochs(&preps, t, 6, distinct, &exclude, rng, |x, row| {
+                    together[x] = row.to_vec();
+                });
+                for (x, p) in preps.iter().enumerate() {
+                    let mut alone = Vec::new();
+                    s.draw_prepared(
+                        p.as_ref(),
+                        None,
+                        t,
+                        6,
+                        distinct,
+                        &exclude,
+                        &mut rng(x),
+                        &mut alone,
+                    );
+                    let key = |d: &[Drawn]| -> Vec<(u32, u32)> {
+                        d.iter().map(|x| (x.item, x.log_prob.to_bits())).collect()
+                    };
+                    assert_eq!(
+                        key(&together[x]),
+                        key(&alone),
+                        "t={t} k={k} epoch {x} distinct {distinct}"
+                    );
+                    compared += alone.len();
+                }
+            }
+        }
+    }
+    assert!(compared > 1000, "{compared}");
+    assert!(shared >= 12 * n as usize, "epochs prepared alike: {shared}");
+}
