@@ -223,14 +223,12 @@ impl Sampler {
         let mut last: Option<(sampler::Prepared, sampler::Conditioned<'_>)> = None;
         for (x, p) in preps.iter().enumerate() {
             row.clear();
-            if let Some(p) = p {
-                if n > 0 {
-                    if !matches!(&last, Some((q, _)) if q == p) {
-                        last = Some((*p, index.condition_located(p, &loc)));
-                    }
-                    if let Some((_, cond)) = &last {
-                        draw_gnno(cond, distinct.then_some(&loc), n, &mut rng(x), &mut row);
-                    }
+            if let Some(p) = p.filter(|_| n > 0) {
+                if last.as_ref().is_none_or(|(q, _)| *q != p) {
+                    last = Some((p, index.condition_located(&p, &loc)));
+                }
+                if let Some((_, cond)) = &last {
+                    draw_gnno(cond, distinct.then_some(&loc), n, &mut rng(x), &mut row);
                 }
             }
             out(x, &row);

@@ -74,15 +74,19 @@ impl OverlapIndex {
                 next += 1;
             }
             let first_run = s.run_j.len();
+            // Each neighbour's (run, place in run), in list order, for `place`
+            // to read once it has found the item by id.
+            let mut places: Vec<(u32, u32)> = Vec::with_capacity(ids.len());
             let mut k = 0;
             while k < j.len() {
                 let mut e = k;
                 while e < j.len() && j[e] == j[k] {
                     e += 1;
                 }
-                // Inside a run ids ascend, so an excluded item's place in its run
-                // is a binary search.
+                // Inside a run ids ascend (the order `places` counts in).
                 ids[k..e].sort_unstable();
+                let r = u32::try_from(s.run_j.len() - first_run).unwrap_or(u32::MAX);
+                places.extend((0..e - k).map(|pos| (r, u32::try_from(pos).unwrap_or(u32::MAX))));
                 s.run_j.push(j[k]);
                 s.run_start.push(u32::try_from(k).unwrap_or(u32::MAX));
                 #[expect(clippy::cast_precision_loss, reason = "run lengths are small")]
@@ -99,21 +103,12 @@ impl OverlapIndex {
                 let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
                 s.run_lsuf[base + r] = hi + (lo - hi).exp().ln_1p();
             }
-            // Each neighbour's (run, place in run), for `place` to read once it
-            // has found the item by id.
-            let mut pairs: Vec<(u32, f32, (u32, u32))> = Vec::with_capacity(ids.len());
-            for r in 0..runs {
-                let from = s.run_start[first_run + r];
-                let to = s
-                    .run_start
-                    .get(first_run + r + 1)
-                    .copied()
-                    .unwrap_or(u32::try_from(ids.len()).unwrap_or(u32::MAX));
-                let r32 = u32::try_from(r).unwrap_or(u32::MAX);
-                for k in from..to {
-                    pairs.push((ids[k as usize], j[k as usize], (r32, k - from)));
-                }
-            }
+            let mut pairs: Vec<(u32, f32, (u32, u32))> = ids
+                .iter()
+                .zip(&j)
+                .zip(places)
+                .map(|((&id, &v), at)| (id, v, at))
+                .collect();
             pairs.sort_unstable_by_key(|p| p.0);
             s.by_id.extend(pairs.iter().map(|p| p.0));
             s.j_by_id.extend(pairs.iter().map(|p| p.1));
